@@ -1,0 +1,186 @@
+"""BackupPolicy (`bp`): what to back up, when, where, how, for how long, and the RPO promise."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from typing import Annotated, Literal
+
+from croniter import croniter
+from pydantic import AfterValidator, Field
+
+from aegis.api.common import (
+    ApiModel,
+    Condition,
+    HasOneOf,
+    JobOptions,
+    LocalObjectRef,
+    NonNegativeInt,
+    PostgresTarget,
+    RedisTarget,
+    S3Location,
+    StatusModel,
+)
+
+# Five whitespace-separated fields; the full check is croniter's, in the model.
+CRON_SHAPE = r"^\S+(\s+\S+){4}$"
+
+
+def check_cron(value: str) -> str:
+    if not croniter.is_valid(value) or len(value.split()) != 5:
+        raise ValueError(
+            f"{value!r} is not a valid 5-field cron expression "
+            "(minute hour day-of-month month day-of-week), e.g. '0 */6 * * *'"
+        )
+    return value
+
+
+def check_time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{value!r} is not an IANA time zone name, e.g. 'UTC' or 'Europe/Berlin'"
+        ) from None
+    return value
+
+
+CronSchedule = Annotated[str, Field(pattern=CRON_SHAPE, max_length=128), AfterValidator(check_cron)]
+TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(check_time_zone)]
+
+
+class PostgresDumpOptions(ApiModel):
+    """Which parts of the database go into the dump."""
+
+    schemas: list[str] | None = None
+    """Dump only these schemas (pg_dump --schema)."""
+    exclude_tables: list[str] | None = None
+    """Leave out these tables entirely (pg_dump --exclude-table)."""
+    exclude_table_data: list[str] | None = None
+    """Keep the definition but not the rows of these tables (pg_dump --exclude-table-data)."""
+
+
+class PostgresSource(PostgresTarget):
+    """A PostgreSQL database to back up with pg_dump."""
+
+    dump_options: PostgresDumpOptions | None = None
+    """Which parts of the database go into the dump."""
+
+
+class RedisSource(RedisTarget):
+    """A Redis server to back up as an RDB snapshot."""
+
+    method: Literal["Sync", "Bgsave"] = "Sync"
+    """Sync: take the snapshot a replica would receive, over the network. Bgsave: run BGSAVE
+    and read dump.rdb from `rdbVolume` (for servers that forbid SYNC)."""
+    rdb_volume: LocalObjectRef | None = None
+    """PersistentVolumeClaim holding the server's dump.rdb, mounted read-only; for Bgsave."""
+
+
+class BackupSource(HasOneOf):
+    """Exactly one data source."""
+
+    ONE_OF = ("postgres", "redis")
+
+    postgres: PostgresSource | None = None
+    """A PostgreSQL database."""
+    redis: RedisSource | None = None
+    """A Redis server."""
+
+
+class Encryption(ApiModel):
+    """Client-side encryption: every backup is encrypted before it leaves the Job."""
+
+    key_secret_ref: LocalObjectRef
+    """Secret whose keys are key ids and whose values are 32-byte keys (raw, base64 or hex).
+    The greatest key id (sorted as text) encrypts new backups; every key id decrypts."""
+
+
+class Retention(ApiModel):
+    """Which recovery points to keep: the newest `keepLast`, plus grandfather-father-son
+    buckets over the source time in the policy's time zone. The newest Completed and the
+    newest Verified point are always kept."""
+
+    keep_last: NonNegativeInt | None = None
+    """Keep this many newest points."""
+    keep_hourly: NonNegativeInt | None = None
+    """Keep the newest point of each of this many most recent hours."""
+    keep_daily: NonNegativeInt | None = None
+    """Keep the newest point of each of this many most recent days."""
+    keep_weekly: NonNegativeInt | None = None
+    """Keep the newest point of each of this many most recent ISO weeks."""
+    keep_monthly: NonNegativeInt | None = None
+    """Keep the newest point of each of this many most recent months."""
+    keep_yearly: NonNegativeInt | None = None
+    """Keep the newest point of each of this many most recent years."""
+
+
+class BackupObjectives(ApiModel):
+    """What the team promises."""
+
+    rpo_seconds: Annotated[int, Field(ge=60)]
+    """The longest acceptable data-loss window: the age of the newest Completed point must
+    stay below it. Drives the RPOMet condition and the AegisRPOBreached alert."""
+
+
+class BackupPolicySpec(ApiModel):
+    """What to back up, when, where, how and for how long."""
+
+    schedule: CronSchedule
+    """5-field cron expression, evaluated in `timeZone`."""
+    time_zone: TimeZoneName = "UTC"
+    """IANA time zone of the schedule, e.g. Europe/Berlin."""
+    jitter_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    """Upper bound of a stable per-policy delay in [0, jitterSeconds) so that many
+    policies on the same schedule do not start together."""
+    suspend: bool = False
+    """Stop scheduling new runs. Catalog sync and retention continue."""
+    concurrency_policy: Literal["Forbid", "Replace", "Allow"] = "Forbid"
+    """What to do when a run is due while the previous one is still running."""
+    starting_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    """A run that could not start within this many seconds of its time is skipped and
+    counted in status.missedRuns."""
+    source: BackupSource
+    """The database to back up."""
+    storage: S3Location
+    """Where backups are written."""
+    copies: list[S3Location] | None = None
+    """Further buckets or regions every backup is copied to."""
+    encryption: Encryption
+    """Encryption key Secret."""
+    compression: Literal["Zstd", "Gzip", "None"] = "Zstd"
+    """Compression of the payload before encryption."""
+    retention: Retention | None = None
+    """How many points to keep; absent keeps all."""
+    deletion_policy: Literal["Retain", "Delete"] = "Retain"
+    """When a user deletes a RecoveryPoint: Retain keeps the bucket objects, Delete removes
+    them. Retention pruning always deletes (unless Object-Locked)."""
+    objectives: BackupObjectives | None = None
+    """The RPO the team promises."""
+    job: JobOptions | None = None
+    """Options of the backup Jobs."""
+
+
+class BackupPolicyStatus(StatusModel):
+    """Observed state of a BackupPolicy."""
+
+    conditions: list[Condition] | None = None
+    """Ready (the spec is valid and its references resolve) and RPOMet."""
+    observed_generation: int | None = None
+    """The spec generation last processed."""
+    last_schedule_time: dt.datetime | None = None
+    """Scheduled time of the latest run."""
+    next_schedule_time: dt.datetime | None = None
+    """When the next run is due (jitter included)."""
+    last_successful_time: dt.datetime | None = None
+    """Completion time of the latest Completed point."""
+    last_failure_time: dt.datetime | None = None
+    """Completion time of the latest Failed point."""
+    last_recovery_point: str | None = None
+    """Name of the latest RecoveryPoint."""
+    recovery_points: int | None = None
+    """Number of RecoveryPoints of this policy."""
+    missed_runs: int | None = None
+    """Runs skipped because they could not start within startingDeadlineSeconds."""
+    current_rpo_seconds: int | None = None
+    """Now minus the source time of the newest Completed point."""

@@ -1,0 +1,272 @@
+"""Shapes shared by every kind: references, targets, S3 locations, Job options, conditions.
+
+Field names are camelCase on the wire (the Kubernetes convention) and snake_case in Python.
+Every field carries a description: it becomes the CRD's `description`, which is what
+`kubectl explain` shows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveSeconds = Annotated[int, Field(ge=1)]
+# RFC 1123 subdomain, the rule the API server applies to object names.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+
+
+class ApiModel(BaseModel):
+    """Base of every API shape: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class StatusModel(ApiModel):
+    """Status shapes tolerate fields written by newer operator versions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+
+def exactly_one(model: BaseModel, fields: tuple[str, ...], where: str) -> None:
+    """Raise when not exactly one of `fields` is set (the model-side twin of a CEL rule)."""
+    present = [f for f in fields if getattr(model, f) is not None]
+    if len(present) != 1:
+        names = " or ".join(to_camel(f) for f in fields)
+        if present:
+            got = ", ".join(to_camel(f) for f in present)
+            raise ValueError(f"{where}: set exactly one of {names}, not {got}")
+        raise ValueError(f"{where}: set exactly one of {names}")
+
+
+def one_of_rule(fields: tuple[str, ...], what: str) -> dict[str, str]:
+    """The CEL rule that exactly one of `fields` (camelCase) is present."""
+    terms = " + ".join(f"(has(self.{f}) ? 1 : 0)" for f in fields)
+    return {"rule": f"{terms} == 1", "message": f"{what}: set exactly one of {', '.join(fields)}"}
+
+
+class LocalObjectRef(ApiModel):
+    """A reference to an object of a known kind in the same namespace."""
+
+    name: ObjectName
+    """Name of the referenced object."""
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the resource's namespace."""
+
+    name: ObjectName
+    """Name of the Secret."""
+    key: SecretKey
+    """Key inside the Secret's data."""
+
+
+class SecretRef(ApiModel):
+    """A whole Secret in the resource's namespace."""
+
+    name: ObjectName
+    """Name of the Secret."""
+
+
+SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class PostgresTarget(ApiModel):
+    """How to reach one PostgreSQL database. Credentials come from Secrets, never inline."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    """Host name or IP of the server, e.g. `orders-db.prod.svc`."""
+    port: Port = 5432
+    """TCP port of the server."""
+    database: Annotated[str, Field(min_length=1, max_length=63)]
+    """Database name."""
+    user_secret_ref: SecretKeyRef
+    """Secret key holding the user name."""
+    password_secret_ref: SecretKeyRef
+    """Secret key holding the password."""
+    ssl_mode: SSLMode = "prefer"
+    """libpq `sslmode`."""
+
+
+class RedisTarget(ApiModel):
+    """How to reach one Redis server."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    """Host name or IP of the server."""
+    port: Port = 6379
+    """TCP port of the server."""
+    password_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the password (AUTH); absent for an open server."""
+    username_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the ACL user name; absent for the default user."""
+    tls: bool = False
+    """Connect with TLS."""
+    db: Annotated[int, Field(ge=0, le=15)] | None = None
+    """Logical database index for checks; backups always cover the whole server."""
+
+
+class ServerSideEncryption(ApiModel):
+    """S3 server-side encryption, on top of Aegis's own client-side encryption."""
+
+    type: Literal["AES256", "aws:kms"]
+    """`AES256` (SSE-S3) or `aws:kms` (SSE-KMS)."""
+    kms_key_id: str | None = None
+    """KMS key id or ARN when `type` is `aws:kms`; absent uses the bucket's default key."""
+
+
+class ObjectLock(ApiModel):
+    """S3 Object Lock retention set on every object written. The bucket must have Object Lock."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    """COMPLIANCE cannot be shortened by anyone; GOVERNANCE can, with a special permission."""
+    days: Annotated[int, Field(ge=1, le=36500)]
+    """Retention period in days from the time of writing."""
+
+
+class S3Location(ApiModel):
+    """A bucket and prefix in S3 or an S3-compatible store."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")]
+    """Bucket name."""
+    prefix: Annotated[str, Field(max_length=512, pattern=r"^[^/].*[^/]$|^[^/]?$")] = ""
+    """Key prefix inside the bucket, without leading or trailing slash."""
+    region: str | None = None
+    """AWS region of the bucket; absent uses the client default."""
+    endpoint: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """Endpoint URL of an S3-compatible store (MinIO, Ceph, ...); absent means AWS."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; absent uses ambient
+    credentials (IRSA, instance profile)."""
+    storage_class: (
+        Literal[
+            "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+            "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY",
+        ]
+        | None
+    ) = None
+    """S3 storage class of written objects; absent uses the bucket default."""
+    server_side_encryption: ServerSideEncryption | None = None
+    """Server-side encryption of written objects."""
+    object_lock: ObjectLock | None = None
+    """Object Lock retention of written objects; locked objects are never deleted early."""
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as in the core API."""
+
+    key: str | None = None
+    """Taint key; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (default Equal)."""
+    value: str | None = None
+    """Taint value for Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+Quantity = Annotated[str, Field(pattern=QUANTITY)]
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of the Job's container."""
+
+    requests: dict[str, Quantity] | None = None
+    """Minimum resources, e.g. `{cpu: 500m, memory: 256Mi}`."""
+    limits: dict[str, Quantity] | None = None
+    """Maximum resources."""
+
+
+class JobOptions(ApiModel):
+    """How the Jobs that move data are run. Unset values come from the operator's defaults."""
+
+    image: str | None = None
+    """Agent image; absent uses the operator's AEGIS_AGENT_IMAGE."""
+    resources: ResourceRequirements | None = None
+    """Requests and limits of the agent container."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the Job's pod must match."""
+    tolerations: list[Toleration] | None = None
+    """Tolerations of the Job's pod."""
+    service_account_name: ObjectName | None = None
+    """ServiceAccount of the Job's pod (e.g. one annotated for IRSA)."""
+    active_deadline_seconds: PositiveSeconds = 3600
+    """Seconds after which a running Job is stopped and fails."""
+    backoff_limit: Annotated[int, Field(ge=0, le=20)] = 2
+    """Retries of the Job's pod before the Job fails."""
+    ttl_seconds_after_finished: NonNegativeInt = 86400
+    """Seconds a finished Job is kept for its logs before it is deleted."""
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+class Condition(StatusModel):
+    """One observation of the resource's state, as in the Kubernetes API conventions."""
+
+    type: str
+    """Condition type, e.g. Ready."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Annotated[str, Field(pattern=REASON)]
+    """CamelCase machine-readable reason."""
+    message: str = ""
+    """Human-readable explanation, with the fix when the status is bad."""
+    last_transition_time: dt.datetime
+    """When the status last changed."""
+    observed_generation: int | None = None
+    """The spec generation this condition was computed from."""
+
+
+def camel_reason(*words: str) -> str:
+    """`("invalid", "time_zone")` → `InvalidTimeZone`."""
+    parts: list[str] = []
+    for word in words:
+        parts.extend(p for p in re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", word) if p)
+    return "".join(p[:1].upper() + p[1:] for p in parts)
+
+
+def _add_one_of_rule(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    fields: tuple[str, ...] = getattr(cls, "ONE_OF", ())
+    if fields:
+        camel = tuple(to_camel(f) for f in fields)
+        schema.setdefault("x-kubernetes-validations", []).append(one_of_rule(camel, cls.__name__))
+
+
+class HasOneOf(ApiModel):
+    """A shape of which exactly one member field must be set: checked by the model and,
+    through a generated CEL rule, by the API server."""
+
+    ONE_OF: ClassVar[tuple[str, ...]] = ()
+
+    model_config = ConfigDict(json_schema_extra=_add_one_of_rule)
+
+    @model_validator(mode="after")
+    def _check_one_of(self) -> HasOneOf:
+        if self.ONE_OF:
+            exactly_one(self, self.ONE_OF, type(self).__name__)
+        return self

@@ -1,0 +1,376 @@
+"""FailoverPlan (`fp`): health of two sites, when to fail over, and the steps that do it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from aegis.api.common import (
+    ApiModel,
+    Condition,
+    HasOneOf,
+    ObjectName,
+    Port,
+    PostgresTarget,
+    RedisTarget,
+    SecretRef,
+    StatusModel,
+)
+
+StepName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class HttpCheck(ApiModel):
+    """An HTTP(S) GET whose status must be one of `expectStatus`."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    """URL to GET."""
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = [200]
+    """Status codes counted as healthy."""
+    headers_secret_ref: SecretRef | None = None
+    """Secret whose keys and values are sent as request headers (e.g. Authorization)."""
+    insecure_skip_verify: bool = False
+    """Skip TLS certificate verification."""
+
+
+class TcpCheck(ApiModel):
+    """A TCP connect."""
+
+    host: Annotated[str, Field(min_length=1)]
+    """Host to connect to."""
+    port: Port
+    """Port to connect to."""
+
+
+class PostgresCheck(PostgresTarget):
+    """Connect and run SELECT 1; with `writable`, also require pg_is_in_recovery() = false."""
+
+    writable: bool = False
+    """Expect a primary that takes writes, not a standby."""
+
+
+class RedisCheck(RedisTarget):
+    """PING, and optionally the replication role."""
+
+    role: Literal["master", "slave"] | None = None
+    """Expected replication role (INFO replication)."""
+
+
+class WorkloadCheck(ApiModel):
+    """Ready replicas of a Deployment or StatefulSet, read through the Kubernetes API."""
+
+    kind: Literal["Deployment", "StatefulSet"]
+    """Kind of workload."""
+    name: ObjectName
+    """Name of the workload."""
+    namespace: ObjectName | None = None
+    """Namespace; absent is the plan's namespace."""
+    min_ready: Annotated[int, Field(ge=0)] = 1
+    """Ready replicas needed to count as healthy."""
+
+
+class HealthCheck(HasOneOf):
+    """One health check of a site."""
+
+    ONE_OF = ("http", "tcp", "postgres", "redis", "workload")
+
+    name: StepName
+    """Name of the check, shown in status."""
+    weight: Annotated[int, Field(ge=1, le=100)] = 1
+    """Weight of this check; the site is down when the failed weight reaches downWeight."""
+    http: HttpCheck | None = None
+    """HTTP check."""
+    tcp: TcpCheck | None = None
+    """TCP check."""
+    postgres: PostgresCheck | None = None
+    """PostgreSQL check."""
+    redis: RedisCheck | None = None
+    """Redis check."""
+    workload: WorkloadCheck | None = None
+    """Workload readiness check."""
+
+
+class Site(ApiModel):
+    """A site and how its health is judged, with Kubernetes probe semantics."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    """Name of the site, e.g. eu-west-1."""
+    checks: Annotated[list[HealthCheck], Field(min_length=1)]
+    """Health checks; all are probed every periodSeconds."""
+    period_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
+    """Seconds between probes."""
+    timeout_seconds: Annotated[int, Field(ge=1, le=60)] = 3
+    """Seconds after which a probe counts as failed."""
+    failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    """Consecutive failed probes after which the site is down."""
+    success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    """Consecutive good probes after which a down site is up again."""
+    down_weight: Annotated[int, Field(ge=1)] | None = None
+    """A probe fails when the weight of failed checks reaches this; absent: any failed check."""
+
+
+class PostgresPromoteStep(ApiModel):
+    """Promote a streaming standby with pg_promote(), then check it takes writes."""
+
+    target: PostgresTarget
+    """The standby to promote."""
+    fence_primary: PostgresTarget | None = None
+    """The old primary: if reachable, set default_transaction_read_only=on and reload, so it
+    takes no writes if it comes back (best effort)."""
+
+
+class ScaleStep(ApiModel):
+    """Scale a workload and wait until its replicas are ready."""
+
+    kind: Literal["Deployment", "StatefulSet"]
+    """Kind of workload."""
+    name: ObjectName
+    """Name of the workload."""
+    namespace: ObjectName | None = None
+    """Namespace; absent is the plan's namespace."""
+    replicas: Annotated[int, Field(ge=0)]
+    """Desired replicas."""
+    wait_ready: bool = True
+    """Wait until the ready replicas reach `replicas`."""
+
+
+class AliasTarget(ApiModel):
+    """A Route53 alias target."""
+
+    hosted_zone_id: Annotated[str, Field(min_length=1)]
+    """Hosted zone of the alias target (e.g. of the load balancer)."""
+    dns_name: Annotated[str, Field(min_length=1)]
+    """DNS name of the alias target."""
+    evaluate_target_health: bool = False
+    """Route53 EvaluateTargetHealth."""
+
+
+class Route53Step(ApiModel):
+    """UPSERT a Route53 record and wait until the change is INSYNC."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.values) != has(self.aliasTarget)",
+                    "message": "set exactly one of values, aliasTarget",
+                }
+            ]
+        }
+    )
+
+    hosted_zone_id: Annotated[str, Field(min_length=1)]
+    """Hosted zone id."""
+    record_name: Annotated[str, Field(min_length=1, max_length=255)]
+    """Record name, e.g. db.example.com."""
+    type: Literal["A", "AAAA", "CNAME"]
+    """Record type."""
+    ttl: Annotated[int, Field(ge=0, le=86400)] = 60
+    """TTL of the record (ignored for aliases)."""
+    values: list[str] | None = None
+    """Record values."""
+    alias_target: AliasTarget | None = None
+    """Alias target instead of values."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; absent uses ambient credentials."""
+    region: str | None = None
+    """AWS region for the client."""
+    endpoint: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """Endpoint URL of a Route53-compatible API."""
+
+    @model_validator(mode="after")
+    def _values_or_alias(self) -> Route53Step:
+        if (self.values is None) == (self.alias_target is None):
+            raise ValueError("route53: set exactly one of values, aliasTarget")
+        return self
+
+
+class WebhookStep(ApiModel):
+    """Send a JSON description of the transition."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    """URL to call."""
+    method: Literal["POST", "PUT"] = "POST"
+    """HTTP method."""
+    headers_secret_ref: SecretRef | None = None
+    """Secret whose keys and values are sent as headers."""
+
+
+class JobStep(ApiModel):
+    """Run a custom Job and wait for it."""
+
+    template: Annotated[
+        dict[str, Any],
+        Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+    ]
+    """A batch/v1 Job spec (as in Job.spec)."""
+
+
+class Step(HasOneOf):
+    """One step of a failover or failback procedure."""
+
+    ONE_OF = ("postgres_promote", "scale", "route53", "webhook", "job")
+
+    name: StepName
+    """Unique name of the step."""
+    timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 300
+    """Seconds after which the step fails."""
+    continue_on_error: bool = False
+    """Go on with later steps when this one fails."""
+    depends_on: list[StepName] | None = None
+    """Steps that must finish first; absent: the previous step in the list."""
+    postgres_promote: PostgresPromoteStep | None = None
+    """Promote a PostgreSQL standby."""
+    scale: ScaleStep | None = None
+    """Scale a workload."""
+    route53: Route53Step | None = None
+    """UPSERT a Route53 record."""
+    webhook: WebhookStep | None = None
+    """Call a webhook."""
+    job: JobStep | None = None
+    """Run a Job."""
+
+
+def check_steps(steps: list[Step] | None, where: str) -> None:
+    names = [s.name for s in steps or []]
+    seen: set[str] = set()
+    for step in steps or []:
+        if step.name in seen:
+            raise ValueError(f"{where}: step name {step.name!r} is used twice")
+        for dep in step.depends_on or []:
+            if dep not in seen:
+                hint = "is not defined" if dep not in names else "comes later (list steps in order)"
+                raise ValueError(f"{where}.{step.name}.dependsOn: {dep!r} {hint}")
+        seen.add(step.name)
+
+
+class Approval(ApiModel):
+    """Human approval."""
+
+    required: bool = False
+    """Wait for approval even in Automatic mode."""
+
+
+class FailoverPlanSpec(ApiModel):
+    """Two sites, the rules for leaving the primary, and the procedure."""
+
+    mode: Literal["Automatic", "Manual"] = "Manual"
+    """Automatic fails over by itself; Manual detects, recommends and waits for approval."""
+    primary: Site
+    """The site normally serving."""
+    secondary: Site
+    """The site to fail over to."""
+    steps: Annotated[list[Step], Field(min_length=1)]
+    """The failover procedure."""
+    failback_steps: list[Step] | None = None
+    """The failback procedure; absent: Route53 records are set back to their stored values."""
+    cooldown_seconds: Annotated[int, Field(ge=0)] = 3600
+    """No second failover within this many seconds of the last."""
+    approval: Approval | None = None
+    """Human approval."""
+    history_limit: Annotated[int, Field(ge=0, le=100)] = 10
+    """Transitions kept in status.history."""
+
+    @model_validator(mode="after")
+    def _steps_are_ordered(self) -> FailoverPlanSpec:
+        check_steps(self.steps, "steps")
+        check_steps(self.failback_steps, "failbackSteps")
+        return self
+
+
+class CheckStatus(StatusModel):
+    """The latest result of one health check."""
+
+    name: str
+    """Name of the check."""
+    ok: bool
+    """Whether it passed."""
+    latency_ms: float | None = None
+    """Measured latency."""
+    message: str | None = None
+    """Why it failed."""
+
+
+class SiteStatus(StatusModel):
+    """Observed health of a site."""
+
+    healthy: bool | None = None
+    """Whether the site counts as up."""
+    consecutive_failures: int = 0
+    """Failed probes in a row."""
+    consecutive_successes: int = 0
+    """Good probes in a row."""
+    first_failure_time: dt.datetime | None = None
+    """Time of the first failed probe of the current failure run."""
+    last_probe_time: dt.datetime | None = None
+    """Time of the latest probe."""
+    checks: list[CheckStatus] | None = None
+    """Latest result of each check."""
+
+
+class StepStatus(StatusModel):
+    """Progress of one step."""
+
+    name: str
+    """Step name."""
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+    """State of the step."""
+    start_time: dt.datetime | None = None
+    """When it started."""
+    completion_time: dt.datetime | None = None
+    """When it ended."""
+    message: str | None = None
+    """Result or reason."""
+    outputs: dict[str, str] | None = None
+    """Values recorded by the step for later use (e.g. previous Route53 values)."""
+
+
+class Transition(StatusModel):
+    """One failover or failback, with measured timings."""
+
+    kind: Literal["Failover", "Failback"]
+    """Failover or Failback."""
+    reason: str | None = None
+    """Why it happened."""
+    detected_time: dt.datetime | None = None
+    """First failed probe of the failure run that crossed the threshold."""
+    start_time: dt.datetime | None = None
+    """When the first step started."""
+    completion_time: dt.datetime | None = None
+    """When the last step ended."""
+    duration_seconds: float | None = None
+    """completionTime − startTime."""
+    rpo_seconds: float | None = None
+    """Measured replay lag of the standby just before promotion (the data-loss window)."""
+    lag_bytes: int | None = None
+    """Measured WAL bytes not yet replayed just before promotion."""
+    result: Literal["Running", "Succeeded", "Failed"] | None = None
+    """Outcome."""
+    steps: list[StepStatus] | None = None
+    """Per-step progress."""
+
+
+class FailoverPlanStatus(StatusModel):
+    """Observed state of a FailoverPlan."""
+
+    conditions: list[Condition] | None = None
+    """Ready, PrimaryHealthy, SecondaryHealthy, FailoverRecommended."""
+    observed_generation: int | None = None
+    """The spec generation last processed."""
+    active_site: Literal["primary", "secondary"] | None = None
+    """Which site serves."""
+    state: (
+        Literal["Monitoring", "AwaitingApproval", "FailingOver", "FailedOver", "FailingBack", "Failed"]
+        | None
+    ) = None
+    """Where the plan is in its lifecycle."""
+    sites: dict[str, SiteStatus] | None = None
+    """Health of `primary` and `secondary`."""
+    approval_token: str | None = None
+    """Token to approve a recommended failover with the dr.aegis.dev/approve annotation."""
+    last_transition: Transition | None = None
+    """The latest failover or failback."""
+    history: list[Transition] | None = None
+    """Earlier transitions, newest first."""

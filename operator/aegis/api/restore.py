@@ -1,0 +1,105 @@
+"""Restore (`rst`): put one RecoveryPoint back into a database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import ConfigDict, model_validator
+
+from aegis.api.checks import CheckResult, VerifyCheck
+from aegis.api.common import (
+    ApiModel,
+    Condition,
+    HasOneOf,
+    JobOptions,
+    LocalObjectRef,
+    PostgresTarget,
+    RedisTarget,
+    StatusModel,
+    exactly_one,
+    one_of_rule,
+)
+from aegis.api.recoverypoint import IMMUTABLE_SPEC
+
+
+class PostgresRestoreTarget(PostgresTarget):
+    """A PostgreSQL database to restore into."""
+
+    create_database: bool = False
+    """Create the database when it does not exist."""
+    clean: bool = False
+    """Drop the restored objects before recreating them (pg_restore --clean --if-exists);
+    needs allowOverwrite."""
+
+
+class RestoreTarget(HasOneOf):
+    """Exactly one target."""
+
+    ONE_OF = ("postgres", "redis")
+
+    postgres: PostgresRestoreTarget | None = None
+    """A PostgreSQL database."""
+    redis: RedisTarget | None = None
+    """A Redis server; keys are replayed online with their TTLs."""
+
+
+class RestoreSpec(ApiModel):
+    """What to restore, where to, and how to prove it worked. Immutable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                *IMMUTABLE_SPEC,
+                one_of_rule(("recoveryPointRef", "policyRef"), "RestoreSpec"),
+            ]
+        }
+    )
+
+    recovery_point_ref: LocalObjectRef | None = None
+    """The RecoveryPoint to restore."""
+    policy_ref: LocalObjectRef | None = None
+    """Restore the newest Completed point of this BackupPolicy, preferring a Verified one."""
+    target: RestoreTarget
+    """Where to restore."""
+    allow_overwrite: bool = False
+    """Allow restoring into a non-empty target. Without it a non-empty target is refused and
+    left untouched."""
+    verify: list[VerifyCheck] | None = None
+    """Checks run after the restore; any failure fails the Restore."""
+    job: JobOptions | None = None
+    """Options of the restore Job."""
+
+    @model_validator(mode="after")
+    def _one_point(self) -> RestoreSpec:
+        exactly_one(self, ("recovery_point_ref", "policy_ref"), "spec")
+        if self.target.postgres is not None and self.target.postgres.clean and not self.allow_overwrite:
+            raise ValueError("target.postgres.clean: needs allowOverwrite: true")
+        return self
+
+
+class RestoreStatus(StatusModel):
+    """Observed state of a Restore."""
+
+    conditions: list[Condition] | None = None
+    """Accepted, Complete/Failed."""
+    observed_generation: int | None = None
+    """The spec generation last processed."""
+    phase: Literal["Pending", "Running", "Completed", "Failed"] | None = None
+    """Summary for printer columns; conditions are authoritative."""
+    recovery_point: str | None = None
+    """The RecoveryPoint resolved and restored."""
+    job_name: str | None = None
+    """The restore Job."""
+    start_time: dt.datetime | None = None
+    """When the restore started."""
+    completion_time: dt.datetime | None = None
+    """When the restore ended."""
+    duration_seconds: float | None = None
+    """Measured duration of the restore."""
+    restored_bytes: int | None = None
+    """Logical bytes restored."""
+    checks: list[CheckResult] | None = None
+    """Results of the verification checks."""
+    message: str | None = None
+    """Human-readable summary, or the failure reason."""

@@ -1,0 +1,50 @@
+"""`aegis <command>`: one entry point for the operator, the agent, the sandbox and admin verbs.
+
+Each command lives in its own module and is imported only when used, so the agent (inside a
+Job) never imports kopf or kubernetes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+# command → (module, function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "operator": ("aegis.operator", "main", "run the operator (kopf)"),
+    "agent": ("aegis.agent.cli", "main", "the data mover run inside Jobs: backup|restore|verify|catalog"),
+    "crds": ("aegis.api.cli", "main", "generate crds/ and charts/aegis/crds/ from the models"),
+    "sandbox": ("aegis.sandbox.cli", "main", "a local no-cluster environment: up|demo|down"),
+}
+KUBECTL_VERBS = ("backup", "restore", "failover", "status")
+
+
+def _usage() -> str:
+    lines = ["usage: aegis <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {'|'.join(KUBECTL_VERBS)}   admin verbs, also as `kubectl aegis ...`"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in KUBECTL_VERBS:
+        return kubectl_main(args)
+    if command not in COMMANDS:
+        print(f"aegis: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, function, _ = COMMANDS[command]
+    entry: Callable[[list[str]], int] = getattr(import_module(module), function)
+    return entry(rest)
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """`kubectl aegis ...` (and `aegis backup|restore|failover|status ...`)."""
+    from aegis.kubectl import main as kubectl
+
+    return kubectl(list(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,62 @@
+"""Operator settings, from AEGIS_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator process is configured with."""
+
+    namespaces: tuple[str, ...] = ()
+    """Watched namespaces; empty watches all (AEGIS_WATCH_NAMESPACES, comma-separated)."""
+    agent_image: str = "ghcr.io/aegis-dr/aegis:0.1.0"
+    """Image of backup/restore Jobs (AEGIS_AGENT_IMAGE)."""
+    metrics_port: int = 8080
+    """Port of /metrics (AEGIS_METRICS_PORT); 0 disables it."""
+    health_port: int = 8081
+    """Port of the liveness endpoint /healthz (AEGIS_HEALTH_PORT); 0 disables it."""
+    log_format: Literal["json", "text"] = "json"
+    """AEGIS_LOG_FORMAT."""
+    log_level: str = "INFO"
+    """AEGIS_LOG_LEVEL."""
+    agent_command: tuple[str, ...] = ("aegis", "agent")
+    """Command that starts the agent inside Jobs (AEGIS_AGENT_COMMAND, space-separated)."""
+    catalog_sync_seconds: int = 300
+    """Interval of bucket catalog sync (AEGIS_CATALOG_SYNC_SECONDS)."""
+    s3_endpoint: str | None = None
+    """Default S3 endpoint when a policy names none (AEGIS_S3_ENDPOINT); for test stores."""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        log_format = env.get("AEGIS_LOG_FORMAT", "json")
+        if log_format not in ("json", "text"):
+            raise ValueError(f"AEGIS_LOG_FORMAT={log_format!r}: use json or text")
+        namespaces = tuple(n.strip() for n in env.get("AEGIS_WATCH_NAMESPACES", "").split(",") if n.strip())
+        command = tuple(env.get("AEGIS_AGENT_COMMAND", "aegis agent").split())
+        return cls(
+            namespaces=namespaces,
+            agent_image=env.get("AEGIS_AGENT_IMAGE", cls.agent_image),
+            metrics_port=_int("AEGIS_METRICS_PORT", cls.metrics_port),
+            health_port=_int("AEGIS_HEALTH_PORT", cls.health_port),
+            log_format=log_format,  # type: ignore[arg-type]
+            log_level=env.get("AEGIS_LOG_LEVEL", "INFO").upper(),
+            agent_command=command,
+            catalog_sync_seconds=_int("AEGIS_CATALOG_SYNC_SECONDS", cls.catalog_sync_seconds),
+            s3_endpoint=env.get("AEGIS_S3_ENDPOINT") or None,
+        )
