@@ -13,7 +13,11 @@ from importlib import import_module
 # command → (module, function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "operator": ("aegis.operator", "main", "run the operator (kopf)"),
-    "agent": ("aegis.agent.cli", "main", "the data mover run inside Jobs: backup|restore|verify|catalog"),
+    "agent": (
+        "aegis.agent.cli",
+        "main",
+        "the data mover run inside Jobs: backup|restore|verify|catalog",
+    ),
     "crds": ("aegis.api.cli", "main", "generate crds/ and charts/aegis/crds/ from the models"),
     "sandbox": ("aegis.sandbox.cli", "main", "a local no-cluster environment: up|demo|down"),
 }
@@ -40,11 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module, function, _ = COMMANDS[command]
     entry: Callable[[list[str]], int] = getattr(import_module(module), function)
-    return entry(rest)
+    return int(entry(rest))
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:
     """`kubectl aegis ...` (and `aegis backup|restore|failover|status ...`)."""
     from aegis.kubectl import main as kubectl
 
-    return kubectl(list(sys.argv[1:] if argv is None else argv))
+    return int(kubectl(list(sys.argv[1:] if argv is None else argv)))

@@ -47,7 +47,9 @@ class Settings:
         log_format = env.get("AEGIS_LOG_FORMAT", "json")
         if log_format not in ("json", "text"):
             raise ValueError(f"AEGIS_LOG_FORMAT={log_format!r}: use json or text")
-        namespaces = tuple(n.strip() for n in env.get("AEGIS_WATCH_NAMESPACES", "").split(",") if n.strip())
+        namespaces = tuple(
+            n.strip() for n in env.get("AEGIS_WATCH_NAMESPACES", "").split(",") if n.strip()
+        )
         command = tuple(env.get("AEGIS_AGENT_COMMAND", "aegis agent").split())
         return cls(
             namespaces=namespaces,

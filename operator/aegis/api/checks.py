@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from aegis.api.common import ApiModel, StatusModel
+from aegis.api.common import ApiModel, StatusModel, cel
 
 
 class Expectation(ApiModel):
@@ -25,9 +25,9 @@ class Expectation(ApiModel):
     @model_validator(mode="after")
     def _some_expectation(self) -> Expectation:
         if all(v is None for v in (self.min, self.max, self.equals, self.matches_backup)):
-            raise ValueError("expect: set at least one of min, max, equals, matchesBackup")
+            raise ValueError("set at least one of min, max, equals, matchesBackup")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"expect: min ({self.min}) is greater than max ({self.max})")
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
 
 
@@ -42,7 +42,7 @@ class RedisQuery(ApiModel):
     @model_validator(mode="after")
     def _key_when_needed(self) -> RedisQuery:
         if self.op != "KeyCount" and self.key is None:
-            raise ValueError(f"redis.key: op {self.op} needs a key")
+            raise ValueError(f"key: op {self.op} needs a key")
         return self
 
 
@@ -60,9 +60,11 @@ class VerifyCheck(ApiModel):
     """A named check: a SQL query whose first column of the first row is compared, a Redis
     query, or (with `expect.matchesBackup`) a comparison with the backup's own row counts."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": VERIFY_CHECK_RULES})
+    model_config = ConfigDict(json_schema_extra=cel(*VERIFY_CHECK_RULES))
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9][-_.a-zA-Z0-9]*$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9][-_.a-zA-Z0-9]*$")
+    ]
     """Name of the check, shown in status."""
     sql: Annotated[str, Field(min_length=1)] | None = None
     """A read-only SQL query, e.g. `SELECT count(*) FROM orders`."""

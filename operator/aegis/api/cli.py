@@ -15,14 +15,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
     args = parser.parse_args(argv)
     if args.check:
+        directories = [args.root / "crds", args.root / "charts" / "aegis" / "crds"]
         stale = [
-            str(directory / name)
-            for directory in (args.root / "crds", args.root / "charts" / "aegis" / "crds")
+            f"{directory / name}"
+            for directory in directories
             for name, text in crdgen.rendered().items()
             if not (directory / name).exists() or (directory / name).read_text() != text
         ]
-        for path in stale:
-            print(f"stale: {path} (run `aegis crds`)", file=sys.stderr)
+        for stale_path in stale:
+            print(f"stale: {stale_path} (run `aegis crds`)", file=sys.stderr)
         return 1 if stale else 0
     for path in crdgen.write(args.root):
         print(path)

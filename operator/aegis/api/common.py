@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -49,15 +50,34 @@ class StatusModel(ApiModel):
     )
 
 
-def exactly_one(model: BaseModel, fields: tuple[str, ...], where: str) -> None:
-    """Raise when not exactly one of `fields` is set (the model-side twin of a CEL rule)."""
+def exactly_one(model: BaseModel, fields: tuple[str, ...], field: str | None = None) -> None:
+    """Raise when not exactly one of `fields` is set (the model-side twin of a CEL rule).
+
+    `field` names the field the message is about when the check runs on a parent model."""
     present = [f for f in fields if getattr(model, f) is not None]
-    if len(present) != 1:
-        names = " or ".join(to_camel(f) for f in fields)
-        if present:
-            got = ", ".join(to_camel(f) for f in present)
-            raise ValueError(f"{where}: set exactly one of {names}, not {got}")
-        raise ValueError(f"{where}: set exactly one of {names}")
+    if len(present) == 1:
+        return
+    names = " or ".join(to_camel(f) for f in fields)
+    problem = f"set exactly one of {names}"
+    if present:
+        problem += f", not {' and '.join(to_camel(f) for f in present)}"
+    raise ValueError(f"{field}: {problem}" if field else problem)
+
+
+def one_of_required(fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A structural `oneOf` of `required` clauses: exactly one of `fields` is present. Unlike
+    CEL it is enforced by every API server version and by plain JSON-schema validators."""
+    return [{"required": [f]} for f in fields]
+
+
+def cel(*rules: dict[str, str], one_of: tuple[str, ...] = ()) -> JsonDict:
+    """`json_schema_extra` carrying CEL rules, which the generated CRD enforces at the API
+    server (each model re-checks them, for clusters or emulators that skip CEL), and
+    optionally the structural `oneOf` twin of an exactly-one rule."""
+    extra: dict[str, Any] = {"x-kubernetes-validations": list(rules)}
+    if one_of:
+        extra["oneOf"] = one_of_required(one_of)
+    return cast(JsonDict, extra)
 
 
 def one_of_rule(fields: tuple[str, ...], what: str) -> dict[str, str]:
@@ -147,7 +167,9 @@ class ObjectLock(ApiModel):
 class S3Location(ApiModel):
     """A bucket and prefix in S3 or an S3-compatible store."""
 
-    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")]
+    bucket: Annotated[
+        str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    ]
     """Bucket name."""
     prefix: Annotated[str, Field(max_length=512, pattern=r"^[^/].*[^/]$|^[^/]?$")] = ""
     """Key prefix inside the bucket, without leading or trailing slash."""
@@ -160,8 +182,14 @@ class S3Location(ApiModel):
     credentials (IRSA, instance profile)."""
     storage_class: (
         Literal[
-            "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
-            "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY",
+            "STANDARD",
+            "STANDARD_IA",
+            "ONEZONE_IA",
+            "INTELLIGENT_TIERING",
+            "GLACIER_IR",
+            "GLACIER",
+            "DEEP_ARCHIVE",
+            "REDUCED_REDUNDANCY",
         ]
         | None
     ) = None
@@ -255,6 +283,7 @@ def _add_one_of_rule(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     if fields:
         camel = tuple(to_camel(f) for f in fields)
         schema.setdefault("x-kubernetes-validations", []).append(one_of_rule(camel, cls.__name__))
+        schema["oneOf"] = one_of_required(camel)
 
 
 class HasOneOf(ApiModel):
@@ -268,5 +297,5 @@ class HasOneOf(ApiModel):
     @model_validator(mode="after")
     def _check_one_of(self) -> HasOneOf:
         if self.ONE_OF:
-            exactly_one(self, self.ONE_OF, type(self).__name__)
+            exactly_one(self, self.ONE_OF)
         return self

@@ -61,7 +61,13 @@ def _structural(node: Any, defs: dict[str, Any], bound: bool) -> Any:
             out["additionalProperties"] = _structural(extra, defs, bound)
         else:
             out["x-kubernetes-preserve-unknown-fields"] = True
-    if bound and out.get("type") == "string" and "maxLength" not in out and "format" not in out and "enum" not in out:
+    if (
+        bound
+        and out.get("type") == "string"
+        and "maxLength" not in out
+        and "format" not in out
+        and "enum" not in out
+    ):
         out["maxLength"] = DEFAULT_MAX_LENGTH
     if bound and out.get("type") == "array" and "maxItems" not in out:
         out["maxItems"] = DEFAULT_MAX_ITEMS

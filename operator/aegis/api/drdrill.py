@@ -9,7 +9,15 @@ from pydantic import ConfigDict, Field, model_validator
 
 from aegis.api.backuppolicy import CronSchedule, TimeZoneName
 from aegis.api.checks import CheckResult, VerifyCheck
-from aegis.api.common import ApiModel, Condition, LocalObjectRef, StatusModel, exactly_one, one_of_rule
+from aegis.api.common import (
+    ApiModel,
+    Condition,
+    LocalObjectRef,
+    StatusModel,
+    cel,
+    exactly_one,
+    one_of_rule,
+)
 from aegis.api.failoverplan import Route53Step
 from aegis.api.restore import RestoreTarget
 
@@ -18,9 +26,10 @@ class RestoreDrill(ApiModel):
     """Restore a point into a scratch (or given) database and verify it."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [one_of_rule(("policyRef", "recoveryPointRef"), "restore")]
-        }
+        json_schema_extra=cel(
+            one_of_rule(("policyRef", "recoveryPointRef"), "restore"),
+            one_of=("policyRef", "recoveryPointRef"),
+        )
     )
 
     policy_ref: LocalObjectRef | None = None
@@ -34,7 +43,7 @@ class RestoreDrill(ApiModel):
 
     @model_validator(mode="after")
     def _one_point(self) -> RestoreDrill:
-        exactly_one(self, ("policy_ref", "recovery_point_ref"), "restore")
+        exactly_one(self, ("policy_ref", "recovery_point_ref"))
         return self
 
 
@@ -60,18 +69,16 @@ class DRDrillSpec(ApiModel):
     """What to rehearse and when."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.type != 'Restore' || (has(self.restore) && !has(self.failover))",
-                    "message": "type Restore needs restore (and no failover)",
-                },
-                {
-                    "rule": "self.type != 'Failover' || (has(self.failover) && !has(self.restore))",
-                    "message": "type Failover needs failover (and no restore)",
-                },
-            ]
-        }
+        json_schema_extra=cel(
+            {
+                "rule": "self.type != 'Restore' || (has(self.restore) && !has(self.failover))",
+                "message": "type Restore needs restore (and no failover)",
+            },
+            {
+                "rule": "self.type != 'Failover' || (has(self.failover) && !has(self.restore))",
+                "message": "type Failover needs failover (and no restore)",
+            },
+        )
     )
 
     schedule: CronSchedule | None = None
@@ -91,7 +98,9 @@ class DRDrillSpec(ApiModel):
 
     @model_validator(mode="after")
     def _settings_match_type(self) -> DRDrillSpec:
-        wanted, other = ("restore", "failover") if self.type == "Restore" else ("failover", "restore")
+        wanted, other = (
+            ("restore", "failover") if self.type == "Restore" else ("failover", "restore")
+        )
         if getattr(self, wanted) is None:
             raise ValueError(f"{wanted}: type {self.type} needs {wanted} settings")
         if getattr(self, other) is not None:
@@ -111,7 +120,7 @@ class DrillRun(StatusModel):
     rto_seconds: float | None = None
     """Measured time to recover."""
     rpo_seconds: float | None = None
-    """Measured data-loss window: run start − source time of the restored point."""
+    """Measured data-loss window: run start - source time of the restored point."""
     recovery_point: str | None = None
     """The point restored."""
     checks: list[CheckResult] | None = None

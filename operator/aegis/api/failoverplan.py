@@ -17,9 +17,12 @@ from aegis.api.common import (
     RedisTarget,
     SecretRef,
     StatusModel,
+    cel,
 )
 
-StepName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+StepName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+]
 
 
 class HttpCheck(ApiModel):
@@ -151,14 +154,12 @@ class Route53Step(ApiModel):
     """UPSERT a Route53 record and wait until the change is INSYNC."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.values) != has(self.aliasTarget)",
-                    "message": "set exactly one of values, aliasTarget",
-                }
-            ]
-        }
+        json_schema_extra=cel(
+            {
+                "rule": "has(self.values) != has(self.aliasTarget)",
+                "message": "set exactly one of values, aliasTarget",
+            }
+        )
     )
 
     hosted_zone_id: Annotated[str, Field(min_length=1)]
@@ -183,7 +184,7 @@ class Route53Step(ApiModel):
     @model_validator(mode="after")
     def _values_or_alias(self) -> Route53Step:
         if (self.values is None) == (self.alias_target is None):
-            raise ValueError("route53: set exactly one of values, aliasTarget")
+            raise ValueError("set exactly one of values, aliasTarget")
         return self
 
 
@@ -304,6 +305,8 @@ class SiteStatus(StatusModel):
     """Good probes in a row."""
     first_failure_time: dt.datetime | None = None
     """Time of the first failed probe of the current failure run."""
+    down_since: dt.datetime | None = None
+    """First failed probe of the failure run that made the site down (kept until it is up)."""
     last_probe_time: dt.datetime | None = None
     """Time of the latest probe."""
     checks: list[CheckStatus] | None = None
@@ -325,6 +328,8 @@ class StepStatus(StatusModel):
     """Result or reason."""
     outputs: dict[str, str] | None = None
     """Values recorded by the step for later use (e.g. previous Route53 values)."""
+    attempts: int | None = None
+    """Times the step was started; more than 1 means it was resumed after an interruption."""
 
 
 class Transition(StatusModel):
@@ -332,6 +337,8 @@ class Transition(StatusModel):
 
     kind: Literal["Failover", "Failback"]
     """Failover or Failback."""
+    id: str | None = None
+    """Stable id of the transition: names its Jobs and is the webhook's idempotency key."""
     reason: str | None = None
     """Why it happened."""
     detected_time: dt.datetime | None = None
@@ -341,7 +348,7 @@ class Transition(StatusModel):
     completion_time: dt.datetime | None = None
     """When the last step ended."""
     duration_seconds: float | None = None
-    """completionTime − startTime."""
+    """completionTime - startTime."""
     rpo_seconds: float | None = None
     """Measured replay lag of the standby just before promotion (the data-loss window)."""
     lag_bytes: int | None = None
@@ -362,7 +369,9 @@ class FailoverPlanStatus(StatusModel):
     active_site: Literal["primary", "secondary"] | None = None
     """Which site serves."""
     state: (
-        Literal["Monitoring", "AwaitingApproval", "FailingOver", "FailedOver", "FailingBack", "Failed"]
+        Literal[
+            "Monitoring", "AwaitingApproval", "FailingOver", "FailedOver", "FailingBack", "Failed"
+        ]
         | None
     ) = None
     """Where the plan is in its lifecycle."""

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import ConfigDict
 
 from aegis.api.checks import CheckResult
-from aegis.api.common import ApiModel, Condition, LocalObjectRef, StatusModel
+from aegis.api.common import ApiModel, Condition, LocalObjectRef, StatusModel, cel
 
-IMMUTABLE_SPEC = [{"rule": "self == oldSelf", "message": "spec is immutable once set"}]
+IMMUTABLE_SPEC = {"rule": "self == oldSelf", "message": "spec is immutable once set"}
 
 Phase = Literal["Pending", "Running", "Completed", "Failed", "Corrupted", "Expired"]
 
@@ -18,7 +18,7 @@ Phase = Literal["Pending", "Running", "Completed", "Failed", "Corrupted", "Expir
 class RecoveryPointSpec(ApiModel):
     """Which policy this backup belongs to and why it was taken. Immutable."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": IMMUTABLE_SPEC})
+    model_config = ConfigDict(json_schema_extra=cel(IMMUTABLE_SPEC))
 
     policy_ref: LocalObjectRef
     """The BackupPolicy whose source, storage and encryption this backup uses."""

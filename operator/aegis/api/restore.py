@@ -17,6 +17,7 @@ from aegis.api.common import (
     PostgresTarget,
     RedisTarget,
     StatusModel,
+    cel,
     exactly_one,
     one_of_rule,
 )
@@ -48,12 +49,11 @@ class RestoreSpec(ApiModel):
     """What to restore, where to, and how to prove it worked. Immutable."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                *IMMUTABLE_SPEC,
-                one_of_rule(("recoveryPointRef", "policyRef"), "RestoreSpec"),
-            ]
-        }
+        json_schema_extra=cel(
+            IMMUTABLE_SPEC,
+            one_of_rule(("recoveryPointRef", "policyRef"), "RestoreSpec"),
+            one_of=("recoveryPointRef", "policyRef"),
+        )
     )
 
     recovery_point_ref: LocalObjectRef | None = None
@@ -72,8 +72,12 @@ class RestoreSpec(ApiModel):
 
     @model_validator(mode="after")
     def _one_point(self) -> RestoreSpec:
-        exactly_one(self, ("recovery_point_ref", "policy_ref"), "spec")
-        if self.target.postgres is not None and self.target.postgres.clean and not self.allow_overwrite:
+        exactly_one(self, ("recovery_point_ref", "policy_ref"), "recoveryPointRef")
+        if (
+            self.target.postgres is not None
+            and self.target.postgres.clean
+            and not self.allow_overwrite
+        ):
             raise ValueError("target.postgres.clean: needs allowOverwrite: true")
         return self
 

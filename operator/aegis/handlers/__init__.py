@@ -1,0 +1,63 @@
+"""kopf handlers: thin adapters from kopf's callbacks to plain reconcilers.
+
+Importing this package registers every handler on kopf's default registry; `aegis operator`
+and the tests' KopfRunner both load it with `-m aegis.handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from aegis import GROUP, metrics
+from aegis.handlers.common import KopfLogger
+from aegis.settings import Settings
+
+# Handler ids are explicit and stable: kopf keys its progress annotations by them, so a
+# renamed function must not lose state.
+FINALIZER = f"{GROUP}/finalizer"
+
+
+@kopf.on.startup(id="aegis-configure")
+def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: KopfLogger, **_: Any
+) -> None:
+    """Keep kopf's bookkeeping under our own domain and start the metrics endpoint."""
+    aegis_settings = Settings.from_env()
+    memo["settings"] = aegis_settings
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Only our own events (and kopf's errors) reach users' `kubectl describe`, not one
+    # "Handler succeeded" event per reconciliation.
+    settings.posting.level = logging.WARNING
+    settings.peering.standalone = True
+    # A watch that stalls silently (a dropped connection through a proxy) is re-established.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 32
+    port = metrics.serve(aegis_settings.metrics_port)
+    logger.info("Aegis operator configured; metrics on port %s", port)
+
+
+from aegis.handlers import (  # noqa: E402  (registered after the startup handler, on purpose)
+    backuppolicy,
+    drdrill,
+    failoverplan,
+    recoverypoint,
+    restore,
+)
+
+__all__ = [
+    "FINALIZER",
+    "backuppolicy",
+    "configure",
+    "drdrill",
+    "failoverplan",
+    "recoverypoint",
+    "restore",
+]

@@ -1,0 +1,26 @@
+"""kopf handlers of BACKUP_POLICY: body → model → reconciler → status patch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from aegis import GROUP, VERSION
+from aegis.api import BACKUP_POLICY as KIND
+from aegis.handlers.common import KopfLogger, accept, accepted, forget
+
+
+@kopf.on.resume(GROUP, VERSION, KIND.plural, id="accept")
+@kopf.on.create(GROUP, VERSION, KIND.plural, id="accept")
+@kopf.on.update(GROUP, VERSION, KIND.plural, id="accept")
+def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, **_: Any) -> None:
+    spec = accept(KIND, body, patch, logger)
+    if spec is None:
+        return
+    accepted(KIND, body, patch, "Scheduling is accepted.")
+
+
+@kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)
+def on_delete(body: kopf.Body, **_: Any) -> None:
+    forget(KIND, body)

@@ -1,0 +1,95 @@
+"""What every kind's handler does first: parse the spec into its model and say so in a
+condition. Handlers stay thin: a guard, a call into plain code, a status patch."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import BaseModel
+
+from aegis import metrics
+from aegis.api import Kind
+from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
+from aegis.reconcilers.validation import SpecError, parse_spec
+
+M = TypeVar("M", bound=BaseModel)
+# What kopf passes as `logger`.
+KopfLogger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def patch_conditions(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    updates: list[ConditionUpdate],
+    *,
+    at: dt.datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Apply condition updates to the status patch, keeping transition times."""
+    current = patch.status.get("conditions") or body.status.get("conditions")
+    conditions = set_conditions(
+        current, updates, generation=body.meta.get("generation"), now=at or now()
+    )
+    patch.status["conditions"] = conditions
+    patch.status["observedGeneration"] = body.meta.get("generation")
+    return conditions
+
+
+def accept(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: KopfLogger) -> BaseModel | None:
+    """Parse the spec. On success set the acceptance condition True and return the model;
+    on failure set it False with a reason naming the field, post a Warning event once per
+    generation and problem, and return None. Never raises for bad input."""
+    namespace, name = body.meta.get("namespace") or "", body.meta.get("name") or ""
+    result = parse_spec(kind.spec, body.get("spec"))
+    condition = kind.acceptance_condition
+    if isinstance(result, SpecError):
+        previous = find(body.status.get("conditions"), condition)
+        already_reported = (
+            previous is not None
+            and previous.get("status") == "False"
+            and previous.get("reason") == result.reason
+            and previous.get("message") == result.message
+            and previous.get("observedGeneration") == body.meta.get("generation")
+        )
+        patch_conditions(
+            body, patch, [ConditionUpdate(condition, "False", result.reason, result.message)]
+        )
+        if not already_reported:
+            kopf.warn(body, reason=result.reason, message=result.message)
+            metrics.INVALID_SPECS.labels(kind.kind, namespace).inc()
+            logger.warning("Refused %s %s/%s: %s", kind.kind, namespace, name, result.message)
+        metrics.RESOURCE_READY.labels(kind.kind, namespace, name).set(0)
+        return None
+    return result
+
+
+def accepted(kind: Kind, body: kopf.Body, patch: kopf.Patch, message: str) -> None:
+    """Mark the spec as accepted (the outcome conditions are the reconciler's)."""
+    patch_conditions(
+        body, patch, [ConditionUpdate(kind.acceptance_condition, "True", "Accepted", message)]
+    )
+    metrics.RESOURCE_READY.labels(
+        kind.kind, body.meta.get("namespace") or "", body.meta.get("name") or ""
+    ).set(1)
+
+
+def forget(kind: Kind, body: kopf.Body) -> None:
+    """Drop per-object metric series when the object goes away."""
+    with contextlib.suppress(KeyError):
+        metrics.RESOURCE_READY.remove(
+            kind.kind, body.meta.get("namespace") or "", body.meta.get("name") or ""
+        )
+
+
+def spec_of(model: type[M], body: kopf.Body) -> M | None:
+    """The parsed spec for handlers that run after acceptance (timers, daemons); None when
+    the spec is invalid, which `accept` has already reported."""
+    result = parse_spec(model, body.get("spec"))
+    return None if isinstance(result, SpecError) else result
