@@ -1,0 +1,145 @@
+"""Pure builders of the Jobs the operator creates. No API calls here: a builder returns the
+object, `aegis.k8s.objects.create_job` sends it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aegis.api.common import JobOptions, SecretKeyRef
+
+# The agent writes its one-line result here; the kubelet copies it into the pod status,
+# where the operator reads the reason of a failure.
+TERMINATION_LOG = "/dev/termination-log"
+AGENT_UID = 65532
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An env var whose value comes from a Secret key: the only way secrets reach a Job."""
+
+    name: str
+    ref: SecretKeyRef
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything that varies between the Jobs the operator runs."""
+
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    owner: dict[str, Any]
+    """The owning object (its apiVersion, kind, metadata.name and metadata.uid)."""
+    command: list[str]
+    args: list[str]
+    """Non-secret configuration only: Job args are visible to anyone who can read Jobs."""
+    image: str
+    options: JobOptions
+    env: dict[str, str] = field(default_factory=dict)
+    secret_env: list[SecretEnv] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+RESTRICTED_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": AGENT_UID,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def build_job(request: JobRequest) -> dict[str, Any]:
+    """A batch/v1 Job meeting the restricted Pod Security Standard."""
+    options = request.options
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "AEGIS_RESULT_FILE", "value": TERMINATION_LOG},
+    ]
+    env += [{"name": k, "value": v} for k, v in sorted(request.env.items())]
+    env += [
+        {
+            "name": s.name,
+            "valueFrom": {
+                "secretKeyRef": {"name": s.ref.name, "key": s.ref.key, "optional": s.optional}
+            },
+        }
+        for s in request.secret_env
+    ]
+    container: dict[str, Any] = {
+        "name": "agent",
+        "image": request.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": request.command,
+        "args": request.args,
+        "env": env,
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # pg_dump, the temporary redis-server and Python need a writable scratch dir.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+    }
+    if options.resources is not None:
+        container["resources"] = options.resources.to_api()
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": AGENT_UID,
+            "runAsGroup": AGENT_UID,
+            "fsGroup": AGENT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if options.service_account_name:
+        pod_spec["serviceAccountName"] = options.service_account_name
+    if options.node_selector:
+        pod_spec["nodeSelector"] = dict(options.node_selector)
+    if options.tolerations:
+        pod_spec["tolerations"] = [t.to_api() for t in options.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": request.name,
+            "namespace": request.namespace,
+            "labels": dict(request.labels),
+            "annotations": dict(request.annotations),
+            "ownerReferences": [owner_reference(request.owner)],
+        },
+        "spec": {
+            "backoffLimit": options.backoff_limit,
+            "activeDeadlineSeconds": options.active_deadline_seconds,
+            "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": dict(request.labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def job_outcome(job: dict[str, Any] | None) -> str:
+    """`Missing`, `Running`, `Complete` or `Failed`, from the Job's conditions."""
+    if job is None:
+        return "Missing"
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return str(condition["type"])
+    return "Running"

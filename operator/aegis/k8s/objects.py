@@ -1,0 +1,192 @@
+"""Idempotent reads and writes of the objects the operator touches.
+
+Creates treat 409 AlreadyExists as success and return the existing object: every name the
+operator creates is deterministic, so a retried create after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from aegis import GROUP, VERSION
+from aegis.api import Kind
+from aegis.k8s.client import api_client
+
+
+class NotFound(LookupError):
+    """The object does not exist."""
+
+
+def _custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(api_client())
+
+
+def _core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(api_client())
+
+
+def _batch() -> kubernetes.client.BatchV1Api:
+    return kubernetes.client.BatchV1Api(api_client())
+
+
+def get_custom(kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+    try:
+        obj: dict[str, Any] = _custom().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, kind.plural, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            raise NotFound(f"{kind.kind} {namespace}/{name} not found") from None
+        raise
+    return obj
+
+
+def list_custom(
+    kind: Kind, namespace: str, label_selector: str | None = None
+) -> list[dict[str, Any]]:
+    result = _custom().list_namespaced_custom_object(
+        GROUP, VERSION, namespace, kind.plural, label_selector=label_selector or ""
+    )
+    items: list[dict[str, Any]] = result.get("items", [])
+    return items
+
+
+def create_custom(kind: Kind, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create, or return the existing object of that name. Returns (object, created)."""
+    try:
+        created: dict[str, Any] = _custom().create_namespaced_custom_object(
+            GROUP, VERSION, namespace, kind.plural, body
+        )
+        return created, True
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    return get_custom(kind, namespace, body["metadata"]["name"]), False
+
+
+def patch_custom_status(kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource."""
+    try:
+        _custom().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, kind.plural, name, {"status": status}
+        )
+    except ApiException as error:
+        if error.status == 404:
+            raise NotFound(f"{kind.kind} {namespace}/{name} not found") from None
+        raise
+
+
+def delete_custom(kind: Kind, namespace: str, name: str) -> bool:
+    """Delete; False when it was already gone."""
+    try:
+        _custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, name)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def create_job(namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create the Job, or return the existing one of that name. Returns (job, created)."""
+    batch = _batch()
+    try:
+        created = batch.create_namespaced_job(namespace, job)
+        return api_client().sanitize_for_serialization(created), True
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    existing = batch.read_namespaced_job(job["metadata"]["name"], namespace)
+    return api_client().sanitize_for_serialization(existing), False
+
+
+def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        job = _batch().read_namespaced_job(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    result: dict[str, Any] = api_client().sanitize_for_serialization(job)
+    return result
+
+
+def delete_job(namespace: str, name: str) -> bool:
+    """Delete a Job and its pods (foreground would block; background is what kubectl does)."""
+    try:
+        _batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def job_failure_message(namespace: str, job_name: str) -> str | None:
+    """The agent's one-line reason: the termination message of the Job's newest failed pod
+    (the agent writes it to /dev/termination-log)."""
+    try:
+        pods = _core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+    except ApiException:
+        return None
+    newest: tuple[dt.datetime, str] | None = None
+    for pod in pods.items:
+        for status in (pod.status and pod.status.container_statuses) or []:
+            terminated = status.state and status.state.terminated
+            if terminated and terminated.exit_code and terminated.message:
+                when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
+                if newest is None or when >= newest[0]:
+                    newest = (when, terminated.message.strip())
+    return newest[1] if newest else None
+
+
+def read_secret(namespace: str, name: str) -> dict[str, bytes]:
+    """A Secret's data, decoded. Values are secrets: never log or report them."""
+    try:
+        secret = _core().read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            raise NotFound(f"Secret {namespace}/{name} not found") from None
+        raise
+    return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+
+def post_event(
+    involved: dict[str, Any],
+    event_type: str,
+    reason: str,
+    message: str,
+    *,
+    component: str = "aegis",
+) -> None:
+    """Post a core/v1 Event from outside a kopf handler (kopf.event needs its context)."""
+    meta = involved["metadata"]
+    now = dt.datetime.now(dt.UTC)
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now.isoformat().replace("+00:00", "Z"),
+        "lastTimestamp": now.isoformat().replace("+00:00", "Z"),
+        "count": 1,
+    }
+    try:
+        _core().create_namespaced_event(meta["namespace"], event)
+    except ApiException:
+        # Events are best effort, as in every controller: never fail reconciliation on them.
+        pass
