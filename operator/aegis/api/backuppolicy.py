@@ -168,6 +168,9 @@ class BackupPolicyStatus(StatusModel):
     """Ready (the spec is valid and its references resolve) and RPOMet."""
     observed_generation: int | None = None
     """The spec generation last processed."""
+    handled_until: dt.datetime | None = None
+    """Every tick at or before this time has been handled (run, skipped or suspended): the
+    scheduler's cursor, so a restart neither repeats nor forgets a tick."""
     last_schedule_time: dt.datetime | None = None
     """Scheduled time of the latest run."""
     next_schedule_time: dt.datetime | None = None

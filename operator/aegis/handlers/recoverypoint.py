@@ -1,26 +1,106 @@
-"""kopf handlers of RECOVERY_POINT: body → model → reconciler → status patch."""
+"""kopf handlers of RecoveryPoint and of its backup Jobs: body → model → reconciler → status."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import kopf
 
 from aegis import GROUP, VERSION
 from aegis.api import RECOVERY_POINT as KIND
+from aegis.api.recoverypoint import RecoveryPointSpec
+from aegis.cloud.s3 import S3Problem
 from aegis.handlers.common import KopfLogger, accept, accepted, forget
+from aegis.k8s import objects
+from aegis.reconcilers import backuppolicy, naming
+from aegis.reconcilers import recoverypoint as points
+from aegis.settings import Settings
+
+PRUNED_ANNOTATION = f"{GROUP}/pruned-by"
 
 
-@kopf.on.resume(GROUP, VERSION, KIND.plural, id="accept")
-@kopf.on.create(GROUP, VERSION, KIND.plural, id="accept")
-@kopf.on.update(GROUP, VERSION, KIND.plural, id="accept")
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, **_: Any) -> None:
+@kopf.on.resume(GROUP, VERSION, KIND.plural, id="backup")
+@kopf.on.create(GROUP, VERSION, KIND.plural, id="backup")
+def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any, **_: Any) -> None:
     spec = accept(KIND, body, patch, logger)
     if spec is None:
         return
-    accepted(KIND, body, patch, "The recovery point is accepted.")
+    assert isinstance(spec, RecoveryPointSpec)
+    phase = body.status.get("phase")
+    if spec.trigger == "Imported" or phase in points.TERMINAL:
+        accepted(KIND, body, patch, f"The recovery point is {phase or 'imported'}.")
+        return
+    settings: Settings = memo["settings"]
+    point = dict(body)
+    try:
+        job_name, created = points.start(point, settings)
+    except points.PointBlocked as blocked:
+        points.block(point, blocked)
+        kopf.warn(body, reason=blocked.reason, message=blocked.message)
+        raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
+    accepted(KIND, body, patch, f"Backup Job {job_name} runs the backup.")
+    if created:
+        kopf.info(body, reason="BackupStarted", message=f"Started backup Job {job_name}")
+        logger.info("Started backup Job %s", job_name)
+    finished = points.finish(point["metadata"]["namespace"], point["metadata"]["name"], settings)
+    if finished is not None:
+        _announce(finished, settings)
 
 
-@kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)
-def on_delete(body: kopf.Body, **_: Any) -> None:
+@kopf.on.event(
+    "batch",
+    "v1",
+    "jobs",
+    labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "backup"},
+)
+def backup_job_changed(
+    body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any
+) -> None:
+    """A backup Job changed: when it has ended, fold its outcome into its RecoveryPoint."""
+    if type == "DELETED":
+        return
+    owners: list[dict[str, Any]] = list(body.metadata.get("ownerReferences") or [])
+    owner = next((o for o in owners if o.get("kind") == KIND.kind), None)
+    if owner is None:
+        return
+    settings: Settings = memo["settings"]
+    try:
+        finished = points.finish(body.metadata["namespace"], owner["name"], settings)
+    except (points.PointBlocked, S3Problem) as problem:
+        logger.warning("Cannot finish RecoveryPoint %s yet: %s", owner["name"], problem)
+        return
+    if finished is not None:
+        _announce(finished, settings)
+
+
+def _announce(finished: points.Finished, settings: Settings) -> None:
+    outcome = finished.outcome
+    kind = "Normal" if outcome.phase == "Completed" else "Warning"
+    objects.post_event(finished.point, kind, outcome.reason, outcome.message)
+    namespace = finished.point["metadata"]["namespace"]
+    try:
+        backuppolicy.refresh(namespace, finished.policy, settings, dt.datetime.now(dt.UTC))
+    except objects.NotFound:
+        pass
+
+
+@kopf.on.delete(GROUP, VERSION, KIND.plural, id="delete-objects")
+def on_delete(body: kopf.Body, memo: Any, logger: KopfLogger, **_: Any) -> None:
+    """Remove the point's bucket objects per its policy's deletionPolicy (always when pruned
+    by retention); keep a point whose objects are Object-Locked until the lock ends."""
+    settings: Settings = memo["settings"]
+    pruned = bool(body.metadata.annotations.get(PRUNED_ANNOTATION))
+    try:
+        locked_until = points.delete_objects(dict(body), settings, pruned=pruned)
+    except (points.PointBlocked, S3Problem) as problem:
+        raise kopf.TemporaryError(
+            f"cannot delete the bucket objects yet: {problem}", delay=300
+        ) from None
+    if locked_until is not None:
+        wait = (locked_until - dt.datetime.now(dt.UTC)).total_seconds()
+        message = (
+            f"bucket objects are Object-Locked until {locked_until.isoformat()}; the point is kept"
+        )
+        raise kopf.TemporaryError(message, delay=max(60.0, min(wait, 3600.0)))
     forget(KIND, body)

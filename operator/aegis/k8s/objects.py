@@ -81,6 +81,12 @@ def patch_custom_status(kind: Kind, namespace: str, name: str, status: dict[str,
         raise
 
 
+def annotate_custom(kind: Kind, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    _custom().patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, kind.plural, name, {"metadata": {"annotations": annotations}}
+    )
+
+
 def delete_custom(kind: Kind, namespace: str, name: str) -> bool:
     """Delete; False when it was already gone."""
     try:

@@ -1,0 +1,195 @@
+"""What the operator itself does in S3: read manifests, check payloads, delete a point's
+objects (respecting Object Lock), and list a policy's manifests for catalog sync. Bulk data
+never passes through here; that is the agent's job."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from aegis.agent.layout import MANIFEST_NAME, PointRef, is_manifest_key, policy_directory
+from aegis.agent.manifest import Manifest, ManifestError, parse_manifest
+from aegis.api.common import S3Location
+
+ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+RETRIES = Config(
+    retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30
+)
+
+
+class S3Problem(RuntimeError):
+    """An S3 call failed; the message is safe to show (no credentials)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str
+
+
+def client(
+    location: S3Location, credentials: Credentials | None, default_endpoint: str | None
+) -> Any:
+    endpoint = location.endpoint or default_endpoint
+    kwargs: dict[str, Any] = {"config": RETRIES, "region_name": location.region or "us-east-1"}
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+        kwargs["config"] = RETRIES.merge(Config(s3={"addressing_style": "path"}))
+    if credentials is not None:
+        kwargs["aws_access_key_id"] = credentials.access_key_id
+        kwargs["aws_secret_access_key"] = credentials.secret_access_key
+    return boto3.client("s3", **kwargs)
+
+
+def _problem(error: Exception, what: str) -> S3Problem:
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "Unknown")
+        reasons = {
+            "NoSuchBucket": "BucketNotFound",
+            "AccessDenied": "S3AccessDenied",
+            "InvalidAccessKeyId": "S3CredentialsInvalid",
+            "SignatureDoesNotMatch": "S3CredentialsInvalid",
+            "NoSuchKey": "ObjectNotFound",
+            "404": "ObjectNotFound",
+        }
+        return S3Problem(reasons.get(str(code), "S3Error"), f"{what}: S3 answered {code}")
+    return S3Problem("S3Unreachable", f"{what}: {type(error).__name__}: {error}")
+
+
+def read_manifest(s3: Any, bucket: str, key: str) -> Manifest:
+    """The manifest at `key`; S3Problem when unreadable, ManifestError when malformed."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except (ClientError, BotoCoreError) as error:
+        raise _problem(error, f"reading s3://{bucket}/{key}") from None
+    return parse_manifest(body, f"s3://{bucket}/{key}")
+
+
+def check_payload(s3: Any, manifest: Manifest, point: PointRef) -> list[str]:
+    """Problems that make a point Corrupted: a manifest that does not describe this point,
+    or a payload whose stored size differs from what the manifest proves."""
+    problems: list[str] = []
+    if manifest.location != point.payload_url:
+        problems.append(f"manifest describes {manifest.location}, not {point.payload_url}")
+    if len(manifest.sha256) != 64:
+        problems.append("manifest has no valid sha256")
+    try:
+        head = s3.head_object(Bucket=point.bucket, Key=point.payload_key)
+    except (ClientError, BotoCoreError) as error:
+        problem = _problem(error, f"payload {point.payload_url}")
+        problems.append(
+            str(problem) if problem.reason != "ObjectNotFound" else "payload is missing"
+        )
+        return problems
+    if head["ContentLength"] != manifest.stored_bytes:
+        problems.append(
+            f"payload holds {head['ContentLength']} bytes, "
+            f"the manifest says {manifest.stored_bytes}"
+        )
+    return problems
+
+
+def locked_until(s3: Any, bucket: str, key: str) -> dt.datetime | None:
+    """Object Lock retention end of an object (read from HEAD: some stores, moto among
+    them, fail GetObjectRetention)."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise _problem(error, f"s3://{bucket}/{key}") from None
+    except BotoCoreError as error:
+        raise _problem(error, f"s3://{bucket}/{key}") from None
+    until = head.get("ObjectLockRetainUntilDate")
+    hold = head.get("ObjectLockLegalHoldStatus") == "ON"
+    if hold:
+        return dt.datetime.max.replace(tzinfo=dt.UTC)
+    return until if isinstance(until, dt.datetime) else None
+
+
+def delete_point_objects(
+    s3: Any, bucket: str, directory: str, now: dt.datetime
+) -> dt.datetime | None:
+    """Delete every object (all versions) under a point's directory. When some object is
+    still locked, delete nothing and return the lock's end, so the caller keeps the point
+    and retries then instead of failing in a loop."""
+    prefix = directory.rstrip("/") + "/"
+    try:
+        versions: list[dict[str, str]] = []
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                versions.append({"Key": entry["Key"], "VersionId": entry["VersionId"]})
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return None
+        raise _problem(error, f"listing s3://{bucket}/{prefix}") from None
+    except BotoCoreError as error:
+        raise _problem(error, f"listing s3://{bucket}/{prefix}") from None
+    latest_lock: dt.datetime | None = None
+    for key in {v["Key"] for v in versions}:
+        until = locked_until(s3, bucket, key)
+        if until is not None and until > now:
+            latest_lock = max(latest_lock or until, until)
+    if latest_lock is not None:
+        return latest_lock
+    for start in range(0, len(versions), 1000):
+        batch = versions[start : start + 1000]
+        try:
+            result = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        except (ClientError, BotoCoreError) as error:
+            raise _problem(error, f"deleting s3://{bucket}/{prefix}") from None
+        if result.get("Errors"):
+            first = result["Errors"][0]
+            raise S3Problem("S3DeleteFailed", f"deleting {first['Key']}: {first.get('Code')}")
+    return None
+
+
+def list_manifest_keys(s3: Any, bucket: str, prefix: str, namespace: str, policy: str) -> list[str]:
+    """Every manifest key of one policy's points."""
+    directory = policy_directory(prefix, namespace, policy) + "/"
+    keys: list[str] = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=directory):
+            keys += [o["Key"] for o in page.get("Contents", []) if is_manifest_key(o["Key"])]
+    except (ClientError, BotoCoreError) as error:
+        raise _problem(error, f"listing s3://{bucket}/{directory}") from None
+    return sorted(keys)
+
+
+def head_bucket(s3: Any, bucket: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchBucket"):
+            raise S3Problem("BucketNotFound", f"bucket {bucket} does not exist") from None
+        if code in ("403", "AccessDenied"):
+            raise S3Problem("S3AccessDenied", f"access to bucket {bucket} is denied") from None
+        raise _problem(error, f"bucket {bucket}") from None
+    except BotoCoreError as error:
+        raise _problem(error, f"bucket {bucket}") from None
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Credentials",
+    "ManifestError",
+    "S3Problem",
+    "check_payload",
+    "client",
+    "delete_point_objects",
+    "head_bucket",
+    "list_manifest_keys",
+    "locked_until",
+    "read_manifest",
+]

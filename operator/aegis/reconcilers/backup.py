@@ -1,0 +1,246 @@
+"""Backups: from a RecoveryPoint and its policy to a Job, and from the Job's outcome and the
+manifest in the bucket to the point's status. Plain functions; no kopf, no API calls.
+
+Secrets reach the agent only as `secretKeyRef` env vars; its non-secret configuration is the
+agent's own typed `BackupConfig`, passed as a JSON argument, so the operator/agent contract
+is checked by mypy and pydantic rather than by string conventions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aegis.agent.config import (
+    BackupConfig,
+    ObjectLockConfig,
+    PostgresSourceConfig,
+    RedisSourceConfig,
+    ServerSideEncryptionConfig,
+    StoreConfig,
+)
+from aegis.agent.layout import PointRef
+from aegis.agent.manifest import Manifest
+from aegis.api.backuppolicy import BackupPolicySpec
+from aegis.api.common import JobOptions, S3Location, SecretKeyRef
+from aegis.k8s.jobs import JobRequest, SecretEnv
+from aegis.reconcilers import naming
+from aegis.settings import Settings
+
+KEY_ENV_PREFIX = "AEGIS_KEY_"
+
+
+def store_config(
+    location: S3Location, env_prefix: str, default_endpoint: str | None
+) -> StoreConfig:
+    """The agent's view of an S3Location; credentials are env vars named with `env_prefix`."""
+    return StoreConfig(
+        bucket=location.bucket,
+        prefix=location.prefix,
+        region=location.region,
+        endpoint=location.endpoint or default_endpoint,
+        storage_class=location.storage_class,
+        server_side_encryption=(
+            ServerSideEncryptionConfig(
+                type=location.server_side_encryption.type,
+                kms_key_id=location.server_side_encryption.kms_key_id,
+            )
+            if location.server_side_encryption
+            else None
+        ),
+        object_lock=(
+            ObjectLockConfig(mode=location.object_lock.mode, days=location.object_lock.days)
+            if location.object_lock
+            else None
+        ),
+        credentials_env_prefix=env_prefix if location.credentials_secret_ref else "",
+    )
+
+
+def s3_secret_env(location: S3Location, env_prefix: str) -> list[SecretEnv]:
+    ref = location.credentials_secret_ref
+    if ref is None:
+        return []
+    return [
+        SecretEnv(f"{env_prefix}{key}", SecretKeyRef(name=ref.name, key=key))
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+
+
+def key_env_name(key_id: str) -> str:
+    return f"{KEY_ENV_PREFIX}{key_id}"
+
+
+def backup_config(
+    spec: BackupPolicySpec, namespace: str, policy: str, point: str, settings: Settings
+) -> BackupConfig:
+    source = spec.source
+    postgres = redis = None
+    if source.postgres is not None:
+        pg = source.postgres
+        options = pg.dump_options
+        postgres = PostgresSourceConfig(
+            host=pg.host,
+            port=pg.port,
+            database=pg.database,
+            ssl_mode=pg.ssl_mode,
+            schemas=options.schemas if options else None,
+            exclude_tables=options.exclude_tables if options else None,
+            exclude_table_data=options.exclude_table_data if options else None,
+        )
+    elif source.redis is not None:
+        rd = source.redis
+        redis = RedisSourceConfig(
+            host=rd.host,
+            port=rd.port,
+            tls=rd.tls,
+            method=rd.method,
+            rdb_path=RDB_MOUNT if rd.method == "Bgsave" else None,
+        )
+    return BackupConfig(
+        namespace=namespace,
+        policy=policy,
+        recovery_point=point,
+        postgres=postgres,
+        redis=redis,
+        storage=store_config(spec.storage, "", settings.s3_endpoint),
+        copies=[
+            store_config(copy, f"COPY{i}_", settings.s3_endpoint)
+            for i, copy in enumerate(spec.copies or [])
+        ],
+        compression=spec.compression,
+    )
+
+
+RDB_MOUNT = "/var/lib/aegis/rdb/dump.rdb"
+
+
+def backup_secret_env(spec: BackupPolicySpec, key_ids: list[str]) -> list[SecretEnv]:
+    """Every secret the backup needs, as Secret key references."""
+    env: list[SecretEnv] = []
+    if spec.source.postgres is not None:
+        env += [
+            SecretEnv("AEGIS_PG_USER", spec.source.postgres.user_secret_ref),
+            SecretEnv("AEGIS_PG_PASSWORD", spec.source.postgres.password_secret_ref),
+        ]
+    elif spec.source.redis is not None:
+        if spec.source.redis.username_secret_ref:
+            env.append(SecretEnv("AEGIS_REDIS_USER", spec.source.redis.username_secret_ref))
+        if spec.source.redis.password_secret_ref:
+            env.append(SecretEnv("AEGIS_REDIS_PASSWORD", spec.source.redis.password_secret_ref))
+    env += s3_secret_env(spec.storage, "")
+    for i, copy in enumerate(spec.copies or []):
+        env += s3_secret_env(copy, f"COPY{i}_")
+    key_secret = spec.encryption.key_secret_ref.name
+    env += [SecretEnv(key_env_name(k), SecretKeyRef(name=key_secret, key=k)) for k in key_ids]
+    return env
+
+
+def backup_job_request(
+    point: dict[str, Any],
+    spec: BackupPolicySpec,
+    key_ids: list[str],
+    settings: Settings,
+) -> JobRequest:
+    """The Job that takes the backup of `point` (a RecoveryPoint object)."""
+    meta = point["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    policy = point["spec"]["policyRef"]["name"]
+    config = backup_config(spec, namespace, policy, name, settings)
+    options = spec.job or JobOptions()
+    return JobRequest(
+        name=naming.backup_job_name(name),
+        namespace=namespace,
+        labels=naming.backup_job_labels(policy, name),
+        owner=point,
+        command=[*settings.agent_command, "backup"],
+        args=["--config-json", config.model_dump_json(by_alias=True, exclude_none=True)],
+        image=options.image or settings.agent_image,
+        options=options,
+        secret_env=backup_secret_env(spec, key_ids),
+    )
+
+
+# --- outcome ---------------------------------------------------------------------------------
+
+Phase = Literal["Completed", "Failed", "Corrupted"]
+
+
+@dataclass
+class PointOutcome:
+    """What the point's status becomes once its Job has ended."""
+
+    phase: Phase
+    status: dict[str, Any]
+    reason: str
+    message: str
+    conditions: list[tuple[str, Literal["True", "False"], str, str]] = field(default_factory=list)
+
+
+def completed(manifest: Manifest, problems: list[str]) -> PointOutcome:
+    """A Job that succeeded: Completed when the manifest proves the payload, else Corrupted."""
+    if problems:
+        message = "backup Job succeeded but " + "; ".join(problems)
+        return PointOutcome(
+            phase="Corrupted",
+            status={"phase": "Corrupted", "message": message},
+            reason="ManifestInconsistent",
+            message=message,
+            conditions=[("Complete", "False", "ManifestInconsistent", message)],
+        )
+    status = manifest.recovery_point_status()
+    duration = (manifest.completion_time - manifest.start_time).total_seconds()
+    message = (
+        f"{human_bytes(manifest.stored_bytes)} stored ({human_bytes(manifest.size_bytes)} "
+        f"logical) in {duration:.1f}s, sha256 {manifest.sha256[:12]}…"
+    )
+    status.update({"phase": "Completed", "message": message})
+    return PointOutcome(
+        phase="Completed",
+        status=status,
+        reason="BackupCompleted",
+        message=message,
+        conditions=[("Complete", "True", "BackupCompleted", message)],
+    )
+
+
+def missing_manifest(why: str) -> PointOutcome:
+    message = f"backup Job succeeded but the manifest is missing or unreadable: {why}"
+    return PointOutcome(
+        phase="Corrupted",
+        status={"phase": "Corrupted", "message": message},
+        reason="ManifestMissing",
+        message=message,
+        conditions=[("Complete", "False", "ManifestMissing", message)],
+    )
+
+
+def failed(reason_line: str | None, job_condition_message: str | None) -> PointOutcome:
+    message = reason_line or job_condition_message or "the backup Job failed"
+    return PointOutcome(
+        phase="Failed",
+        status={"phase": "Failed", "message": message},
+        reason="BackupFailed",
+        message=message,
+        conditions=[("Complete", "False", "BackupFailed", message)],
+    )
+
+
+def point_ref(spec: BackupPolicySpec, namespace: str, policy: str, point: str) -> PointRef:
+    return PointRef(spec.storage.bucket, spec.storage.prefix, namespace, policy, point)
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,426 @@
+"""The BackupPolicy against the cluster and the bucket: are its references usable, what is
+its status (RPO included), which points to prune, what to run at a tick, and which backups
+in the bucket the cluster does not know yet. No kopf import: handlers and the scheduler call
+these functions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from aegis import metrics
+from aegis.agent.crypto import KeyringError, decode_key
+from aegis.agent.manifest import ManifestError
+from aegis.api import BACKUP_POLICY, RECOVERY_POINT
+from aegis.api.backuppolicy import BackupPolicySpec
+from aegis.cloud import s3
+from aegis.k8s import objects
+from aegis.reconcilers import naming, retention, schedule
+from aegis.reconcilers.backup import parse_time
+from aegis.reconcilers.conditions import ConditionUpdate, is_true, iso, set_conditions
+from aegis.reconcilers.recoverypoint import (
+    TERMINAL,
+    PointBlocked,
+    load_policy,
+    s3_client_for,
+    start,
+)
+from aegis.settings import Settings
+
+PRUNED_ANNOTATION = "dr.aegis.dev/pruned-by"
+CONNECT_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+def check_references(spec: BackupPolicySpec, namespace: str, settings: Settings) -> Problem | None:
+    """The first reason the policy cannot back up now, or None when it can."""
+    try:
+        keys = objects.read_secret(namespace, spec.encryption.key_secret_ref.name)
+    except objects.NotFound as error:
+        return Problem("KeySecretNotFound", f"spec.encryption.keySecretRef: {error}; create it")
+    if not keys:
+        return Problem(
+            "EncryptionKeyMissing", "spec.encryption.keySecretRef: the Secret holds no keys"
+        )
+    for key_id, value in keys.items():
+        try:
+            decode_key(value, key_id)
+        except KeyringError as error:
+            return Problem("EncryptionKeyInvalid", f"spec.encryption.keySecretRef: {error}")
+    source = spec.source.postgres or spec.source.redis
+    assert source is not None
+    refs = []
+    if spec.source.postgres is not None:
+        refs = [spec.source.postgres.user_secret_ref, spec.source.postgres.password_secret_ref]
+    elif spec.source.redis is not None:
+        refs = [
+            r
+            for r in (spec.source.redis.password_secret_ref, spec.source.redis.username_secret_ref)
+            if r
+        ]
+    for ref in refs:
+        try:
+            data = objects.read_secret(namespace, ref.name)
+        except objects.NotFound as error:
+            return Problem("SecretNotFound", f"{error}: create it or fix the source's secret refs")
+        if ref.key not in data:
+            return Problem("SecretKeyMissing", f"Secret {ref.name} has no key {ref.key!r}")
+    try:
+        client = s3_client_for(spec.storage, namespace, settings)
+        s3.head_bucket(client, spec.storage.bucket)
+    except PointBlocked as blocked:
+        return Problem(blocked.reason, blocked.message)
+    except s3.S3Problem as problem:
+        return Problem(problem.reason, f"spec.storage: {problem}")
+    try:
+        with socket.create_connection((source.host, source.port), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as error:
+        kind = "PostgreSQL" if spec.source.postgres is not None else "Redis"
+        return Problem(
+            "SourceUnreachable",
+            f"spec.source: cannot reach {kind} at {source.host}:{source.port} "
+            f"({error.strerror or error})",
+        )
+    return None
+
+
+def ready_condition(problem: Problem | None, spec: BackupPolicySpec) -> ConditionUpdate:
+    if problem is not None:
+        return ConditionUpdate("Ready", "False", problem.reason, problem.message)
+    if spec.suspend:
+        return ConditionUpdate(
+            "Ready", "True", "Suspended", "References resolve; scheduling is suspended"
+        )
+    return ConditionUpdate(
+        "Ready", "True", "Scheduled", f"Backups run on '{spec.schedule}' ({spec.time_zone})"
+    )
+
+
+# --- status, RPO and retention ---------------------------------------------------------------
+
+
+def policy_points(namespace: str, policy: str) -> list[dict[str, Any]]:
+    selector = f"{naming.POLICY_LABEL}={naming.label_value(policy)}"
+    return [
+        p
+        for p in objects.list_custom(RECOVERY_POINT, namespace, selector)
+        if p.get("spec", {}).get("policyRef", {}).get("name") == policy
+    ]
+
+
+def point_info(point: dict[str, Any]) -> retention.PointInfo:
+    status = point.get("status") or {}
+    return retention.PointInfo(
+        name=point["metadata"]["name"],
+        phase=status.get("phase"),
+        source_time=parse_time(status.get("sourceTime")),
+        verified=is_true(status.get("conditions"), "Verified"),
+        locked_until=parse_time(status.get("lockedUntil")),
+        created=parse_time(point["metadata"].get("creationTimestamp")),
+    )
+
+
+def summarize(
+    points: list[dict[str, Any]], spec: BackupPolicySpec, now: dt.datetime
+) -> tuple[dict[str, Any], ConditionUpdate]:
+    """Status fields and the RPOMet condition from the policy's points."""
+    completed = [p for p in points if (p.get("status") or {}).get("phase") == "Completed"]
+    failed = [p for p in points if (p.get("status") or {}).get("phase") in ("Failed", "Corrupted")]
+
+    def newest(items: list[dict[str, Any]], field: str) -> dict[str, Any] | None:
+        dated = [
+            (when, p) for p in items if (when := parse_time((p.get("status") or {}).get(field)))
+        ]
+        return max(dated, key=lambda tp: tp[0])[1] if dated else None
+
+    status: dict[str, Any] = {"recoveryPoints": len(points)}
+    newest_source = newest(completed, "sourceTime")
+    newest_done = newest(completed, "completionTime")
+    newest_failed = newest(failed, "completionTime")
+    created = [(parse_time(p["metadata"].get("creationTimestamp")), p) for p in points]
+    latest = max(((t, p) for t, p in created if t), key=lambda tp: tp[0], default=None)
+    if latest:
+        status["lastRecoveryPoint"] = latest[1]["metadata"]["name"]
+    if newest_done:
+        status["lastSuccessfulTime"] = newest_done["status"]["completionTime"]
+    if newest_failed:
+        status["lastFailureTime"] = newest_failed["status"]["completionTime"]
+    objective = spec.objectives.rpo_seconds if spec.objectives else None
+    if newest_source is None:
+        status["currentRPOSeconds"] = None
+        condition = ConditionUpdate(
+            "RPOMet",
+            "False" if objective else "Unknown",
+            "NoRecoveryPoint",
+            "No Completed recovery point yet",
+        )
+        return status, condition
+    source_time = parse_time(newest_source["status"]["sourceTime"])
+    assert source_time is not None
+    rpo = max(0, int((now - source_time).total_seconds()))
+    status["currentRPOSeconds"] = rpo
+    if objective is None:
+        condition = ConditionUpdate(
+            "RPOMet",
+            "Unknown",
+            "NoObjective",
+            f"Current RPO {rpo}s; set spec.objectives.rpoSeconds",
+        )
+    elif rpo <= objective:
+        condition = ConditionUpdate(
+            "RPOMet", "True", "WithinObjective", f"Current RPO {rpo}s ≤ objective {objective}s"
+        )
+    else:
+        condition = ConditionUpdate(
+            "RPOMet",
+            "False",
+            "RPOBreached",
+            f"Current RPO {rpo}s exceeds the objective {objective}s: the newest Completed point "
+            f"{newest_source['metadata']['name']} is from {newest_source['status']['sourceTime']}",
+        )
+    return status, condition
+
+
+def export_metrics(
+    namespace: str,
+    policy: str,
+    status: dict[str, Any],
+    points: list[dict[str, Any]],
+    spec: BackupPolicySpec,
+) -> None:
+    metrics.RECOVERY_POINTS.labels(namespace, policy).set(status["recoveryPoints"])
+    if status.get("currentRPOSeconds") is not None:
+        metrics.RPO.labels(namespace, policy).set(status["currentRPOSeconds"])
+    if spec.objectives:
+        metrics.RPO_OBJECTIVE.labels(namespace, policy).set(spec.objectives.rpo_seconds)
+    done = parse_time(status.get("lastSuccessfulTime"))
+    if done:
+        metrics.BACKUP_LAST_SUCCESS.labels(namespace, policy).set(done.timestamp())
+        newest = next(
+            p
+            for p in points
+            if (p.get("status") or {}).get("completionTime") == status["lastSuccessfulTime"]
+        )
+        if newest["status"].get("storedBytes") is not None:
+            metrics.BACKUP_SIZE.labels(namespace, policy).set(newest["status"]["storedBytes"])
+
+
+def forget_metrics(namespace: str, policy: str) -> None:
+    for gauge in (
+        metrics.RECOVERY_POINTS,
+        metrics.RPO,
+        metrics.RPO_OBJECTIVE,
+        metrics.BACKUP_LAST_SUCCESS,
+        metrics.BACKUP_SIZE,
+    ):
+        try:
+            gauge.remove(namespace, policy)
+        except KeyError:
+            pass
+
+
+def prune(
+    namespace: str,
+    policy: str,
+    spec: BackupPolicySpec,
+    points: list[dict[str, Any]],
+    now: dt.datetime,
+) -> list[str]:
+    """Delete the points retention gives up; their finalizer removes the bucket objects."""
+    pruned = []
+    by_name = {p["metadata"]["name"]: p for p in points}
+    for name in retention.select_prunable(
+        [point_info(p) for p in points], spec.retention, spec.time_zone, now
+    ):
+        if by_name[name]["metadata"].get("deletionTimestamp"):
+            continue
+        objects.annotate_custom(RECOVERY_POINT, namespace, name, {PRUNED_ANNOTATION: "retention"})
+        objects.patch_custom_status(
+            RECOVERY_POINT, namespace, name, {"phase": "Expired", "message": "pruned by retention"}
+        )
+        objects.delete_custom(RECOVERY_POINT, namespace, name)
+        pruned.append(name)
+    return pruned
+
+
+def refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """Recompute the policy's status from its points, prune, export metrics."""
+    context = load_policy(namespace, policy)
+    points = policy_points(namespace, policy)
+    pruned = prune(namespace, policy, context.spec, points, now)
+    if pruned:
+        objects.post_event(
+            context.body,
+            "Normal",
+            "Pruned",
+            f"Retention pruned {len(pruned)} point(s): {', '.join(pruned)}",
+        )
+        points = [p for p in points if p["metadata"]["name"] not in pruned]
+    status, rpo = summarize(points, context.spec, now)
+    previous = context.body.get("status") or {}
+    status["conditions"] = set_conditions(
+        previous.get("conditions"),
+        [rpo],
+        generation=context.body["metadata"].get("generation"),
+        now=now,
+    )
+    objects.patch_custom_status(BACKUP_POLICY, namespace, policy, status)
+    export_metrics(namespace, policy, status, points, context.spec)
+    was = next((c for c in previous.get("conditions") or [] if c.get("type") == "RPOMet"), None)
+    if rpo.reason == "RPOBreached" and (was is None or was.get("status") != "False"):
+        objects.post_event(context.body, "Warning", "RPOBreached", rpo.message)
+    return status
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+
+def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> float | None:
+    """Do what the schedule says at `now`; return seconds until the next look (None: wait
+    for a change of the spec)."""
+    context = load_policy(namespace, policy)
+    spec = context.spec
+    status = context.body.get("status") or {}
+    since = (
+        parse_time(status.get("handledUntil"))
+        or parse_time(context.body["metadata"].get("creationTimestamp"))
+        or now
+    )
+    points = policy_points(namespace, policy)
+    active = [
+        p["metadata"]["name"]
+        for p in points
+        if (p.get("status") or {}).get("phase") not in TERMINAL
+    ]
+    plan = schedule.plan_runs(
+        spec, schedule.PolicyKey(namespace, policy), since=since, now=now, active=active
+    )
+    for name in plan.stop:
+        _replace(namespace, name)
+    update: dict[str, Any] = {"handledUntil": iso(plan.handled_until)}
+    update["nextScheduleTime"] = iso(plan.next_run_time) if plan.next_run_time else None
+    if plan.missed.count:
+        update["missedRuns"] = int(status.get("missedRuns") or 0) + plan.missed.count
+        objects.post_event(
+            context.body,
+            "Warning",
+            "MissedRuns",
+            f"{plan.missed.count} scheduled run(s) were skipped "
+            f"(last {iso(plan.missed.last) if plan.missed.last else '?'}): "
+            "they could not start within startingDeadlineSeconds or a newer run superseded them",
+        )
+    if plan.run is not None and plan.run_name is not None:
+        point = _create_point(context.body, plan.run_name, plan.run)
+        update["lastScheduleTime"] = iso(plan.run)
+        update["lastRecoveryPoint"] = plan.run_name
+        try:
+            start(point, settings)
+        except PointBlocked:
+            # The point's own handler reports why and retries.
+            pass
+    objects.patch_custom_status(BACKUP_POLICY, namespace, policy, update)
+    return plan.requeue_after
+
+
+def _create_point(policy: dict[str, Any], name: str, scheduled: dt.datetime) -> dict[str, Any]:
+    meta = policy["metadata"]
+    body = {
+        "apiVersion": RECOVERY_POINT.api_version,
+        "kind": RECOVERY_POINT.kind,
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": naming.recovery_point_labels(meta["name"]),
+        },
+        "spec": {
+            "policyRef": {"name": meta["name"]},
+            "trigger": "Scheduled",
+            "scheduledTime": iso(scheduled),
+        },
+    }
+    point, _ = objects.create_custom(RECOVERY_POINT, meta["namespace"], body)
+    point.setdefault("apiVersion", RECOVERY_POINT.api_version)
+    point.setdefault("kind", RECOVERY_POINT.kind)
+    return point
+
+
+def _replace(namespace: str, name: str) -> None:
+    """concurrencyPolicy Replace: stop an active run; its point ends Failed."""
+    try:
+        point = objects.get_custom(RECOVERY_POINT, namespace, name)
+    except objects.NotFound:
+        return
+    job = (point.get("status") or {}).get("jobName")
+    if job:
+        objects.delete_job(namespace, job)
+    message = "replaced by a newer scheduled run (concurrencyPolicy Replace)"
+    conditions = set_conditions(
+        (point.get("status") or {}).get("conditions"),
+        [ConditionUpdate("Complete", "False", "Replaced", message)],
+        generation=point["metadata"].get("generation"),
+        now=dt.datetime.now(dt.UTC),
+    )
+    objects.patch_custom_status(
+        RECOVERY_POINT,
+        namespace,
+        name,
+        {"phase": "Failed", "message": message, "conditions": conditions},
+    )
+
+
+# --- catalog sync ----------------------------------------------------------------------------
+
+
+def catalog_sync(namespace: str, policy: str, settings: Settings) -> list[str]:
+    """Create an Imported RecoveryPoint for every manifest of this policy in the bucket that
+    the cluster does not know (a new cluster pointed at an old bucket)."""
+    context = load_policy(namespace, policy)
+    spec = context.spec
+    client = s3_client_for(spec.storage, namespace, settings)
+    known = {p["metadata"]["name"] for p in policy_points(namespace, policy)}
+    imported = []
+    for key in s3.list_manifest_keys(
+        client, spec.storage.bucket, spec.storage.prefix, namespace, policy
+    ):
+        name = key.rsplit("/", 2)[-2]
+        if name in known:
+            continue
+        try:
+            manifest = s3.read_manifest(client, spec.storage.bucket, key)
+        except (s3.S3Problem, ManifestError):
+            continue
+        body = {
+            "apiVersion": RECOVERY_POINT.api_version,
+            "kind": RECOVERY_POINT.kind,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": naming.recovery_point_labels(policy),
+            },
+            "spec": {"policyRef": {"name": policy}, "trigger": "Imported"},
+        }
+        point, created = objects.create_custom(RECOVERY_POINT, namespace, body)
+        if not created:
+            continue
+        message = f"imported from {manifest.manifest}"
+        status = {**manifest.recovery_point_status(), "phase": "Completed", "message": message}
+        status["conditions"] = set_conditions(
+            None,
+            [
+                ConditionUpdate("Accepted", "True", "Imported", message),
+                ConditionUpdate("Complete", "True", "Imported", message),
+            ],
+            generation=point["metadata"].get("generation"),
+            now=dt.datetime.now(dt.UTC),
+        )
+        objects.patch_custom_status(RECOVERY_POINT, namespace, name, status)
+        imported.append(name)
+    return imported
