@@ -13,11 +13,32 @@ import kopf
 
 from aegis import GROUP, metrics
 from aegis.handlers.common import KopfLogger
+from aegis.k8s.client import api_client
 from aegis.settings import Settings
 
 # Handler ids are explicit and stable: kopf keys its progress annotations by them, so a
 # renamed function must not lose state.
 FINALIZER = f"{GROUP}/finalizer"
+
+
+@kopf.on.login(id="aegis-login")
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf talks to the API server with the same credentials as our own client: in-cluster
+    service account, else the kubeconfig named by KUBECONFIG (read now, not at import)."""
+    configuration = api_client().configuration
+    authorization = (configuration.api_key or {}).get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        username=configuration.username or None,
+        password=configuration.password or None,
+    )
 
 
 @kopf.on.startup(id="aegis-configure")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import kubernetes
@@ -18,7 +19,10 @@ def api_client() -> kubernetes.client.ApiClient:
             try:
                 kubernetes.config.load_incluster_config(client_configuration=configuration)
             except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config(client_configuration=configuration)
+                # Passed explicitly: the library reads KUBECONFIG once, at import time.
+                kubernetes.config.load_kube_config(
+                    config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+                )
             # Many sync handlers run in parallel; the default pool of 4 would serialise them.
             configuration.connection_pool_maxsize = 32
             _client = kubernetes.client.ApiClient(configuration)

@@ -1,0 +1,39 @@
+"""The real operator (kopf's KopfRunner, our handlers) against the emulator, with the Job
+runner executing agent Jobs on this machine against real PostgreSQL, Redis and moto S3."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.e2e.helpers import OperatorHandle, free_port
+
+from aegis.k8s import client as aegis_client
+
+
+@pytest.fixture
+def aegis_operator(
+    k8s_api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[OperatorHandle]:
+    metrics_port = free_port()
+    env = {
+        "KUBECONFIG": str(k8s_api.kubeconfig),
+        # The Job runner runs the Job's command on this machine: the agent of this checkout.
+        "AEGIS_AGENT_COMMAND": f"{sys.executable} -m aegis agent",
+        "AEGIS_METRICS_PORT": str(metrics_port),
+        "AEGIS_HEALTH_PORT": "0",
+        "AEGIS_LOG_FORMAT": "text",
+        "AEGIS_CATALOG_SYNC_SECONDS": "5",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    aegis_client.reset()
+    handle = OperatorHandle(env, metrics_port).start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        aegis_client.reset()
