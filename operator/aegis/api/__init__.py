@@ -68,7 +68,7 @@ BACKUP_POLICY = Kind(
         PrinterColumn("Schedule", ".spec.schedule"),
         PrinterColumn("Suspended", ".spec.suspend", "boolean"),
         PrinterColumn("Last Success", ".status.lastSuccessfulTime", "date"),
-        PrinterColumn("Next", ".status.nextScheduleTime", "date"),
+        PrinterColumn("Next", ".status.nextScheduleTime", description="Next run (RFC 3339)"),
         PrinterColumn("RPO", ".status.currentRPOSeconds", "integer", "Current RPO in seconds"),
         PrinterColumn("Ready", condition_path("Ready")),
         PrinterColumn("Reason", condition_path("Ready", "reason"), priority=1),
@@ -153,7 +153,7 @@ DR_DRILL = Kind(
         PrinterColumn("Last Result", ".status.lastRun.result"),
         PrinterColumn("RTO", ".status.lastRun.rtoSeconds", "number", "Measured RTO in seconds"),
         PrinterColumn("RPO", ".status.lastRun.rpoSeconds", "number", "Measured RPO in seconds"),
-        PrinterColumn("Next", ".status.nextRunTime", "date"),
+        PrinterColumn("Next", ".status.nextRunTime", description="Next run (RFC 3339)"),
         AGE,
     ),
 )
