@@ -31,6 +31,11 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
     if spec.trigger == "Imported" or phase in points.TERMINAL:
         accepted(KIND, body, patch, f"The recovery point is {phase or 'imported'}.")
         return
+    # A user's on-demand point carries only spec.policyRef: label it, as the operator's own
+    # points are, so that the policy's status, retention and `kubectl get -l` include it.
+    policy_label = naming.label_value(spec.policy_ref.name)
+    if body.metadata.labels.get(naming.POLICY_LABEL) != policy_label:
+        patch.metadata.setdefault("labels", {})[naming.POLICY_LABEL] = policy_label
     settings: Settings = memo["settings"]
     point = dict(body)
     try:

@@ -1,0 +1,1 @@
+"""Clients of cloud APIs, each behind a small, deadline-bounded interface."""

@@ -1,0 +1,227 @@
+"""postgresPromote: fence the old primary (best effort), measure the standby's replay lag,
+promote the standby with pg_promote(), and check that it takes writes.
+
+Order and why:
+1. fence first: once the old primary is read-only and its client sessions are closed, no
+   write can land there after the lag is measured, so the measured lag is the data-loss
+   window; if it is reachable, the standby gets a few seconds to replay up to its final LSN;
+2. measure: bytes = WAL received but not replayed, and (primary reachable) the primary's
+   final LSN minus the standby's replay LSN; seconds = now() - pg_last_xact_replay_timestamp(),
+   but 0 when everything known has been replayed (on an idle primary the timestamp ages
+   without any data being missing). WAL the dead primary never sent is unknowable: that is
+   the honest limit of the figure;
+3. promote: `pg_promote(wait => true)` bounded by the step's deadline;
+4. verify on a fresh connection: not in recovery, not read-only, and a write succeeds.
+
+Idempotent: a standby that is already out of recovery is not promoted again (success, the
+lag measured by the first attempt is kept). Fencing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from aegis.api.failoverplan import PostgresPromoteStep
+from aegis.probes.base import SecretReader, scrub
+from aegis.probes.postgres import PgEndpoint, in_recovery, pg_connect
+from aegis.reconcilers.failover import LAG_BYTES, LAG_SECONDS
+from aegis.steps.base import StepContext, StepResult
+
+FENCE_TIMEOUT_SECONDS = 2.0
+CATCH_UP_SECONDS = 5.0
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass(frozen=True)
+class FenceResult:
+    fenced: bool
+    message: str
+    final_lsn: str | None = None
+    """pg_current_wal_lsn() of the fenced primary: no write can come after it."""
+
+
+def fence_primary(endpoint: PgEndpoint, timeout: float) -> FenceResult:
+    """Make the old primary refuse writes if it is reachable: default_transaction_read_only
+    = on (ALTER SYSTEM, so it survives a restart), reload, and end its client sessions (their
+    open transactions could still commit). Never raises."""
+    try:
+        conn = pg_connect(endpoint, timeout)
+    except psycopg.Error as exc:
+        return FenceResult(False, f"skipped: {endpoint.where} unreachable ({_first_line(exc)})")
+    try:
+        with conn:
+            if in_recovery(conn):
+                return FenceResult(False, f"skipped: {endpoint.where} is a standby")
+            conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            conn.execute("SELECT pg_reload_conf()")
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            ended = int(str(row[0])) if row else 0
+            lsn_row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            lsn = str(lsn_row[0]) if lsn_row else None
+        return FenceResult(
+            True, f"fenced {endpoint.where}: read-only, {ended} client sessions ended", lsn
+        )
+    except psycopg.Error as exc:
+        return FenceResult(False, f"fence of {endpoint.where} failed: {_first_line(exc)}")
+
+
+@dataclass(frozen=True)
+class Lag:
+    bytes: int | None
+    seconds: float | None
+    receive_lsn: str | None
+    replay_lsn: str | None
+    primary_lsn: str | None
+
+    def outputs(self) -> dict[str, str]:
+        out = {
+            "receiveLsn": self.receive_lsn, "replayLsn": self.replay_lsn,
+            "primaryLsn": self.primary_lsn,
+            LAG_BYTES: None if self.bytes is None else str(self.bytes),
+            LAG_SECONDS: None if self.seconds is None else f"{self.seconds:.3f}",
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def measure_lag(standby: Conn, primary_lsn: str | None) -> Lag:
+    """The standby's replay lag now (see the module docstring for the rules)."""
+    row = standby.execute(
+        "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
+        " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),"
+        " extract(epoch FROM now() - pg_last_xact_replay_timestamp()),"
+        " CASE WHEN %(p)s::pg_lsn IS NULL THEN NULL"
+        "  ELSE pg_wal_lsn_diff(%(p)s::pg_lsn, pg_last_wal_replay_lsn()) END",
+        {"p": primary_lsn},
+    ).fetchone()
+    assert row is not None
+    receive, replay, received_unreplayed, age, behind_primary = row
+    gaps = [max(0, int(str(g))) for g in (received_unreplayed, behind_primary) if g is not None]
+    lag_bytes = max(gaps) if gaps else None
+    if lag_bytes == 0:
+        seconds: float | None = 0.0
+    else:
+        seconds = None if age is None else max(0.0, float(str(age)))
+    return Lag(lag_bytes, seconds, _opt(receive), _opt(replay), primary_lsn)
+
+
+def catch_up(standby: Conn, primary_lsn: str, budget: float) -> bool:
+    """Wait (polling the standby's replay position) until it has replayed `primary_lsn`."""
+    give_up = time.monotonic() + budget
+    while True:
+        row = standby.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (primary_lsn,)
+        ).fetchone()
+        if row and row[0]:
+            return True
+        if time.monotonic() >= give_up:
+            return False
+        time.sleep(0.05)
+
+
+def verify_writable(endpoint: PgEndpoint, timeout: float) -> str | None:
+    """None when a new session on `endpoint` can write; else why not."""
+    with pg_connect(endpoint, timeout) as conn:
+        if in_recovery(conn):
+            return "still in recovery"
+        row = conn.execute("SHOW transaction_read_only").fetchone()
+        if row and row[0] == "on":
+            return "sessions are read-only (default_transaction_read_only = on)"
+        conn.execute("CREATE TEMP TABLE aegis_write_check (id int)")
+        conn.execute("INSERT INTO aegis_write_check VALUES (1)")
+        conn.execute("DROP TABLE aegis_write_check")
+    return None
+
+
+def unfence(conn: Conn) -> bool:
+    """Undo a fence an earlier failover left on this server (it was the old primary then)."""
+    row = conn.execute("SHOW default_transaction_read_only").fetchone()
+    if not row or row[0] != "on":
+        return False
+    conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+    conn.execute("SELECT pg_reload_conf()")
+    return True
+
+
+def run_postgres_promote(
+    step: PostgresPromoteStep, ctx: StepContext, secrets: SecretReader | None
+) -> StepResult:
+    if secrets is None:
+        return StepResult(False, "postgresPromote: no Secret reader to resolve credentials")
+    known: list[str] = []
+    outputs: dict[str, str] = {}
+    try:
+        standby = PgEndpoint.resolve(step.target, secrets)
+        known.append(standby.password)
+        old = PgEndpoint.resolve(step.fence_primary, secrets) if step.fence_primary else None
+        if old is not None:
+            known.append(old.password)
+        return _promote(standby, old, ctx, outputs)
+    except Exception as exc:  # an executor reports, it never raises
+        text = f"postgresPromote failed: {type(exc).__name__}: {_first_line(exc)}"
+        return StepResult(False, scrub(text, known), outputs)
+
+
+def _promote(
+    standby: PgEndpoint, old: PgEndpoint | None, ctx: StepContext, outputs: dict[str, str]
+) -> StepResult:
+    fence: FenceResult | None = None
+    if old is not None:
+        fence = fence_primary(old, min(FENCE_TIMEOUT_SECONDS, max(0.1, ctx.remaining())))
+        outputs["fence"] = fence.message
+    with pg_connect(standby, max(0.1, ctx.remaining())) as conn:
+        if not in_recovery(conn):
+            why = verify_writable(standby, max(0.1, ctx.remaining()))
+            note = "; ".join(filter(None, [fence.message if fence else None]))
+            if why is not None:
+                return StepResult(False, f"{standby.where} is promoted but {why}", outputs)
+            return StepResult(
+                True, f"{standby.where} already promoted (not in recovery): no second promote"
+                + (f"; {note}" if note else ""), outputs,
+            )
+        caught_up = None
+        if fence is not None and fence.final_lsn is not None:
+            budget = min(CATCH_UP_SECONDS, max(0.0, ctx.remaining() / 2))
+            caught_up = catch_up(conn, fence.final_lsn, budget)
+        lag = measure_lag(conn, fence.final_lsn if fence else None)
+        outputs.update(lag.outputs())
+        ctx.save_outputs(dict(outputs))  # the RPO figure survives a crash during the promote
+        wait = max(1, int(ctx.remaining()))
+        row = conn.execute(
+            "SELECT pg_promote(wait => true, wait_seconds => %s)", (wait,)
+        ).fetchone()
+        if not (row and row[0]):
+            return StepResult(False, f"{standby.where}: pg_promote did not finish within {wait}s",
+                              outputs)
+        unfenced = unfence(conn)
+    why = verify_writable(standby, max(0.1, ctx.remaining()))
+    if why is not None:
+        return StepResult(False, f"{standby.where} promoted but {why}", outputs)
+    parts = [f"promoted {standby.where}, writable",
+             f"lag {_show(lag.bytes)} bytes / {_show(lag.seconds)} s before promotion"]
+    if caught_up is False:
+        parts.append("standby had not replayed the fenced primary's last WAL in time")
+    if unfenced:
+        parts.append("reset default_transaction_read_only left by an earlier fence")
+    if fence is not None:
+        parts.append(fence.message)
+    return StepResult(True, "; ".join(parts), outputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _opt(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _show(value: float | int | None) -> str:
+    return "unknown" if value is None else str(value)
