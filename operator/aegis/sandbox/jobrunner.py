@@ -74,6 +74,9 @@ JsonDict = dict[str, Any]
 log = logging.getLogger("aegis.sandbox.jobrunner")
 
 DEFAULT_BACKOFF_LIMIT = 6
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# The kubelet keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
 DEFAULT_GRACE_SECONDS = 30
 
 
@@ -446,6 +449,89 @@ class JobRunner:
 
         return read
 
+    def record_pod(
+        self,
+        pod: PodIdentity,
+        job_uid: str | None,
+        container: JsonDict,
+        exit_code: int,
+        message: str,
+        started: datetime,
+        finished: datetime,
+    ) -> None:
+        """Create the attempt's Pod with its container's terminated state, as the Job
+        controller and the kubelet would, so that readers of pod status (the operator reads
+        an agent's one-line failure reason there) see what they would on a cluster. Best
+        effort: a failure here never changes the Job's outcome."""
+        from kubernetes.client.exceptions import ApiException
+
+        owner = (
+            [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": pod.labels["job-name"],
+                    "uid": job_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+            if job_uid
+            else []
+        )
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "labels": pod.labels,
+                "ownerReferences": owner,
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": container.get("name") or "main",
+                        "image": container.get("image") or "sandbox",
+                    }
+                ],
+            },
+        }
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": rfc3339(started),
+            "finishedAt": rfc3339(finished),
+        }
+        if message:
+            terminated["message"] = message
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "startTime": rfc3339(started),
+            "containerStatuses": [
+                {
+                    "name": container.get("name") or "main",
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": container.get("image") or "sandbox",
+                    "imageID": "",
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+        try:
+            self.core.create_namespaced_pod(pod.namespace, body, _request_timeout=30)
+            self.core.patch_namespaced_pod_status(
+                pod.name,
+                pod.namespace,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+                _request_timeout=30,
+            )
+        except ApiException as error:
+            log.warning("recording pod %s/%s failed: %s", pod.namespace, pod.name, error.reason)
+
     def patch_status(self, namespace: str, name: str, status: JsonDict) -> bool:
         """Merge-patch /status; False if the Job is gone."""
         from kubernetes.client.exceptions import ApiException
@@ -700,6 +786,14 @@ class _JobRun(threading.Thread):
         work_dir = containers[0].get("workingDir")
         if not (work_dir and Path(work_dir).is_dir()):
             work_dir = str(self.runner.new_work_dir(pod_name))
+        # The kubelet gives the container a file at terminationMessagePath and copies what
+        # it holds into the pod's status; here that file lives in the pod's own work dir
+        # (never the host's /dev), and env values naming the path are pointed at it.
+        message_path = containers[0].get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
+        message_file = Path(self.runner.new_work_dir(f"{pod_name}-termination")) / "message"
+        message_file.touch()
+        env = {k: (str(message_file) if v == message_path else v) for k, v in env.items()}
+        attempt_started = datetime.now(UTC)
         with open(log_path, "ab") as log_file:
             try:
                 proc, tracked = processes.spawn(
@@ -737,6 +831,19 @@ class _JobRun(threading.Thread):
             log_path,
             f"pod {pod_name} {outcome.lower()}: exit code {proc.returncode} after {elapsed:.2f}s",
         )
+        if outcome in ("Succeeded", "Failed"):
+            message = message_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(
+                "utf-8", "replace"
+            )
+            self.runner.record_pod(
+                pod,
+                self.uid or None,
+                containers[0],
+                proc.returncode,
+                message.strip(),
+                attempt_started,
+                datetime.now(UTC),
+            )
         return outcome
 
     def _wait_for_exit(
