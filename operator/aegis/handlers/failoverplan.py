@@ -1,7 +1,24 @@
-"""kopf handlers of FAILOVER_PLAN: body → model → reconciler → status patch."""
+"""kopf handlers of FailoverPlan: accept the spec, and run one probing daemon per plan.
+
+Why an async daemon per plan rather than a timer or a sync daemon: a tick blocks (probes
+wait up to timeoutSeconds, a procedure runs for minutes), and kopf runs sync handlers in a
+pool capped at settings.execution.max_workers, shared by every kind. The async daemon only
+awaits; the blocking tick runs in the failover runtime's own thread pool and the checks in
+the shared, bounded `Prober`. So one plan with a hung server or a long procedure holds one
+of those threads and never delays another plan's probes, nor a backup's handler. A daemon
+(rather than a timer) also sleeps exactly until the next site is due and can be woken at
+once by a trigger annotation.
+
+Stopping (operator shutdown, plan deleted) flags the tick as halted: it writes nothing more,
+exactly as if the process had died there. The next operator finds the step it was running
+still `Running` in status and resumes it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from functools import partial
 from typing import Any
 
 import kopf
@@ -9,6 +26,25 @@ import kopf
 from aegis import GROUP, VERSION
 from aegis.api import FAILOVER_PLAN as KIND
 from aegis.handlers.common import KopfLogger, accept, accepted, forget
+from aegis.reconcilers import failoverplan as plans
+
+RUNTIME = "failover-runtime"
+WAKEUPS = "failover-wakeups"
+# Ticks that fail for a passing reason (API server unreachable) are retried this soon.
+ERROR_RETRY_SECONDS = 5.0
+
+
+@kopf.on.startup(id="failover-runtime")
+def start_runtime(memo: kopf.Memo, **_: Any) -> None:
+    memo[RUNTIME] = plans.FailoverRuntime()
+    memo[WAKEUPS] = {}
+
+
+@kopf.on.cleanup(id="failover-runtime")
+def stop_runtime(memo: kopf.Memo, **_: Any) -> None:
+    runtime: plans.FailoverRuntime | None = memo.get(RUNTIME)
+    if runtime is not None:
+        runtime.close()
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="accept")
@@ -18,9 +54,72 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, **_: Any) 
     spec = accept(KIND, body, patch, logger)
     if spec is None:
         return
-    accepted(KIND, body, patch, "The plan is accepted.")
+    accepted(KIND, body, patch, "The plan is accepted; its sites are being probed.")
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="wake-on-trigger")
+async def wake_on_trigger(
+    body: kopf.Body, memo: kopf.Memo, namespace: str | None, name: str, **_: Any
+) -> None:
+    """A trigger annotation is acted on now, not at the next probe."""
+    if any(key in body.metadata.annotations for key in plans.TRIGGERS):
+        wakeup: asyncio.Event | None = memo.get(WAKEUPS, {}).get((namespace, name))
+        if wakeup is not None:
+            wakeup.set()
+
+
+@kopf.daemon(GROUP, VERSION, KIND.plural, id="failover-loop", cancellation_timeout=5.0)
+async def failover_loop(
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: KopfLogger,
+    namespace: str | None,
+    name: str,
+    **_: Any,
+) -> None:
+    assert namespace is not None  # every Aegis kind is namespaced
+    runtime: plans.FailoverRuntime = memo[RUNTIME]
+    wakeups: dict[tuple[str, str], asyncio.Event] = memo[WAKEUPS]
+    wakeup = wakeups.setdefault((namespace, name), asyncio.Event())
+    halted = threading.Event()
+    loop = asyncio.get_running_loop()
+    stop_task: asyncio.Future[Any] = asyncio.create_task(_until_stopped(stopped))
+    try:
+        while not stopped:
+            wakeup.clear()
+            work: asyncio.Future[Any] = loop.run_in_executor(
+                runtime.ticks, partial(plans.tick, namespace, name, runtime, halted=halted.is_set)
+            )
+            await asyncio.wait({work, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if stopped:
+                return
+            try:
+                delay = work.result()
+            except plans.Halted:
+                return
+            except Exception as error:  # the API server or a port failed; try again soon
+                logger.warning("FailoverPlan %s/%s: tick failed: %s: %s", namespace, name,
+                               type(error).__name__, error)
+                delay = ERROR_RETRY_SECONDS
+            if delay is None:
+                return  # the plan is gone
+            wake_task: asyncio.Future[Any] = asyncio.create_task(wakeup.wait())
+            await asyncio.wait({wake_task, stop_task}, timeout=delay,
+                               return_when=asyncio.FIRST_COMPLETED)
+            wake_task.cancel()
+    finally:
+        # A tick still running in its thread must not write after this point.
+        halted.set()
+        stop_task.cancel()
+        if wakeups.get((namespace, name)) is wakeup:
+            del wakeups[(namespace, name)]
+
+
+async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
+    await stopped.wait()
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)
-def on_delete(body: kopf.Body, **_: Any) -> None:
+def on_delete(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     forget(KIND, body)
+    plans.forget_metrics(namespace or "", name)

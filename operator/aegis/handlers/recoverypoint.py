@@ -51,6 +51,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
     finished = points.finish(point["metadata"]["namespace"], point["metadata"]["name"], settings)
     if finished is not None:
         _announce(finished, settings)
+        _replan(memo, finished)
 
 
 @kopf.on.event(
@@ -77,6 +78,14 @@ def backup_job_changed(
         return
     if finished is not None:
         _announce(finished, settings)
+        _replan(memo, finished)
+
+
+def _replan(memo: Any, finished: points.Finished) -> None:
+    """A run ended: a tick held back by concurrencyPolicy Forbid may start now."""
+    from aegis.handlers.backuppolicy import scheduler_for
+
+    scheduler_for(memo).wake(finished.point["metadata"]["namespace"], finished.policy)
 
 
 def _announce(finished: points.Finished, settings: Settings) -> None:

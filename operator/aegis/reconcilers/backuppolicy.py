@@ -42,6 +42,10 @@ class Problem:
 def check_references(spec: BackupPolicySpec, namespace: str, settings: Settings) -> Problem | None:
     """The first reason the policy cannot back up now, or None when it can."""
     try:
+        schedule.next_tick(spec.schedule, spec.time_zone, dt.datetime.now(dt.UTC))
+    except schedule.ScheduleError as error:
+        return Problem("InvalidSchedule", str(error))
+    try:
         keys = objects.read_secret(namespace, spec.encryption.key_secret_ref.name)
     except objects.NotFound as error:
         return Problem("KeySecretNotFound", f"spec.encryption.keySecretRef: {error}; create it")
