@@ -57,15 +57,18 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, **_: Any) 
     accepted(KIND, body, patch, "The plan is accepted; its sites are being probed.")
 
 
-@kopf.on.event(GROUP, VERSION, KIND.plural, id="wake-on-trigger")
+def _has_trigger(annotations: kopf.Annotations, **_: Any) -> bool:
+    return any(key in annotations for key in plans.TRIGGERS)
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="wake-on-trigger", when=_has_trigger)
 async def wake_on_trigger(
-    body: kopf.Body, memo: kopf.Memo, namespace: str | None, name: str, **_: Any
+    memo: kopf.Memo, namespace: str | None, name: str, **_: Any
 ) -> None:
     """A trigger annotation is acted on now, not at the next probe."""
-    if any(key in body.metadata.annotations for key in plans.TRIGGERS):
-        wakeup: asyncio.Event | None = memo.get(WAKEUPS, {}).get((namespace, name))
-        if wakeup is not None:
-            wakeup.set()
+    wakeup: asyncio.Event | None = memo.get(WAKEUPS, {}).get((namespace, name))
+    if wakeup is not None:
+        wakeup.set()
 
 
 @kopf.daemon(GROUP, VERSION, KIND.plural, id="failover-loop", cancellation_timeout=5.0)

@@ -1,0 +1,167 @@
+"""Kubernetes-backed ports of the failover code: Secrets, workload replicas, Jobs.
+
+The probes and steps (`aegis.probes`, `aegis.steps`) only know small Protocols so they can be
+tested without a cluster; these are the implementations the operator hands them, all bound
+to one FailoverPlan's namespace. Every call is a blocking API call: use them from threads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from aegis import GROUP
+from aegis.api.common import SecretKeyRef, SecretRef
+from aegis.k8s import objects
+from aegis.k8s.client import api_client
+from aegis.k8s.jobs import owner_reference
+from aegis.probes.workload import WorkloadKind, WorkloadReplicas
+from aegis.steps.base import JobState
+
+PLAN_LABEL = f"{GROUP}/failoverplan"
+TRANSITION_LABEL = f"{GROUP}/transition"
+
+
+class SecretsOfNamespace:
+    """`SecretReader` over the Secrets of one namespace. Errors name the Secret and the key,
+    never a value."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def data(self, ref: SecretRef) -> dict[str, str]:
+        raw = objects.read_secret(self.namespace, ref.name)
+        try:
+            return {key: value.decode() for key, value in raw.items()}
+        except UnicodeDecodeError:
+            raise ValueError(f"Secret {ref.name} holds a value that is not UTF-8 text") from None
+
+    def value(self, ref: SecretKeyRef) -> str:
+        data = self.data(SecretRef(name=ref.name))
+        if ref.key not in data:
+            raise KeyError(
+                f"Secret {self.namespace}/{ref.name} has no key {ref.key!r}: add it or fix the "
+                "secret reference"
+            )
+        return data[ref.key]
+
+
+def _apps() -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(api_client())
+
+
+def replicas_of(obj: Mapping[str, Any]) -> WorkloadReplicas:
+    """Replica counts from a Deployment or StatefulSet as JSON (pure)."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    desired = spec.get("replicas")
+    return WorkloadReplicas(
+        desired=1 if desired is None else int(desired),  # the API server's default
+        current=int(status.get("replicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+        generation=int((obj.get("metadata") or {}).get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+    )
+
+
+class Workloads:
+    """`WorkloadReader` and `WorkloadScaler` through the apps/v1 API. Replicas are set
+    through the scale subresource, as `kubectl scale` does: it needs only the `*/scale`
+    permission and touches nothing else of the spec."""
+
+    def read_replicas(self, kind: WorkloadKind, namespace: str, name: str) -> WorkloadReplicas:
+        apps = _apps()
+        try:
+            if kind == "Deployment":
+                obj = apps.read_namespaced_deployment(name, namespace, _preload_content=False)
+            else:
+                obj = apps.read_namespaced_stateful_set(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                raise objects.NotFound(f"{kind} {namespace}/{name} not found") from None
+            raise
+        return replicas_of(_json(obj))
+
+    def set_replicas(self, kind: WorkloadKind, namespace: str, name: str, replicas: int) -> None:
+        apps = _apps()
+        body = {"spec": {"replicas": replicas}}
+        deployment = kind == "Deployment"
+        try:
+            if deployment:
+                apps.patch_namespaced_deployment_scale(name, namespace, body)
+            else:
+                apps.patch_namespaced_stateful_set_scale(name, namespace, body)
+            return
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        # 404 from /scale: the workload is missing, or the API server does not serve the
+        # subresource (the sandbox's emulator does not): then patch spec.replicas itself.
+        self.read_replicas(kind, namespace, name)  # raises NotFound when it is missing
+        if deployment:
+            apps.patch_namespaced_deployment(name, namespace, body)
+        else:
+            apps.patch_namespaced_stateful_set(name, namespace, body)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+def job_manifest(
+    name: str, spec: Mapping[str, Any], owner: Mapping[str, Any], transition_id: str | None
+) -> dict[str, Any]:
+    """The Job of a `job` step (pure): the user's JobSpec as given, owned by the plan (so it
+    goes when the plan goes) and labelled with plan and transition for `kubectl get -l`."""
+    meta = owner["metadata"]
+    labels = {PLAN_LABEL: meta["name"]}
+    if transition_id:
+        labels[TRANSITION_LABEL] = transition_id
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(dict(owner))],
+        },
+        "spec": dict(spec),
+    }
+
+
+def job_state_of(job: Mapping[str, Any] | None) -> JobState:
+    """Where a Job stands, from its conditions (pure)."""
+    if job is None:
+        return JobState("Failed", "the Job is gone (deleted while the step waited for it)")
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return JobState("Succeeded", condition.get("message") or "")
+        if condition.get("type") == "Failed":
+            why = condition.get("reason") or "Failed"
+            detail = condition.get("message") or ""
+            return JobState("Failed", f"{why}: {detail}".rstrip(": "))
+    return JobState("Running")
+
+
+class PlanJobs:
+    """`JobLauncher` creating the Jobs of one plan's `job` steps, owned by the plan. The
+    name comes from the step (plan, transition id, step), so create-or-get is idempotent."""
+
+    def __init__(self, owner: Mapping[str, Any], transition_id: str | None = None) -> None:
+        self.owner = owner
+        self.transition_id = transition_id
+
+    def ensure_job(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        objects.create_job(namespace, job_manifest(name, spec, self.owner, self.transition_id))
+
+    def job_state(self, namespace: str, name: str) -> JobState:
+        return job_state_of(objects.get_job(namespace, name))
+

@@ -1,0 +1,463 @@
+"""One FailoverPlan against the cluster: probe, decide, act, write status. No kopf import:
+the handler's per-plan daemon calls `tick()` in a thread, again and again.
+
+A tick reads the plan fresh, probes the sites that are due (periodSeconds), runs the pure
+state machine and decision (`aegis.reconcilers.failover`), and writes what changed. When the
+decision starts (or an operator restart finds running) a transition, the tick drives the
+procedure to its end (`aegis.steps.run_procedure`) with status written before and after each
+step. Between ticks nothing is held in memory that status does not also hold, so a new
+operator process carries on exactly where the old one stopped.
+
+Status is written with JSON merge patches computed against what this plan's tick last saw
+(`merge_patch`): fields that went away are sent as null, so a resumed transition loses its
+old completionTime and a withdrawn recommendation its token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+import kubernetes
+
+from aegis import GROUP, VERSION, metrics
+from aegis.api import FAILOVER_PLAN
+from aegis.api.failoverplan import (
+    FailoverPlanSpec,
+    FailoverPlanStatus,
+    SiteStatus,
+    Transition,
+)
+from aegis.k8s import objects
+from aegis.k8s.client import api_client
+from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
+from aegis.probes.prober import ProbeContext, Prober
+from aegis.reconcilers import failover
+from aegis.reconcilers.conditions import ConditionUpdate, set_conditions
+from aegis.reconcilers.validation import SpecError, parse_spec
+from aegis.steps import StepPorts, run_procedure
+
+log = logging.getLogger(__name__)
+
+STATES: tuple[str, ...] = get_args(get_args(FailoverPlanStatus.model_fields["state"].annotation)[0])
+RUNNING_STATES = ("FailingOver", "FailingBack")
+TRIGGERS = (failover.FAILOVER, failover.APPROVE, failover.FAILBACK)
+# A plan whose spec is refused is looked at again this often (an edit also wakes it).
+INVALID_SPEC_RETRY_SECONDS = 30.0
+# Upper bound on the sleep between ticks, so a changed periodSeconds is picked up soon.
+MAX_IDLE_SECONDS = 30.0
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Halted(RuntimeError):
+    """The daemon that started this tick has been stopped (operator shutdown, plan deleted):
+    nothing more may be written, as if the process had died here."""
+
+
+@dataclass
+class FailoverRuntime:
+    """What all plans of one operator process share. Probes run in the prober's bounded pool
+    (every check has a hard deadline); ticks, which may run a procedure for minutes, run in
+    their own pool so they never take kopf's handler threads."""
+
+    prober: Prober = field(default_factory=lambda: Prober(max_workers=32))
+    ticks: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="aegis-failover")
+    )
+    route53: Any = None
+    """Optional Route53 client factory (tests of error paths); None uses the default."""
+
+    def close(self) -> None:
+        self.prober.close()
+        # Running ticks are not waited for: a stopped daemon's tick is halted at its next write.
+        self.ticks.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns `old` into `new` (None: nothing to change is
+    signalled by returning an empty dict for equal dicts)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            if isinstance(old[key], dict) and isinstance(value, dict):
+                patch[key] = merge_patch(old[key], value)
+            else:
+                patch[key] = value
+    return patch
+
+
+def next_delay(spec: FailoverPlanSpec, status: FailoverPlanStatus, now: dt.datetime) -> float:
+    """Seconds until the first site is due for a probe."""
+    delays = []
+    for key, site in (("primary", spec.primary), ("secondary", spec.secondary)):
+        previous = (status.sites or {}).get(key)
+        if previous is None or previous.last_probe_time is None:
+            return 0.0
+        due = previous.last_probe_time + dt.timedelta(seconds=site.period_seconds)
+        delays.append((due - now).total_seconds())
+    return max(0.0, min(min(delays), MAX_IDLE_SECONDS))
+
+
+def ready_condition(spec: FailoverPlanSpec, status: FailoverPlanStatus) -> ConditionUpdate:
+    state = status.state or "Monitoring"
+    last = status.last_transition
+    if state == "Failed" and last is not None:
+        failed = [s.name for s in last.steps or [] if s.state == "Failed"]
+        return ConditionUpdate(
+            "Ready", "False", f"{last.kind}Failed",
+            f"{last.kind.lower()} failed at step {', '.join(failed) or '?'}; fix the cause, then "
+            f"retry with {failover.FAILOVER if last.kind == 'Failover' else failover.FAILBACK}"
+            "=<reason> or roll back with " + failover.FAILBACK + "=<reason>",
+        )
+    site = spec.secondary if status.active_site == "secondary" else spec.primary
+    messages = {
+        "Monitoring": f"{site.name} serves; both sites probed",
+        "AwaitingApproval": "a failover is recommended and awaits approval",
+        "FailingOver": f"failing over to {spec.secondary.name}",
+        "FailingBack": f"failing back to {spec.primary.name}",
+        "FailedOver": f"{spec.secondary.name} serves since the last failover",
+    }
+    return ConditionUpdate("Ready", "True", state, messages.get(state, state))
+
+
+def interval_of(spec: FailoverPlanSpec) -> float:
+    return float(min(spec.primary.period_seconds, spec.secondary.period_seconds))
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+class PlanWriter:
+    """Writes one plan's status and annotations, remembering what it last wrote."""
+
+    def __init__(self, body: Mapping[str, Any], halted: Callable[[], bool]) -> None:
+        self.body = body
+        meta = body["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.generation = meta.get("generation")
+        self.seen: dict[str, Any] = dict(body.get("status") or {})
+        self.halted = halted
+
+    def _guard(self) -> None:
+        if self.halted():
+            raise Halted(f"FailoverPlan {self.namespace}/{self.name}: its daemon was stopped")
+
+    def save(
+        self,
+        status: FailoverPlanStatus,
+        updates: list[ConditionUpdate] | None = None,
+        now: dt.datetime | None = None,
+    ) -> None:
+        self._guard()
+        wanted = status.to_api()
+        wanted.pop("conditions", None)
+        conditions = self.seen.get("conditions")
+        if updates:
+            conditions = set_conditions(
+                conditions, updates, generation=self.generation, now=now or utcnow()
+            )
+        if conditions is not None:
+            wanted["conditions"] = conditions
+        if updates:
+            wanted["observedGeneration"] = self.generation
+        elif "observedGeneration" in self.seen:
+            wanted["observedGeneration"] = self.seen["observedGeneration"]
+        patch = merge_patch(self.seen, wanted)
+        if patch:
+            objects.patch_custom_status(FAILOVER_PLAN, self.namespace, self.name, patch)
+            self.seen = wanted
+
+    def save_transition(self, status: FailoverPlanStatus, transition: Transition) -> None:
+        """The runner's save: only lastTransition changes while steps run."""
+        self.save(status.model_copy(update={"last_transition": transition}))
+
+    def remove_annotations(self, names: tuple[str, ...]) -> None:
+        if not names:
+            return
+        self._guard()
+        kubernetes.client.CustomObjectsApi(api_client()).patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, FAILOVER_PLAN.plural, self.name,
+            {"metadata": {"annotations": dict.fromkeys(names)}},
+        )
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        if not self.halted():
+            objects.post_event(dict(self.body), type_, reason, message)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def record_site_metrics(
+    namespace: str, name: str, key: str, status: SiteStatus
+) -> None:
+    if status.healthy is not None:
+        metrics.SITE_HEALTHY.labels(namespace, name, key).set(1 if status.healthy else 0)
+    for check in status.checks or []:
+        if check.latency_ms is not None:
+            metrics.PROBE_LATENCY.labels(namespace, name, key).observe(check.latency_ms / 1000)
+
+
+KINDS = ("Failover", "Failback")
+RESULTS = ("Succeeded", "Failed")
+
+
+def init_counters(namespace: str, name: str) -> None:
+    """Create the plan's counter series at 0: Prometheus' increase() cannot see a series
+    that appears already at 1, so an alert on the first failover would never fire."""
+    for kind in KINDS:
+        for result in RESULTS:
+            metrics.FAILOVER_TOTAL.labels(namespace, name, kind, result)
+
+
+def record_state(namespace: str, name: str, state: str | None) -> None:
+    init_counters(namespace, name)
+    for candidate in STATES:
+        metrics.FAILOVER_STATE.labels(namespace, name, candidate).set(
+            1 if candidate == (state or "Monitoring") else 0
+        )
+
+
+def forget_metrics(namespace: str, name: str) -> None:
+    """Drop the plan's series when it is deleted."""
+    for gauge, values in (
+        (metrics.SITE_HEALTHY, ("primary", "secondary")),
+        (metrics.PROBE_LATENCY, ("primary", "secondary")),
+        (metrics.FAILOVER_STATE, STATES),
+    ):
+        for value in values:
+            try:
+                gauge.remove(namespace, name, value)
+            except KeyError:
+                pass
+    for kind in KINDS:
+        for result in RESULTS:
+            try:
+                metrics.FAILOVER_TOTAL.remove(namespace, name, kind, result)
+            except KeyError:
+                pass
+        try:
+            metrics.FAILOVER_DURATION.remove(namespace, name, kind)
+        except KeyError:
+            pass
+
+
+# --------------------------------------------------------------------------- the tick
+
+
+def tick(
+    namespace: str,
+    name: str,
+    runtime: FailoverRuntime,
+    *,
+    halted: Callable[[], bool] = lambda: False,
+    clock: Clock = utcnow,
+) -> float | None:
+    """One round for one plan. Returns the seconds until the next round is due, or None
+    when the plan is gone. Raises `Halted` when its daemon was stopped mid-way."""
+    try:
+        body = objects.get_custom(FAILOVER_PLAN, namespace, name)
+    except objects.NotFound:
+        return None
+    parsed = parse_spec(FailoverPlanSpec, body.get("spec"))
+    if isinstance(parsed, SpecError):
+        return INVALID_SPEC_RETRY_SECONDS  # the accept handler reports it
+    spec = parsed
+    status = FailoverPlanStatus.model_validate(body.get("status") or {})
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    triggers = {k: v for k, v in annotations.items() if k in TRIGGERS}
+    writer = PlanWriter(body, halted)
+    now = clock()
+
+    running = status.state in RUNNING_STATES
+    due = {
+        key: site
+        for key, site in (("primary", spec.primary), ("secondary", spec.secondary))
+        if failover.probe_due(site, (status.sites or {}).get(key), now)
+    }
+    if not due and not triggers and not running and status.state is not None:
+        return next_delay(spec, status, now)
+
+    if due and not running:
+        status = probe(spec, status, due, namespace, name, runtime)
+    if status.state is None:
+        status = status.model_copy(update={"state": "Monitoring", "active_site": "primary"})
+    now = clock()
+    decision = failover.decide(spec, status, triggers, now)
+    status = apply_decision(status, decision)
+    writer.save(status, conditions_for(spec, status, decision), now)
+    record_state(namespace, name, status.state)
+    for event in decision.events:
+        writer.event(event.type, event.reason, event.message)
+
+    if decision.action in ("start_failover", "start_failback"):
+        status = begin(spec, status, decision, now)
+        writer.save(status, conditions_for(spec, status, decision), now)
+        record_state(namespace, name, status.state)
+        writer.remove_annotations(decision.consume)
+        status = drive(spec, status, writer, runtime, clock)
+    else:
+        writer.remove_annotations(decision.consume)
+        if decision.action == "continue":
+            status = drive(spec, status, writer, runtime, clock)
+    return next_delay(spec, status, clock())
+
+
+def probe(
+    spec: FailoverPlanSpec,
+    status: FailoverPlanStatus,
+    due: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    runtime: FailoverRuntime,
+) -> FailoverPlanStatus:
+    """Probe the due sites (all their checks in parallel) and step their state machines."""
+    context = ProbeContext(namespace, secrets=SecretsOfNamespace(namespace), workloads=Workloads())
+    probes = runtime.prober.probe_sites(due, context)
+    sites = dict(status.sites or {})
+    for key, result in probes.items():
+        sites[key] = failover.next_site_status(due[key], sites.get(key), result)
+        record_site_metrics(namespace, name, key, sites[key])
+    return status.model_copy(update={"sites": sites})
+
+
+def apply_decision(status: FailoverPlanStatus, decision: failover.Decision) -> FailoverPlanStatus:
+    if decision.action == "recommend":
+        return status.model_copy(
+            update={"state": "AwaitingApproval", "approval_token": decision.approval_token}
+        )
+    if decision.action == "withdraw":
+        return status.model_copy(update={"state": "Monitoring", "approval_token": None})
+    return status
+
+
+def conditions_for(
+    spec: FailoverPlanSpec, status: FailoverPlanStatus, decision: failover.Decision
+) -> list[ConditionUpdate]:
+    sites = status.sites or {}
+    return [
+        failover.site_condition("primary", spec.primary, sites.get("primary")),
+        failover.site_condition("secondary", spec.secondary, sites.get("secondary")),
+        decision.condition,
+        ready_condition(spec, status),
+    ]
+
+
+def planned_for(
+    kind: failover.TransitionKind, spec: FailoverPlanSpec, status: FailoverPlanStatus
+) -> list[failover.PlannedStep]:
+    if kind == "Failover":
+        return failover.plan_steps(spec.steps)
+    return failover.failback_plan(spec, status)
+
+
+def begin(
+    spec: FailoverPlanSpec,
+    status: FailoverPlanStatus,
+    decision: failover.Decision,
+    now: dt.datetime,
+) -> FailoverPlanStatus:
+    kind: failover.TransitionKind = (
+        "Failover" if decision.action == "start_failover" else "Failback"
+    )
+    planned = planned_for(kind, spec, status)
+    resume_from = status.last_transition if decision.resume else None
+    transition = failover.new_transition(
+        kind, decision.transition_reason or decision.message, planned, now,
+        detected_time=decision.detected_time, resume_from=resume_from,
+    )
+    return failover.begin_transition(status, transition, spec.history_limit)
+
+
+def drive(
+    spec: FailoverPlanSpec,
+    status: FailoverPlanStatus,
+    writer: PlanWriter,
+    runtime: FailoverRuntime,
+    clock: Clock,
+) -> FailoverPlanStatus:
+    """Run (or resume) the procedure of `status.lastTransition` to its end and settle the
+    plan's state. Raises `Halted` when the daemon is stopped meanwhile."""
+    transition = status.last_transition
+    assert transition is not None
+    planned = planned_for(transition.kind, spec, status)
+    namespace, name = writer.namespace, writer.name
+    ports = StepPorts(
+        secrets=SecretsOfNamespace(namespace),
+        scaler=Workloads(),
+        jobs=PlanJobs(writer.body, transition.id),
+        **({"route53": runtime.route53} if runtime.route53 is not None else {}),
+    )
+    failing_over = transition.kind == "Failover"
+    source, target = (spec.primary, spec.secondary) if failing_over else (
+        spec.secondary, spec.primary)
+    base = status
+
+    def save(changed: Transition) -> None:
+        writer.save_transition(base, changed)
+
+    final = run_procedure(
+        planned, transition, plan=name, namespace=namespace, from_site=source.name,
+        to_site=target.name, ports=ports, save=save, clock=clock,
+    )
+    status = failover.end_transition(base, final)
+    now = clock()
+    outcome = ConditionUpdate(
+        "FailoverRecommended", "False", status.state or "Monitoring",
+        f"{final.kind.lower()} {final.result.lower() if final.result else 'ended'}",
+    )
+    sites = status.sites or {}
+    writer.save(status, [
+        failover.site_condition("primary", spec.primary, sites.get("primary")),
+        failover.site_condition("secondary", spec.secondary, sites.get("secondary")),
+        outcome,
+        ready_condition(spec, status),
+    ], now)
+    record_state(namespace, name, status.state)
+    result = final.result or "Failed"
+    metrics.FAILOVER_TOTAL.labels(namespace, name, final.kind, result).inc()
+    if final.duration_seconds is not None:
+        metrics.FAILOVER_DURATION.labels(namespace, name, final.kind).observe(
+            final.duration_seconds
+        )
+    writer.event(
+        "Normal" if result == "Succeeded" else "Warning", f"{final.kind}{result}",
+        summary(final),
+    )
+    return status
+
+
+def summary(transition: Transition) -> str:
+    """One line for the end-of-transition event: outcome, duration, RPO, each step."""
+    parts = [f"{transition.kind} {transition.result or 'ended'}"]
+    if transition.duration_seconds is not None:
+        parts.append(f"in {transition.duration_seconds:.2f}s")
+    if transition.rpo_seconds is not None:
+        parts.append(f"measured RPO {transition.rpo_seconds:.3f}s ({transition.lag_bytes or 0} "
+                     "bytes of WAL behind)")
+    steps = []
+    for step in transition.steps or []:
+        took = ""
+        if step.start_time and step.completion_time:
+            took = f" {(step.completion_time - step.start_time).total_seconds():.2f}s"
+        steps.append(f"{step.name} {step.state}{took}")
+    return ", ".join(parts) + ": " + "; ".join(steps)
