@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from tests.e2e.helpers import OperatorHandle, free_port
 
+from aegis import metrics
 from aegis.k8s import client as aegis_client
 
 
@@ -18,7 +19,9 @@ from aegis.k8s import client as aegis_client
 def aegis_operator(
     k8s_api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[OperatorHandle]:
-    metrics_port = free_port()
+    # prometheus-client serves /metrics once per process: every operator started in this
+    # test process shares the first port.
+    metrics_port = metrics.serve(free_port()) or free_port()
     env = {
         "KUBECONFIG": str(k8s_api.kubeconfig),
         # The Job runner runs the Job's command on this machine: the agent of this checkout.
