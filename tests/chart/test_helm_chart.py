@@ -588,7 +588,8 @@ def test_prometheus_rule_has_every_alert_well_formed(render: Render) -> None:
     assert alerts["AegisNoRecoveryPoint"]["expr"] == "aegis_recovery_points == 0"
     assert alerts["AegisPrimaryDown"]["expr"] == 'aegis_site_healthy{site="primary"} == 0'
     assert alerts["AegisFailoverExecuted"]["expr"] == (
-        'sum by (namespace, plan, result) (increase(aegis_failover_total{kind="Failover"}[10m])) > 0'
+        "sum by (namespace, plan, result) "
+        '(increase(aegis_failover_total{kind="Failover"}[10m])) > 0'
     )
     assert alerts["AegisAwaitingApproval"]["expr"] == (
         'aegis_failover_state{state="AwaitingApproval"} == 1'
