@@ -240,7 +240,7 @@ def test_restart_between_job_creation_and_completion_keeps_one_job(
         lambda: any(
             c.type in ("Complete", "Failed")
             for j in jobs(k8s_api, namespace)
-            for c in (j.status.conditions or [])
+            for c in ((j.status and j.status.conditions) or [])
         ),
         timeout=120,
     )

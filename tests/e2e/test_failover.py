@@ -77,10 +77,13 @@ def endpoints() -> Iterator[Callable[[], Endpoint]]:
                 body = self.rfile.read(length) if length else b""
                 with endpoint.lock:
                     index = len(endpoint.requests)
-                    endpoint.requests.append({
-                        "method": self.command, "headers": dict(self.headers),
-                        "json": json.loads(body) if body else None,
-                    })
+                    endpoint.requests.append(
+                        {
+                            "method": self.command,
+                            "headers": dict(self.headers),
+                            "json": json.loads(body) if body else None,
+                        }
+                    )
                 endpoint.gate.wait(60)
                 self.send_response(endpoint.answer(index))
                 self.send_header("Content-Length", "0")
@@ -113,8 +116,14 @@ def endpoints() -> Iterator[Callable[[], Endpoint]]:
 
 
 def site(name: str, checks: list[dict[str, Any]], threshold: int = 3) -> dict[str, Any]:
-    return {"name": name, "checks": checks, "periodSeconds": 1, "timeoutSeconds": 1,
-            "failureThreshold": threshold, "successThreshold": 1}
+    return {
+        "name": name,
+        "checks": checks,
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "failureThreshold": threshold,
+        "successThreshold": 1,
+    }
 
 
 def http_check(endpoint: Endpoint) -> dict[str, Any]:
@@ -122,15 +131,29 @@ def http_check(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def pg_target(server: PostgresServer) -> dict[str, Any]:
-    return {"host": server.host, "port": server.port, "database": "postgres",
-            "userSecretRef": {"name": "pg", "key": "user"},
-            "passwordSecretRef": {"name": "pg", "key": "password"}}
+    return {
+        "host": server.host,
+        "port": server.port,
+        "database": "postgres",
+        "userSecretRef": {"name": "pg", "key": "user"},
+        "passwordSecretRef": {"name": "pg", "key": "password"},
+    }
 
 
 def dns_step(moto: MotoServer, zone: str) -> dict[str, Any]:
-    return {"name": "dns", "timeoutSeconds": 30, "route53": {
-        "hostedZoneId": zone, "recordName": RECORD, "type": "A", "values": ["10.0.0.2"],
-        "ttl": 30, "endpoint": moto.endpoint, "credentialsSecretRef": {"name": "aws"}}}
+    return {
+        "name": "dns",
+        "timeoutSeconds": 30,
+        "route53": {
+            "hostedZoneId": zone,
+            "recordName": RECORD,
+            "type": "A",
+            "values": ["10.0.0.2"],
+            "ttl": 30,
+            "endpoint": moto.endpoint,
+            "credentialsSecretRef": {"name": "aws"},
+        },
+    }
 
 
 def hook_step(name: str, endpoint: Endpoint, timeout: int = 30) -> dict[str, Any]:
@@ -138,34 +161,60 @@ def hook_step(name: str, endpoint: Endpoint, timeout: int = 30) -> dict[str, Any
 
 
 def make_plan(k8s_api: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    create(k8s_api, PLURAL, namespace, {"kind": "FailoverPlan", "metadata": {"name": name},
-                                        "spec": {"cooldownSeconds": 3600, **spec}})
+    create(
+        k8s_api,
+        PLURAL,
+        namespace,
+        {
+            "kind": "FailoverPlan",
+            "metadata": {"name": name},
+            "spec": {"cooldownSeconds": 3600, **spec},
+        },
+    )
 
 
 def make_zone(route53: Any) -> str:
     zone = route53.create_hosted_zone(Name="example.com.", CallerReference=str(time.time()))
     zone_id = str(zone["HostedZone"]["Id"].split("/")[-1])
-    route53.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": [{
-        "Action": "UPSERT", "ResourceRecordSet": {
-            "Name": RECORD, "Type": "A", "TTL": 300,
-            "ResourceRecords": [{"Value": "10.0.0.1"}]}}]})
+    route53.change_resource_record_sets(
+        HostedZoneId=zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "UPSERT",
+                    "ResourceRecordSet": {
+                        "Name": RECORD,
+                        "Type": "A",
+                        "TTL": 300,
+                        "ResourceRecords": [{"Value": "10.0.0.1"}],
+                    },
+                }
+            ]
+        },
+    )
     return zone_id
 
 
 def record_values(route53: Any, zone: str) -> list[str]:
     found = route53.list_resource_record_sets(
-        HostedZoneId=zone, StartRecordName=RECORD, StartRecordType="A", MaxItems="1")
+        HostedZoneId=zone, StartRecordName=RECORD, StartRecordType="A", MaxItems="1"
+    )
     for record in found["ResourceRecordSets"]:
         if record["Name"] == RECORD and record["Type"] == "A":
             return [r["Value"] for r in record["ResourceRecords"]]
     return []
 
 
-def secrets_for(k8s_api: Any, namespace: str, moto: MotoServer,
-                pg: PostgresServer | None = None) -> None:
+def secrets_for(
+    k8s_api: Any, namespace: str, moto: MotoServer, pg: PostgresServer | None = None
+) -> None:
     env = moto.aws_env()
-    create_secret(k8s_api, namespace, "aws", {
-        k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    create_secret(
+        k8s_api,
+        namespace,
+        "aws",
+        {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    )
     if pg is not None:
         create_secret(k8s_api, namespace, "pg", {"user": pg.user, "password": pg.password})
 
@@ -180,12 +229,14 @@ def reason_of(k8s_api: Any, namespace: str, name: str, type_: str) -> str | None
     return found["reason"] if found else None
 
 
-def wait_state(k8s_api: Any, namespace: str, name: str, state: str,
-               timeout: float = 30) -> dict[str, Any]:
+def wait_state(
+    k8s_api: Any, namespace: str, name: str, state: str, timeout: float = 30
+) -> dict[str, Any]:
     status: dict[str, Any] = wait_for(
         f"{name} {state}",
         lambda: (s := status_of(k8s_api, namespace, name)).get("state") == state and s,
-        timeout=timeout)
+        timeout=timeout,
+    )
     return status
 
 
@@ -236,30 +287,52 @@ def is_writable(server: PostgresServer) -> bool:
 
 
 def test_primary_stops_standby_promoted_and_record_flipped_with_measured_times(
-    aegis_operator: OperatorHandle, k8s_api: Any, namespace: str, moto: MotoServer,
-    route53_client: Any, pg_standby: tuple[PostgresServer, PostgresServer],
-    endpoints: Callable[[], Endpoint], capsys: pytest.CaptureFixture[str],
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
+    moto: MotoServer,
+    route53_client: Any,
+    pg_standby: tuple[PostgresServer, PostgresServer],
+    endpoints: Callable[[], Endpoint],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     primary, standby = pg_standby
     health, hook = endpoints(), endpoints()
     zone = make_zone(route53_client)
     secrets_for(k8s_api, namespace, moto, primary)
-    make_plan(k8s_api, namespace, "orders", {
-        "mode": "Automatic",
-        "primary": site("eu", [{"name": "db", "postgres": {**pg_target(primary),
-                                                          "writable": True}}]),
-        "secondary": site("us", [{"name": "db", "postgres": pg_target(standby)},
-                                 http_check(health)]),
-        "steps": [
-            {"name": "promote", "timeoutSeconds": 30, "postgresPromote": {
-                "target": pg_target(standby), "fencePrimary": pg_target(primary)}},
-            dns_step(moto, zone),
-            hook_step("notify", hook),
-        ],
-    })
-    wait_for("both sites healthy", lambda: reason_of(
-        k8s_api, namespace, "orders", "FailoverRecommended") == "PrimaryHealthy"
-        and reason_of(k8s_api, namespace, "orders", "SecondaryHealthy") == "ChecksPassing")
+    make_plan(
+        k8s_api,
+        namespace,
+        "orders",
+        {
+            "mode": "Automatic",
+            "primary": site(
+                "eu", [{"name": "db", "postgres": {**pg_target(primary), "writable": True}}]
+            ),
+            "secondary": site(
+                "us", [{"name": "db", "postgres": pg_target(standby)}, http_check(health)]
+            ),
+            "steps": [
+                {
+                    "name": "promote",
+                    "timeoutSeconds": 30,
+                    "postgresPromote": {
+                        "target": pg_target(standby),
+                        "fencePrimary": pg_target(primary),
+                    },
+                },
+                dns_step(moto, zone),
+                hook_step("notify", hook),
+            ],
+        },
+    )
+    wait_for(
+        "both sites healthy",
+        lambda: (
+            reason_of(k8s_api, namespace, "orders", "FailoverRecommended") == "PrimaryHealthy"
+            and reason_of(k8s_api, namespace, "orders", "SecondaryHealthy") == "ChecksPassing"
+        ),
+    )
     healthy = status_of(k8s_api, namespace, "orders")
     assert healthy["state"] == "Monitoring" and healthy["activeSite"] == "primary"
     assert healthy["sites"]["secondary"]["checks"][1]["latencyMs"] > 0
@@ -282,11 +355,9 @@ def test_primary_stops_standby_promoted_and_record_flipped_with_measured_times(
     detected, started = parse(last["detectedTime"]), parse(last["startTime"])
     completed = parse(last["completionTime"])
     # detectedTime is the first failed probe, at most one period after the stop
-    assert stopped_at - dt.timedelta(seconds=1) <= detected <= stopped_at + dt.timedelta(
-        seconds=2)
+    assert stopped_at - dt.timedelta(seconds=1) <= detected <= stopped_at + dt.timedelta(seconds=2)
     assert detected < started <= completed
-    assert last["durationSeconds"] == pytest.approx((completed - started).total_seconds(),
-                                                    abs=0.01)
+    assert last["durationSeconds"] == pytest.approx((completed - started).total_seconds(), abs=0.01)
     assert last["lagBytes"] >= 0 and last["rpoSeconds"] >= 0
     for name in ("promote", "dns", "notify"):
         step = step_of(status, name)
@@ -298,17 +369,37 @@ def test_primary_stops_standby_promoted_and_record_flipped_with_measured_times(
     sent = hook.posts()
     assert len(sent) == 1 and sent[0]["json"]["kind"] == "Failover"
     assert [s["name"] for s in sent[0]["json"]["steps"]] == ["promote", "dns", "notify"]
-    assert {"FailoverStarted", "FailoverSucceeded"} <= set(
-        reasons(k8s_api, namespace, "orders"))
+    assert {"FailoverStarted", "FailoverSucceeded"} <= set(reasons(k8s_api, namespace, "orders"))
     port = metrics_port(aegis_operator)
-    assert metric(port, "aegis_failover_total", namespace=namespace, plan="orders",
-                  kind="Failover", result="Succeeded") == 1.0
-    assert metric(port, "aegis_site_healthy", namespace=namespace, plan="orders",
-                  site="primary") == 0.0
-    assert metric(port, "aegis_failover_state", namespace=namespace, plan="orders",
-                  state="FailedOver") == 1.0
-    assert metric(port, "aegis_failover_duration_seconds_count", namespace=namespace,
-                  plan="orders", kind="Failover") == 1.0
+    assert (
+        metric(
+            port,
+            "aegis_failover_total",
+            namespace=namespace,
+            plan="orders",
+            kind="Failover",
+            result="Succeeded",
+        )
+        == 1.0
+    )
+    assert (
+        metric(port, "aegis_site_healthy", namespace=namespace, plan="orders", site="primary")
+        == 0.0
+    )
+    assert (
+        metric(port, "aegis_failover_state", namespace=namespace, plan="orders", state="FailedOver")
+        == 1.0
+    )
+    assert (
+        metric(
+            port,
+            "aegis_failover_duration_seconds_count",
+            namespace=namespace,
+            plan="orders",
+            kind="Failover",
+        )
+        == 1.0
+    )
 
     # kubectl aegis failover status shows the steps and their measured times
     capsys.readouterr()
@@ -319,26 +410,38 @@ def test_primary_stops_standby_promoted_and_record_flipped_with_measured_times(
         assert any(line.split()[:2] == [name, "Succeeded"] for line in shown.splitlines())
     # the primary is dead: a failback is refused with an event, and the annotation removed
     assert kubectl_failover(["failback", "orders", "-n", namespace, "--reason", "too soon"]) == 0
-    wait_for("failback refused", lambda: "PrimaryUnhealthy" in reasons(
-        k8s_api, namespace, "orders"))
-    wait_for("annotation removed", lambda: "dr.aegis.dev/failback" not in annotations_of(
-        k8s_api, namespace, "orders"))
+    wait_for(
+        "failback refused", lambda: "PrimaryUnhealthy" in reasons(k8s_api, namespace, "orders")
+    )
+    wait_for(
+        "annotation removed",
+        lambda: "dr.aegis.dev/failback" not in annotations_of(k8s_api, namespace, "orders"),
+    )
     assert status_of(k8s_api, namespace, "orders")["state"] == "FailedOver"
 
 
 def test_manual_mode_waits_for_the_token_and_refuses_a_wrong_one(
-    aegis_operator: OperatorHandle, k8s_api: Any, namespace: str,
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
     endpoints: Callable[[], Endpoint],
 ) -> None:
     primary, secondary, hook = endpoints(), endpoints(), endpoints()
-    make_plan(k8s_api, namespace, "manual", {
-        "mode": "Manual",
-        "primary": site("eu", [http_check(primary)]),
-        "secondary": site("us", [http_check(secondary)]),
-        "steps": [hook_step("notify", hook)],
-    })
-    wait_for("primary healthy", lambda: reason_of(
-        k8s_api, namespace, "manual", "FailoverRecommended") == "PrimaryHealthy")
+    make_plan(
+        k8s_api,
+        namespace,
+        "manual",
+        {
+            "mode": "Manual",
+            "primary": site("eu", [http_check(primary)]),
+            "secondary": site("us", [http_check(secondary)]),
+            "steps": [hook_step("notify", hook)],
+        },
+    )
+    wait_for(
+        "primary healthy",
+        lambda: reason_of(k8s_api, namespace, "manual", "FailoverRecommended") == "PrimaryHealthy",
+    )
     primary.status(503)
     status = wait_state(k8s_api, namespace, "manual", "AwaitingApproval")
     token = status["approvalToken"]
@@ -347,19 +450,41 @@ def test_manual_mode_waits_for_the_token_and_refuses_a_wrong_one(
     assert recommended is not None and recommended["status"] == "True"
     assert "approve" in recommended["message"] and token not in recommended["message"]
     port = metrics_port(aegis_operator)
-    assert metric(port, "aegis_failover_state", namespace=namespace, plan="manual",
-                  state="AwaitingApproval") == 1.0
-    assert metric(port, "aegis_site_healthy", namespace=namespace, plan="manual",
-                  site="primary") == 0.0
+    assert (
+        metric(
+            port,
+            "aegis_failover_state",
+            namespace=namespace,
+            plan="manual",
+            state="AwaitingApproval",
+        )
+        == 1.0
+    )
+    assert (
+        metric(port, "aegis_site_healthy", namespace=namespace, plan="manual", site="primary")
+        == 0.0
+    )
     # created at 0 before any failover, so that increase() sees the first one
-    assert metric(port, "aegis_failover_total", namespace=namespace, plan="manual",
-                  kind="Failover", result="Succeeded") == 0.0
+    assert (
+        metric(
+            port,
+            "aegis_failover_total",
+            namespace=namespace,
+            plan="manual",
+            kind="Failover",
+            result="Succeeded",
+        )
+        == 0.0
+    )
 
     assert kubectl_failover(["approve", "manual", "-n", namespace, "--token", "wrong"]) == 0
-    wait_for("wrong token refused", lambda: "ApprovalRefused" in reasons(
-        k8s_api, namespace, "manual"))
-    wait_for("annotation removed", lambda: "dr.aegis.dev/approve" not in annotations_of(
-        k8s_api, namespace, "manual"))
+    wait_for(
+        "wrong token refused", lambda: "ApprovalRefused" in reasons(k8s_api, namespace, "manual")
+    )
+    wait_for(
+        "annotation removed",
+        lambda: "dr.aegis.dev/approve" not in annotations_of(k8s_api, namespace, "manual"),
+    )
     status = status_of(k8s_api, namespace, "manual")
     assert status["state"] == "AwaitingApproval" and status["approvalToken"] == token
     assert hook.posts() == [] and "lastTransition" not in status
@@ -376,7 +501,9 @@ def test_manual_mode_waits_for_the_token_and_refuses_a_wrong_one(
 
 
 def test_no_failover_onto_a_sick_secondary_nor_on_a_flapping_primary(
-    aegis_operator: OperatorHandle, k8s_api: Any, namespace: str,
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
     endpoints: Callable[[], Endpoint],
 ) -> None:
     down_primary, down_secondary = endpoints(), endpoints()
@@ -386,16 +513,27 @@ def test_no_failover_onto_a_sick_secondary_nor_on_a_flapping_primary(
     down_secondary.status(503)
     # two failures, one success, over and over: runs of 2 < failureThreshold 3
     flapping.answer = lambda n: 200 if n % 3 == 2 else 503
-    for name, primary, secondary, hook in (("sick", down_primary, down_secondary, hook_a),
-                                           ("flappy", flapping, healthy_secondary, hook_b)):
-        make_plan(k8s_api, namespace, name, {
-            "mode": "Automatic",
-            "primary": site("eu", [http_check(primary)]),
-            "secondary": site("us", [http_check(secondary)]),
-            "steps": [hook_step("notify", hook)],
-        })
-    wait_for("sick secondary named", lambda: reason_of(
-        k8s_api, namespace, "sick", "FailoverRecommended") == "SecondaryUnhealthy")
+    for name, primary, secondary, hook in (
+        ("sick", down_primary, down_secondary, hook_a),
+        ("flappy", flapping, healthy_secondary, hook_b),
+    ):
+        make_plan(
+            k8s_api,
+            namespace,
+            name,
+            {
+                "mode": "Automatic",
+                "primary": site("eu", [http_check(primary)]),
+                "secondary": site("us", [http_check(secondary)]),
+                "steps": [hook_step("notify", hook)],
+            },
+        )
+    wait_for(
+        "sick secondary named",
+        lambda: (
+            reason_of(k8s_api, namespace, "sick", "FailoverRecommended") == "SecondaryUnhealthy"
+        ),
+    )
     message = condition(get(k8s_api, PLURAL, namespace, "sick"), "FailoverRecommended")
     assert message is not None and "http: HTTP 503" in message["message"], message
     wait_for("nine probes of the flapping primary", lambda: len(flapping.requests) >= 9)
@@ -404,57 +542,111 @@ def test_no_failover_onto_a_sick_secondary_nor_on_a_flapping_primary(
     assert flappy["sites"]["primary"]["healthy"] is True
     assert flappy["sites"]["primary"]["consecutiveFailures"] < 3
     assert reason_of(k8s_api, namespace, "flappy", "FailoverRecommended") in (
-        "BelowThreshold", "PrimaryHealthy")
+        "BelowThreshold",
+        "PrimaryHealthy",
+    )
     sick = status_of(k8s_api, namespace, "sick")
     assert sick["state"] == "Monitoring" and "lastTransition" not in sick
     assert hook_a.posts() == [] and hook_b.posts() == []
 
 
-def play_deployment_controller(api: Any, namespace: str, name: str,
-                               stop: threading.Event) -> None:
+def play_deployment_controller(api: Any, namespace: str, name: str, stop: threading.Event) -> None:
     """The emulator has no Deployment controller: report every wanted pod ready."""
     apps = client.AppsV1Api(api)
     while not stop.is_set():
         dep = apps.read_namespaced_deployment(name, namespace)
-        apps.patch_namespaced_deployment_status(name, namespace, {"status": {
-            "observedGeneration": dep.metadata.generation, "replicas": dep.spec.replicas,
-            "readyReplicas": dep.spec.replicas}})
+        apps.patch_namespaced_deployment_status(
+            name,
+            namespace,
+            {
+                "status": {
+                    "observedGeneration": dep.metadata.generation,
+                    "replicas": dep.spec.replicas,
+                    "readyReplicas": dep.spec.replicas,
+                }
+            },
+        )
         stop.wait(0.1)
 
 
 def test_manual_trigger_failback_restores_the_record_and_cooldown_blocks_a_second_failover(
-    aegis_operator: OperatorHandle, k8s_api: Any, namespace: str, moto: MotoServer,
-    route53_client: Any, endpoints: Callable[[], Endpoint], job_runner: Any,
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
+    moto: MotoServer,
+    route53_client: Any,
+    endpoints: Callable[[], Endpoint],
+    job_runner: Any,
 ) -> None:
     primary, secondary, hook = endpoints(), endpoints(), endpoints()
     zone = make_zone(route53_client)
     secrets_for(k8s_api, namespace, moto)
     labels = {"app": "warm"}
-    client.AppsV1Api(k8s_api).create_namespaced_deployment(namespace, {
-        "metadata": {"name": "warm"}, "spec": {
-            "replicas": 0, "selector": {"matchLabels": labels}, "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": "nginx"}]}}}})
+    client.AppsV1Api(k8s_api).create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "warm"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+                },
+            },
+        },
+    )
     stop_controller = threading.Event()
-    controller = threading.Thread(target=play_deployment_controller, daemon=True, args=(
-        k8s_api.new_client(), namespace, "warm", stop_controller))
+    controller = threading.Thread(
+        target=play_deployment_controller,
+        daemon=True,
+        args=(k8s_api.new_client(), namespace, "warm", stop_controller),
+    )
     controller.start()
-    make_plan(k8s_api, namespace, "switch", {
-        "mode": "Automatic",
-        "primary": site("eu", [http_check(primary)]),
-        "secondary": site("us", [http_check(secondary)]),
-        "steps": [
-            {"name": "warm", "timeoutSeconds": 20,
-             "scale": {"kind": "Deployment", "name": "warm", "replicas": 2}},
-            {"name": "smoke", "timeoutSeconds": 30, "job": {"template": {
-                "backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
-                                                         "containers": [{
-                    "name": "c", "image": "busybox",
-                    "command": ["sh", "-c", "echo smoke test passed"]}]}}}}},
-            dns_step(moto, zone), hook_step("notify", hook)],
-    })
-    wait_for("primary healthy", lambda: reason_of(
-        k8s_api, namespace, "switch", "FailoverRecommended") == "PrimaryHealthy")
+    make_plan(
+        k8s_api,
+        namespace,
+        "switch",
+        {
+            "mode": "Automatic",
+            "primary": site("eu", [http_check(primary)]),
+            "secondary": site("us", [http_check(secondary)]),
+            "steps": [
+                {
+                    "name": "warm",
+                    "timeoutSeconds": 20,
+                    "scale": {"kind": "Deployment", "name": "warm", "replicas": 2},
+                },
+                {
+                    "name": "smoke",
+                    "timeoutSeconds": 30,
+                    "job": {
+                        "template": {
+                            "backoffLimit": 0,
+                            "template": {
+                                "spec": {
+                                    "restartPolicy": "Never",
+                                    "containers": [
+                                        {
+                                            "name": "c",
+                                            "image": "busybox",
+                                            "command": ["sh", "-c", "echo smoke test passed"],
+                                        }
+                                    ],
+                                }
+                            },
+                        }
+                    },
+                },
+                dns_step(moto, zone),
+                hook_step("notify", hook),
+            ],
+        },
+    )
+    wait_for(
+        "primary healthy",
+        lambda: reason_of(k8s_api, namespace, "switch", "FailoverRecommended") == "PrimaryHealthy",
+    )
     assert kubectl_failover(["trigger", "switch", "-n", namespace, "--reason", "drill"]) == 0
     try:
         status = wait_state(k8s_api, namespace, "switch", "FailedOver")
@@ -464,10 +656,12 @@ def test_manual_trigger_failback_restores_the_record_and_cooldown_blocks_a_secon
     assert status["lastTransition"]["reason"] == "Manual: drill"
     assert record_values(route53_client, zone) == ["10.0.0.2"]
     assert step_of(status, "warm")["outputs"]["previousReplicas"] == "0"
-    assert client.AppsV1Api(k8s_api).read_namespaced_deployment(
-        "warm", namespace).spec.replicas == 2
+    assert (
+        client.AppsV1Api(k8s_api).read_namespaced_deployment("warm", namespace).spec.replicas == 2
+    )
     job = client.BatchV1Api(k8s_api).read_namespaced_job(
-        step_of(status, "smoke")["outputs"]["jobName"], namespace)
+        step_of(status, "smoke")["outputs"]["jobName"], namespace
+    )
     assert job.metadata.owner_references[0].name == "switch"
     assert job.status.succeeded == 1
 
@@ -482,8 +676,10 @@ def test_manual_trigger_failback_restores_the_record_and_cooldown_blocks_a_secon
     assert "FailbackSucceeded" in reasons(k8s_api, namespace, "switch")
 
     primary.status(503)
-    wait_for("cooldown named", lambda: reason_of(
-        k8s_api, namespace, "switch", "FailoverRecommended") == "InCooldown")
+    wait_for(
+        "cooldown named",
+        lambda: reason_of(k8s_api, namespace, "switch", "FailoverRecommended") == "InCooldown",
+    )
     status = status_of(k8s_api, namespace, "switch")
     assert status["state"] == "Monitoring" and status["lastTransition"]["kind"] == "Failback"
     assert record_values(route53_client, zone) == ["10.0.0.1"]
@@ -491,28 +687,46 @@ def test_manual_trigger_failback_restores_the_record_and_cooldown_blocks_a_secon
 
 
 def test_operator_killed_after_promote_resumes_without_promoting_again(
-    aegis_operator: OperatorHandle, k8s_api: Any, namespace: str, moto: MotoServer,
-    route53_client: Any, pg_standby: tuple[PostgresServer, PostgresServer],
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
+    moto: MotoServer,
+    route53_client: Any,
+    pg_standby: tuple[PostgresServer, PostgresServer],
     endpoints: Callable[[], Endpoint],
 ) -> None:
     primary, standby = pg_standby
     hold = endpoints()
     zone = make_zone(route53_client)
     secrets_for(k8s_api, namespace, moto, primary)
-    make_plan(k8s_api, namespace, "resume", {
-        "mode": "Automatic",
-        "primary": site("eu", [{"name": "db", "postgres": {**pg_target(primary),
-                                                          "writable": True}}]),
-        "secondary": site("us", [{"name": "db", "postgres": pg_target(standby)}]),
-        "steps": [
-            {"name": "promote", "timeoutSeconds": 30, "postgresPromote": {
-                "target": pg_target(standby), "fencePrimary": pg_target(primary)}},
-            hook_step("hold", hold, timeout=60),
-            dns_step(moto, zone),
-        ],
-    })
-    wait_for("primary healthy", lambda: reason_of(
-        k8s_api, namespace, "resume", "FailoverRecommended") == "PrimaryHealthy")
+    make_plan(
+        k8s_api,
+        namespace,
+        "resume",
+        {
+            "mode": "Automatic",
+            "primary": site(
+                "eu", [{"name": "db", "postgres": {**pg_target(primary), "writable": True}}]
+            ),
+            "secondary": site("us", [{"name": "db", "postgres": pg_target(standby)}]),
+            "steps": [
+                {
+                    "name": "promote",
+                    "timeoutSeconds": 30,
+                    "postgresPromote": {
+                        "target": pg_target(standby),
+                        "fencePrimary": pg_target(primary),
+                    },
+                },
+                hook_step("hold", hold, timeout=60),
+                dns_step(moto, zone),
+            ],
+        },
+    )
+    wait_for(
+        "primary healthy",
+        lambda: reason_of(k8s_api, namespace, "resume", "FailoverRecommended") == "PrimaryHealthy",
+    )
     hold.gate.clear()
     primary.stop_hard()
     wait_for("hold step called", lambda: len(hold.requests) == 1)
@@ -552,17 +766,25 @@ def test_operator_killed_after_promote_resumes_without_promoting_again(
 
 
 def test_kubectl_failover_errors_are_clear(
-    aegis_operator: OperatorHandle, k8s_api: Any, namespace: str,
-    endpoints: Callable[[], Endpoint], capsys: pytest.CaptureFixture[str],
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
+    endpoints: Callable[[], Endpoint],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     primary, secondary, hook = endpoints(), endpoints(), endpoints()
     assert kubectl_failover(["status", "missing", "-n", namespace]) == 1
     assert "FailoverPlan " + namespace + "/missing not found" in capsys.readouterr().err
-    make_plan(k8s_api, namespace, "idle", {
-        "primary": site("eu", [http_check(primary)]),
-        "secondary": site("us", [http_check(secondary)]),
-        "steps": [hook_step("notify", hook)],
-    })
+    make_plan(
+        k8s_api,
+        namespace,
+        "idle",
+        {
+            "primary": site("eu", [http_check(primary)]),
+            "secondary": site("us", [http_check(secondary)]),
+            "steps": [hook_step("notify", hook)],
+        },
+    )
     assert kubectl_failover(["approve", "idle", "-n", namespace]) == 1
     assert "nothing to approve" in capsys.readouterr().err
     assert "dr.aegis.dev/approve" not in annotations_of(k8s_api, namespace, "idle")

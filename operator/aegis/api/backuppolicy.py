@@ -185,5 +185,5 @@ class BackupPolicyStatus(StatusModel):
     """Number of RecoveryPoints of this policy."""
     missed_runs: int | None = None
     """Runs skipped because they could not start within startingDeadlineSeconds."""
-    current_rpo_seconds: int | None = None
+    current_rpo_seconds: int | None = Field(default=None, alias="currentRPOSeconds")
     """Now minus the source time of the newest Completed point."""

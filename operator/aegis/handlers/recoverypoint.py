@@ -46,7 +46,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
         raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
     accepted(KIND, body, patch, f"Backup Job {job_name} runs the backup.")
     if created:
-        kopf.info(body, reason="BackupStarted", message=f"Started backup Job {job_name}")
+        # kopf.info is filtered by settings.posting.level (WARNING, to keep kopf's own
+        # per-handler chatter out of `kubectl describe`): post our Normal events directly.
+        objects.post_event(dict(body), "Normal", "BackupStarted", f"Started backup Job {job_name}")
         logger.info("Started backup Job %s", job_name)
     finished = points.finish(point["metadata"]["namespace"], point["metadata"]["name"], settings)
     if finished is not None:

@@ -9,6 +9,7 @@ is checked by mypy and pydantic rather than by string conventions.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -216,8 +217,22 @@ def missing_manifest(why: str) -> PointOutcome:
     )
 
 
+def agent_reason(termination_message: str | None) -> str | None:
+    """The agent's one-line reason from its final JSON result (the pod's termination
+    message); plain text is taken as it is."""
+    if not termination_message:
+        return None
+    try:
+        result = json.loads(termination_message)
+    except json.JSONDecodeError:
+        return termination_message.strip().splitlines()[-1][:1024]
+    if isinstance(result, dict) and isinstance(result.get("reason"), str):
+        return str(result["reason"])
+    return None
+
+
 def failed(reason_line: str | None, job_condition_message: str | None) -> PointOutcome:
-    message = reason_line or job_condition_message or "the backup Job failed"
+    message = agent_reason(reason_line) or job_condition_message or "the backup Job failed"
     return PointOutcome(
         phase="Failed",
         status={"phase": "Failed", "message": message},

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +147,13 @@ def summarize(
         ]
         return max(dated, key=lambda tp: tp[0])[1] if dated else None
 
-    status: dict[str, Any] = {"recoveryPoints": len(points)}
+    # Every field is written (None clears it): a summary is complete on its own.
+    status: dict[str, Any] = {
+        "recoveryPoints": len(points),
+        "lastRecoveryPoint": None,
+        "lastSuccessfulTime": None,
+        "lastFailureTime": None,
+    }
     newest_source = newest(completed, "sourceTime")
     newest_done = newest(completed, "completionTime")
     newest_failed = newest(failed, "completionTime")
@@ -255,8 +263,20 @@ def prune(
     return pruned
 
 
+_refresh_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
 def refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> dict[str, Any]:
-    """Recompute the policy's status from its points, prune, export metrics."""
+    """Recompute the policy's status from its points, prune, export metrics. Serialized per
+    policy: the timer and a finishing backup may both refresh, and a stale summary must not
+    land after a fresh one."""
+    with _refresh_locks[(namespace, policy)]:
+        return _refresh(
+            namespace, policy, settings, dt.datetime.now(dt.UTC) if now is None else now
+        )
+
+
+def _refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> dict[str, Any]:
     context = load_policy(namespace, policy)
     points = policy_points(namespace, policy)
     pruned = prune(namespace, policy, context.spec, points, now)
