@@ -245,7 +245,7 @@ class KubeApiHandler(kmock.RawHandler):
         method, name, namespace = raw.method, api_path.name, api_path.namespace
         if info.namespaced and name is not None and namespace is None:
             raise errors.page_not_found(raw.path)
-        if method == "GET" and request.params.get("watch") in ("true", "1"):
+        if method == "GET" and str(request.params.get("watch", "")).lower() in ("true", "1"):
             selector = _selector(request, info)
             if name is not None:
                 selector = Selector(labels=selector.labels, fields=(

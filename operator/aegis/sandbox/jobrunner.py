@@ -933,3 +933,41 @@ def wait_for_job(api: Any, namespace: str, name: str, timeout: float = 30.0) -> 
                 f"{json.dumps(job.get('status') or {})}"
             )
         time.sleep(0.05)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m aegis.sandbox.jobrunner``: run the Jobs of an API until SIGTERM/SIGINT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m aegis.sandbox.jobrunner",
+        description="Run the batch/v1 Jobs of a Kubernetes API as local processes.",
+    )
+    parser.add_argument("--kubeconfig", type=Path, required=True, help="kubeconfig of the API")
+    parser.add_argument("--log-dir", type=Path, required=True, help="one log file per Job here")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    args = parser.parse_args(None if argv is None else list(argv))
+    if not args.kubeconfig.is_file():
+        parser.error(f"--kubeconfig {args.kubeconfig}: no such file; pass the API's kubeconfig")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runner = JobRunner(args.kubeconfig, args.log_dir, args.namespace or None).start()
+    log.info("running the Jobs of %s; logs in %s", args.kubeconfig, args.log_dir)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        # Kills every running Job's process group, as a node going away would.
+        runner.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Scheduler benchmark (issue 5): many per-minute BackupPolicies against the API emulator, the
+Job runner disabled, the operator as its own process.
+
+    .venv/bin/python bench/scheduler.py                  # 1,000 policies, 2 ticks
+    .venv/bin/python bench/scheduler.py --smoke          # 50 policies, 1 tick (CI size)
+
+Measured, per Job: the time its watch event reached this process minus its tick (the
+RecoveryPoint's spec.scheduledTime; jitterSeconds is 0, so every policy fires at the same
+second: the worst case). Also the operator's peak RSS (VmHWM). Targets: p99 <= 2 s,
+RSS <= 300 MiB. Every component is a separate process on this machine: the emulator, a real
+PostgreSQL, moto S3, the operator, and this watcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "operator"))
+
+from kubernetes import client, config, watch  # noqa: E402
+
+from aegis.sandbox.servers import MotoServer, PostgresServer  # noqa: E402
+
+GROUP, VERSION = "dr.aegis.dev", "v1alpha1"
+TARGET_P99, TARGET_RSS_MIB = 2.0, 300.0
+
+
+def start_emulator(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    kubeconfig = workdir / "kubeconfig"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aegis.sandbox.apiserver", "--port", "0", "--crds",
+         str(ROOT / "crds"), "--kubeconfig", str(kubeconfig)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the URL, printed once it listens
+    return proc, kubeconfig
+
+
+def rss_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policies", type=int, default=1000)
+    parser.add_argument("--ticks", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="50 policies, 1 tick")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.policies, args.ticks = 50, 1
+
+    workdir = Path(tempfile.mkdtemp(prefix="aegis-bench-scheduler-"))
+    emulator, kubeconfig = start_emulator(workdir)
+    pg = PostgresServer.start()
+    moto = MotoServer.start()
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        moto.s3_client().create_bucket(Bucket="bench")
+        namespace = "bench"
+        core.create_namespace({"metadata": {"name": namespace}})
+
+        def secret(name: str, data: dict[str, str]) -> None:
+            core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": {
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+        secret("db", {"username": pg.user, "password": pg.password})
+        secret("keys", {"k1": base64.b64encode(secrets.token_bytes(32)).decode()})
+        secret("s3", {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        spec = {
+            "schedule": "* * * * *",
+            "source": {"postgres": {"host": pg.host, "port": pg.port, "database": "postgres",
+                                    "userSecretRef": {"name": "db", "key": "username"},
+                                    "passwordSecretRef": {"name": "db", "key": "password"}}},
+            "storage": {"bucket": "bench", "endpoint": moto.endpoint,
+                        "credentialsSecretRef": {"name": "s3"}},
+            "encryption": {"keySecretRef": {"name": "keys"}},
+            "concurrencyPolicy": "Allow",
+        }
+        started = time.monotonic()
+        for i in range(args.policies):
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "backuppolicies", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "BackupPolicy",
+                "metadata": {"name": f"p{i:04d}"}, "spec": spec})
+        print(f"created {args.policies} policies in {time.monotonic() - started:.1f}s", flush=True)
+
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AEGIS_METRICS_PORT": "0",
+               "AEGIS_HEALTH_PORT": "0", "AEGIS_LOG_FORMAT": "text", "AEGIS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+               "AEGIS_CATALOG_SYNC_SECONDS": "3600"}
+        log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
+        operator = subprocess.Popen([sys.executable, "-m", "aegis", "operator"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+
+        latencies: list[float] = []
+        seen: set[str] = set()
+        expected = args.policies * args.ticks
+        # The first tick starts after the operator has taken every policy in.
+        first_tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=45)).replace(
+            second=0, microsecond=0) + dt.timedelta(minutes=1)
+        last_tick = first_tick + dt.timedelta(minutes=args.ticks - 1)
+        print(f"measuring ticks {first_tick:%H:%M} .. {last_tick:%H:%M} UTC", flush=True)
+        done = threading.Event()
+
+        def watch_jobs() -> None:
+            batch = client.BatchV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+            stream = watch.Watch()
+            for event in stream.stream(batch.list_namespaced_job, namespace, timeout_seconds=600):
+                arrived = dt.datetime.now(dt.UTC)
+                job = event["object"]
+                name = job.metadata.name
+                if event["type"] != "ADDED" or name in seen:
+                    continue
+                seen.add(name)
+                point = next((o.name for o in job.metadata.owner_references or []), "")
+                stamp = point.rsplit("-", 1)[-1]
+                tick = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+                if first_tick <= tick <= last_tick:
+                    latencies.append((arrived - tick).total_seconds())
+                if len(latencies) >= expected:
+                    done.set()
+                    stream.stop()
+
+        watcher = threading.Thread(target=watch_jobs, daemon=True)
+        watcher.start()
+        deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60
+        done.wait(timeout=max(deadline, 60))
+        rss = rss_peak_mib(operator.pid)
+        points = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "recoverypoints")
+        jobs = client.BatchV1Api(api).list_namespaced_job(namespace)
+        print(f"(recovery points {len(points['items'])}, Jobs {len(jobs.items)}; "
+              f"operator log {workdir / 'operator.log'})")
+        print()
+        print(f"policies                   {args.policies}")
+        print(f"ticks measured             {args.ticks}")
+        print(f"Jobs seen for those ticks  {len(latencies)} of {expected}")
+        if latencies:
+            p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+            print(f"tick -> Job p50            {p50:.3f} s")
+            print(f"tick -> Job p99            {p99:.3f} s   (target <= {TARGET_P99} s)")
+            print(f"tick -> Job max            {max(latencies):.3f} s")
+            print(f"tick -> Job mean           {statistics.fmean(latencies):.3f} s")
+        print(f"operator peak RSS          {rss:.0f} MiB   (target <= {TARGET_RSS_MIB:.0f} MiB)")
+        ok = len(latencies) == expected and percentile(latencies, 0.99) <= TARGET_P99
+        ok = ok and rss <= TARGET_RSS_MIB
+        print("RESULT", "met" if ok else "missed")
+        return 0
+    finally:
+        if operator is not None:
+            operator.terminate()
+            try:
+                operator.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+        moto.stop()
+        pg.stop()
+        emulator.terminate()
+        emulator.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
