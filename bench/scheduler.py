@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import json
 import os
 import secrets
 import statistics
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
-from kubernetes import client, config, watch  # noqa: E402
+from kubernetes import client, config  # noqa: E402
 
 from aegis.sandbox.servers import MotoServer, PostgresServer  # noqa: E402
 
@@ -40,9 +41,19 @@ TARGET_P99, TARGET_RSS_MIB = 2.0, 300.0
 def start_emulator(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     kubeconfig = workdir / "kubeconfig"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aegis.sandbox.apiserver", "--port", "0", "--crds",
-         str(ROOT / "crds"), "--kubeconfig", str(kubeconfig)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "aegis.sandbox.apiserver",
+            "--port",
+            "0",
+            "--crds",
+            str(ROOT / "crds"),
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     proc.stdout.readline()  # the URL, printed once it listens
@@ -62,8 +73,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="50 policies, 1 tick")
@@ -84,64 +96,110 @@ def main(argv: list[str]) -> int:
         core.create_namespace({"metadata": {"name": namespace}})
 
         def secret(name: str, data: dict[str, str]) -> None:
-            core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": {
-                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+            core.create_namespaced_secret(
+                namespace,
+                {
+                    "metadata": {"name": name},
+                    "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+                },
+            )
 
         secret("db", {"username": pg.user, "password": pg.password})
         secret("keys", {"k1": base64.b64encode(secrets.token_bytes(32)).decode()})
         secret("s3", {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
         spec = {
             "schedule": "* * * * *",
-            "source": {"postgres": {"host": pg.host, "port": pg.port, "database": "postgres",
-                                    "userSecretRef": {"name": "db", "key": "username"},
-                                    "passwordSecretRef": {"name": "db", "key": "password"}}},
-            "storage": {"bucket": "bench", "endpoint": moto.endpoint,
-                        "credentialsSecretRef": {"name": "s3"}},
+            "source": {
+                "postgres": {
+                    "host": pg.host,
+                    "port": pg.port,
+                    "database": "postgres",
+                    "userSecretRef": {"name": "db", "key": "username"},
+                    "passwordSecretRef": {"name": "db", "key": "password"},
+                }
+            },
+            "storage": {
+                "bucket": "bench",
+                "endpoint": moto.endpoint,
+                "credentialsSecretRef": {"name": "s3"},
+            },
             "encryption": {"keySecretRef": {"name": "keys"}},
             "concurrencyPolicy": "Allow",
         }
         started = time.monotonic()
         for i in range(args.policies):
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "backuppolicies", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "BackupPolicy",
-                "metadata": {"name": f"p{i:04d}"}, "spec": spec})
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "backuppolicies",
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "BackupPolicy",
+                    "metadata": {"name": f"p{i:04d}"},
+                    "spec": spec,
+                },
+            )
         print(f"created {args.policies} policies in {time.monotonic() - started:.1f}s", flush=True)
 
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AEGIS_METRICS_PORT": "0",
-               "AEGIS_HEALTH_PORT": "0", "AEGIS_LOG_FORMAT": "text", "AEGIS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-               "AEGIS_CATALOG_SYNC_SECONDS": "3600"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "AEGIS_METRICS_PORT": "0",
+            "AEGIS_HEALTH_PORT": "0",
+            "AEGIS_LOG_FORMAT": "text",
+            "AEGIS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "AEGIS_CATALOG_SYNC_SECONDS": "3600",
+        }
         log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
-        operator = subprocess.Popen([sys.executable, "-m", "aegis", "operator"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "aegis", "operator"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
         latencies: list[float] = []
         seen: set[str] = set()
         expected = args.policies * args.ticks
         # The first tick starts after the operator has taken every policy in.
         first_tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=45)).replace(
-            second=0, microsecond=0) + dt.timedelta(minutes=1)
+            second=0, microsecond=0
+        ) + dt.timedelta(minutes=1)
         last_tick = first_tick + dt.timedelta(minutes=args.ticks - 1)
         print(f"measuring ticks {first_tick:%H:%M} .. {last_tick:%H:%M} UTC", flush=True)
         done = threading.Event()
 
         def watch_jobs() -> None:
+            # A raw JSON stream: the client's model deserialization would queue events and
+            # measure this process instead of the operator.
             batch = client.BatchV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-            stream = watch.Watch()
-            for event in stream.stream(batch.list_namespaced_job, namespace, timeout_seconds=600):
+            response = batch.list_namespaced_job(
+                namespace, watch=True, timeout_seconds=600, _preload_content=False
+            )
+            buffer = b""
+            for chunk in response.stream(amt=None, decode_content=False):
                 arrived = dt.datetime.now(dt.UTC)
-                job = event["object"]
-                name = job.metadata.name
-                if event["type"] != "ADDED" or name in seen:
-                    continue
-                seen.add(name)
-                point = next((o.name for o in job.metadata.owner_references or []), "")
-                stamp = point.rsplit("-", 1)[-1]
-                tick = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
-                if first_tick <= tick <= last_tick:
-                    latencies.append((arrived - tick).total_seconds())
-                if len(latencies) >= expected:
-                    done.set()
-                    stream.stop()
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    job = event["object"]
+                    name = job["metadata"]["name"]
+                    if event["type"] != "ADDED" or name in seen:
+                        continue
+                    seen.add(name)
+                    owners = job["metadata"].get("ownerReferences") or [{}]
+                    stamp = owners[0].get("name", "").rsplit("-", 1)[-1]
+                    tick = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+                    if first_tick <= tick <= last_tick:
+                        latencies.append((arrived - tick).total_seconds())
+                    if len(latencies) >= expected:
+                        done.set()
+                        response.release_conn()
+                        return
 
         watcher = threading.Thread(target=watch_jobs, daemon=True)
         watcher.start()
@@ -150,8 +208,10 @@ def main(argv: list[str]) -> int:
         rss = rss_peak_mib(operator.pid)
         points = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "recoverypoints")
         jobs = client.BatchV1Api(api).list_namespaced_job(namespace)
-        print(f"(recovery points {len(points['items'])}, Jobs {len(jobs.items)}; "
-              f"operator log {workdir / 'operator.log'})")
+        print(
+            f"(recovery points {len(points['items'])}, Jobs {len(jobs.items)}; "
+            f"operator log {workdir / 'operator.log'})"
+        )
         print()
         print(f"policies                   {args.policies}")
         print(f"ticks measured             {args.ticks}")

@@ -24,7 +24,11 @@ def main(argv: list[str]) -> int:
 
     import aegis.handlers  # noqa: F401  (registers the handlers)
 
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    liveness = (
+        f"http://{settings.metrics_address}:{settings.health_port}/healthz"
+        if settings.health_port
+        else None
+    )
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

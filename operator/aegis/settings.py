@@ -37,6 +37,10 @@ class Settings:
     """Command that starts the agent inside Jobs (AEGIS_AGENT_COMMAND, space-separated)."""
     catalog_sync_seconds: int = 300
     """Interval of bucket catalog sync (AEGIS_CATALOG_SYNC_SECONDS)."""
+    status_seconds: int = 60
+    """Interval of policy status refreshes: RPO, counts, retention (AEGIS_STATUS_SECONDS)."""
+    metrics_address: str = "0.0.0.0"
+    """Address /metrics and /healthz listen on (AEGIS_METRICS_ADDRESS)."""
     s3_endpoint: str | None = None
     """Default S3 endpoint when a policy names none (AEGIS_S3_ENDPOINT); for test stores."""
     extra: dict[str, str] = field(default_factory=dict)
@@ -60,5 +64,7 @@ class Settings:
             log_level=env.get("AEGIS_LOG_LEVEL", "INFO").upper(),
             agent_command=command,
             catalog_sync_seconds=_int("AEGIS_CATALOG_SYNC_SECONDS", cls.catalog_sync_seconds),
+            status_seconds=_int("AEGIS_STATUS_SECONDS", cls.status_seconds),
+            metrics_address=env.get("AEGIS_METRICS_ADDRESS") or cls.metrics_address,
             s3_endpoint=env.get("AEGIS_S3_ENDPOINT") or None,
         )

@@ -5,6 +5,7 @@ never passes through here; that is the agent's job."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,25 @@ class Credentials:
     secret_access_key: str
 
 
+_clients: dict[tuple[str | None, str, Credentials | None], Any] = {}
+_clients_lock = threading.Lock()
+
+
 def client(
     location: S3Location, credentials: Credentials | None, default_endpoint: str | None
 ) -> Any:
+    """A boto3 client, shared per endpoint, region and credentials: clients are thread-safe,
+    and building one loads the S3 service model (slow, and megabytes each)."""
     endpoint = location.endpoint or default_endpoint
+    key = (endpoint, location.region or "us-east-1", credentials)
+    with _clients_lock:
+        cached = _clients.get(key)
+        if cached is None:
+            cached = _clients[key] = _new_client(location, credentials, endpoint)
+        return cached
+
+
+def _new_client(location: S3Location, credentials: Credentials | None, endpoint: str | None) -> Any:
     kwargs: dict[str, Any] = {"config": RETRIES, "region_name": location.region or "us-east-1"}
     if endpoint:
         kwargs["endpoint_url"] = endpoint

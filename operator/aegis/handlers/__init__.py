@@ -61,7 +61,7 @@ def configure(
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 32
-    port = metrics.serve(aegis_settings.metrics_port)
+    port = metrics.serve(aegis_settings.metrics_port, aegis_settings.metrics_address)
     logger.info("Aegis operator configured; metrics on port %s", port)
 
 

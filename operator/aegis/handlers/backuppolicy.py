@@ -39,7 +39,7 @@ def scheduler_for(memo: Any) -> Scheduler:
                     return None  # deleted or refused: its handler reports it
                 raise
 
-        scheduler = memo["scheduler"] = Scheduler(act).start()
+        scheduler = memo["scheduler"] = Scheduler(act, workers=32).start()
     return scheduler
 
 
@@ -67,9 +67,11 @@ def reconcile(
     scheduler = scheduler_for(memo)
     if spec is None:
         scheduler.forget(namespace, name)
+        policies.forget_prepared(namespace, name)
         return
     assert isinstance(spec, BackupPolicySpec)
     _check(spec, body, patch, memo["settings"])
+    policies.forget_prepared(namespace, name)  # a run prepared from the old spec is stale
     scheduler.wake(namespace, name)
 
 
@@ -83,7 +85,9 @@ def _check(spec: BackupPolicySpec, body: kopf.Body, patch: kopf.Patch, settings:
         kopf.warn(body, reason=problem.reason, message=problem.message)
 
 
-@kopf.timer(GROUP, VERSION, KIND.plural, id="status", interval=30, initial_delay=5, idle=0)
+@kopf.timer(
+    GROUP, VERSION, KIND.plural, id="status", interval=_SETTINGS.status_seconds, initial_delay=5
+)
 def status_timer(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -140,5 +144,6 @@ def on_delete(body: kopf.Body, memo: Any, namespace: str | None, name: str, **_:
     """Deleting a policy keeps its RecoveryPoints (they are not owned by it)."""
     assert namespace is not None  # every Aegis kind is namespaced
     scheduler_for(memo).forget(namespace, name)
+    policies.forget_prepared(namespace, name)
     policies.forget_metrics(namespace, name)
     forget(KIND, body)

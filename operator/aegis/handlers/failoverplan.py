@@ -62,9 +62,7 @@ def _has_trigger(annotations: kopf.Annotations, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, KIND.plural, id="wake-on-trigger", when=_has_trigger)
-async def wake_on_trigger(
-    memo: kopf.Memo, namespace: str | None, name: str, **_: Any
-) -> None:
+async def wake_on_trigger(memo: kopf.Memo, namespace: str | None, name: str, **_: Any) -> None:
     """A trigger annotation is acted on now, not at the next probe."""
     wakeup: asyncio.Event | None = memo.get(WAKEUPS, {}).get((namespace, name))
     if wakeup is not None:
@@ -101,14 +99,20 @@ async def failover_loop(
             except plans.Halted:
                 return
             except Exception as error:  # the API server or a port failed; try again soon
-                logger.warning("FailoverPlan %s/%s: tick failed: %s: %s", namespace, name,
-                               type(error).__name__, error)
+                logger.warning(
+                    "FailoverPlan %s/%s: tick failed: %s: %s",
+                    namespace,
+                    name,
+                    type(error).__name__,
+                    error,
+                )
                 delay = ERROR_RETRY_SECONDS
             if delay is None:
                 return  # the plan is gone
             wake_task: asyncio.Future[Any] = asyncio.create_task(wakeup.wait())
-            await asyncio.wait({wake_task, stop_task}, timeout=delay,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {wake_task, stop_task}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+            )
             wake_task.cancel()
     finally:
         # A tick still running in its thread must not write after this point.

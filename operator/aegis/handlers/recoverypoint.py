@@ -13,6 +13,7 @@ from aegis.api.recoverypoint import RecoveryPointSpec
 from aegis.cloud.s3 import S3Problem
 from aegis.handlers.common import KopfLogger, accept, accepted, forget
 from aegis.k8s import objects
+from aegis.k8s.jobs import job_outcome
 from aegis.reconcilers import backuppolicy, naming
 from aegis.reconcilers import recoverypoint as points
 from aegis.settings import Settings
@@ -22,7 +23,9 @@ PRUNED_ANNOTATION = f"{GROUP}/pruned-by"
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="backup")
 @kopf.on.create(GROUP, VERSION, KIND.plural, id="backup")
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any, **_: Any) -> None:
+def reconcile(
+    body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any, reason: str, **_: Any
+) -> None:
     spec = accept(KIND, body, patch, logger)
     if spec is None:
         return
@@ -37,6 +40,11 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
     if body.metadata.labels.get(naming.POLICY_LABEL) != policy_label:
         patch.metadata.setdefault("labels", {})[naming.POLICY_LABEL] = policy_label
     settings: Settings = memo["settings"]
+    if spec.trigger == "Scheduled" and reason == "create":
+        # The scheduler creates scheduled points and starts their Jobs at the tick; on
+        # resume (after a restart) this handler makes sure no point is left without one.
+        accepted(KIND, body, patch, "The scheduler starts this run at its tick.")
+        return
     point = dict(body)
     try:
         job_name, created = points.start(point, settings)
@@ -66,8 +74,8 @@ def backup_job_changed(
     body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any
 ) -> None:
     """A backup Job changed: when it has ended, fold its outcome into its RecoveryPoint."""
-    if type == "DELETED":
-        return
+    if type == "DELETED" or job_outcome(dict(body)) == "Running":
+        return  # nothing to fold in yet, and no API call spent finding that out
     owners: list[dict[str, Any]] = list(body.metadata.get("ownerReferences") or [])
     owner = next((o for o in owners if o.get("kind") == KIND.kind), None)
     if owner is None:

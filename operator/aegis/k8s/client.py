@@ -24,7 +24,7 @@ def api_client() -> kubernetes.client.ApiClient:
                     config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
                 )
             # Many sync handlers run in parallel; the default pool of 4 would serialise them.
-            configuration.connection_pool_maxsize = 32
+            configuration.connection_pool_maxsize = 64
             _client = kubernetes.client.ApiClient(configuration)
         return _client
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 from typing import Any
 
 import kubernetes
@@ -102,13 +103,17 @@ def create_job(namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], boo
     """Create the Job, or return the existing one of that name. Returns (job, created)."""
     batch = _batch()
     try:
-        created = batch.create_namespaced_job(namespace, job)
-        return api_client().sanitize_for_serialization(created), True
+        # Raw JSON, not the client's models: at a busy tick, deserializing a V1Job costs
+        # more than the request itself.
+        response = batch.create_namespaced_job(namespace, job, _preload_content=False)
+        created: dict[str, Any] = json.loads(response.data)
+        return created, True
     except ApiException as error:
         if error.status != 409:
             raise
-    existing = batch.read_namespaced_job(job["metadata"]["name"], namespace)
-    return api_client().sanitize_for_serialization(existing), False
+    response = batch.read_namespaced_job(job["metadata"]["name"], namespace, _preload_content=False)
+    existing: dict[str, Any] = json.loads(response.data)
+    return existing, False
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -145,6 +150,24 @@ def job_failure_message(namespace: str, job_name: str) -> str | None:
         for status in (pod.status and pod.status.container_statuses) or []:
             terminated = status.state and status.state.terminated
             if terminated and terminated.exit_code and terminated.message:
+                when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
+                if newest is None or when >= newest[0]:
+                    newest = (when, terminated.message.strip())
+    return newest[1] if newest else None
+
+
+def job_result_message(namespace: str, job_name: str) -> str | None:
+    """The termination message of the Job's newest pod, whatever its exit code: the agent's
+    final one-line JSON result (of a success as well as of a failure)."""
+    try:
+        pods = _core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+    except ApiException:
+        return None
+    newest: tuple[dt.datetime, str] | None = None
+    for pod in pods.items:
+        for status in (pod.status and pod.status.container_statuses) or []:
+            terminated = status.state and status.state.terminated
+            if terminated and terminated.message:
                 when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
                 if newest is None or when >= newest[0]:
                     newest = (when, terminated.message.strip())

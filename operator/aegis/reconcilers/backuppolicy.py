@@ -6,9 +6,11 @@ these functions."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,19 +21,24 @@ from aegis.api import BACKUP_POLICY, RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.cloud import s3
 from aegis.k8s import objects
+from aegis.k8s.jobs import job_outcome
 from aegis.reconcilers import naming, retention, schedule
 from aegis.reconcilers.backup import parse_time
 from aegis.reconcilers.conditions import ConditionUpdate, is_true, iso, set_conditions
 from aegis.reconcilers.recoverypoint import (
     TERMINAL,
     PointBlocked,
+    backup_job,
+    finish,
     load_policy,
+    mark_running,
     s3_client_for,
     start,
 )
 from aegis.settings import Settings
 
 PRUNED_ANNOTATION = "dr.aegis.dev/pruned-by"
+logger = logging.getLogger("aegis.backuppolicy")
 CONNECT_TIMEOUT = 3.0
 
 
@@ -307,9 +314,43 @@ def _refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) 
 # --- scheduling ------------------------------------------------------------------------------
 
 
+# A tick is prepared this long before it is due (its point created, its Job built), so that at
+# the tick itself a single request starts the run, even when many policies share the minute.
+PREPARE_SECONDS = 5.0
+
+
+@dataclass
+class Prepared:
+    """A run made ready ahead of its due time."""
+
+    due: dt.datetime
+    scheduled: dt.datetime
+    point: dict[str, Any]
+    job: dict[str, Any]
+    status_update: dict[str, Any]
+
+
+_prepared: dict[tuple[str, str], Prepared] = {}
+_prepared_lock = threading.Lock()
+# Status writes that follow a run's start go through their own small pool, so that at a busy
+# tick they queue behind the Jobs instead of delaying them.
+_followups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aegis-followup")
+
+
 def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> float | None:
     """Do what the schedule says at `now`; return seconds until the next look (None: wait
     for a change of the spec)."""
+    key = (namespace, policy)
+    with _prepared_lock:
+        ready = _prepared.pop(key, None)
+    if ready is not None:
+        if now < ready.due:
+            with _prepared_lock:
+                _prepared.setdefault(key, ready)
+            return (ready.due - now).total_seconds()
+        _fire(ready, settings)
+        return 0.0  # plan the next tick right away
+
     context = load_policy(namespace, policy)
     spec = context.spec
     status = context.body.get("status") or {}
@@ -324,9 +365,8 @@ def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> f
         for p in points
         if (p.get("status") or {}).get("phase") not in TERMINAL
     ]
-    plan = schedule.plan_runs(
-        spec, schedule.PolicyKey(namespace, policy), since=since, now=now, active=active
-    )
+    policy_key = schedule.PolicyKey(namespace, policy)
+    plan = schedule.plan_runs(spec, policy_key, since=since, now=now, active=active)
     for name in plan.stop:
         _replace(namespace, name)
     update: dict[str, Any] = {"handledUntil": iso(plan.handled_until)}
@@ -342,16 +382,88 @@ def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> f
             "they could not start within startingDeadlineSeconds or a newer run superseded them",
         )
     if plan.run is not None and plan.run_name is not None:
+        # Due now (first run after a restart, or a tick held back by Forbid): start at once.
         point = _create_point(context.body, plan.run_name, plan.run)
         update["lastScheduleTime"] = iso(plan.run)
         update["lastRecoveryPoint"] = plan.run_name
         try:
             start(point, settings)
         except PointBlocked:
-            # The point's own handler reports why and retries.
-            pass
+            pass  # the point's own handler reports why and retries
+        objects.patch_custom_status(BACKUP_POLICY, namespace, policy, update)
+        return plan.requeue_after
+    if plan.next_run_time is not None and plan.requeue_after is not None:
+        lead = plan.requeue_after - PREPARE_SECONDS
+        if lead <= 0 and _prepare(context.body, spec, policy_key, plan, active, update, settings):
+            return max(0.0, plan.requeue_after)
+        objects.patch_custom_status(BACKUP_POLICY, namespace, policy, update)
+        return max(0.0, lead)
     objects.patch_custom_status(BACKUP_POLICY, namespace, policy, update)
     return plan.requeue_after
+
+
+def _prepare(
+    body: dict[str, Any],
+    spec: BackupPolicySpec,
+    key: schedule.PolicyKey,
+    plan: schedule.Plan,
+    active: list[str],
+    update: dict[str, Any],
+    settings: Settings,
+) -> bool:
+    """Make the upcoming tick ready: plan it as of its due time, create its point, build its
+    Job. False when it should rather be planned at the tick (it would stop or wait for others)."""
+    assert plan.next_run_time is not None
+    upcoming = schedule.plan_runs(
+        spec, key, since=plan.handled_until, now=plan.next_run_time, active=active
+    )
+    if upcoming.run is None or upcoming.run_name is None or upcoming.stop:
+        return False
+    point = _create_point(body, upcoming.run_name, upcoming.run)
+    try:
+        job = backup_job(point, settings)
+    except PointBlocked:
+        return False
+    fired_update = {
+        **update,
+        "handledUntil": iso(upcoming.handled_until),
+        "lastScheduleTime": iso(upcoming.run),
+        "lastRecoveryPoint": upcoming.run_name,
+        "nextScheduleTime": iso(upcoming.next_run_time) if upcoming.next_run_time else None,
+    }
+    if upcoming.missed.count:
+        fired_update["missedRuns"] = update.get("missedRuns", 0) + upcoming.missed.count
+    prepared = Prepared(plan.next_run_time, upcoming.run, point, job, fired_update)
+    with _prepared_lock:
+        _prepared[(key.namespace, key.name)] = prepared
+    return True
+
+
+def _fire(ready: Prepared, settings: Settings) -> None:
+    """Start a prepared run: one request at the tick, status writes after."""
+    meta = ready.point["metadata"]
+    namespace, name = meta["namespace"], ready.job["metadata"]["name"]
+    job, _ = objects.create_job(namespace, ready.job)
+    policy = ready.point["spec"]["policyRef"]["name"]
+    late = (dt.datetime.now(dt.UTC) - ready.due).total_seconds()
+    logger.info("Started backup Job %s/%s %.3fs after its due time", namespace, name, late)
+
+    def record() -> None:
+        try:
+            mark_running(ready.point, name)
+            objects.patch_custom_status(BACKUP_POLICY, namespace, policy, ready.status_update)
+            if job_outcome(job) != "Running":
+                finish(namespace, meta["name"], settings)
+        except Exception as error:  # logged; the status timer and the Job handler catch up
+            logger.warning("Recording the start of %s/%s failed: %s", namespace, name, error)
+
+    _followups.submit(record)
+
+
+def forget_prepared(namespace: str, policy: str) -> None:
+    """The policy changed or went away: drop a run prepared from its old spec."""
+    with _prepared_lock:
+        _prepared.pop((namespace, policy), None)
 
 
 def _create_point(policy: dict[str, Any], name: str, scheduled: dt.datetime) -> dict[str, Any]:

@@ -119,32 +119,43 @@ def _patch_point(
     objects.patch_custom_status(RECOVERY_POINT, meta["namespace"], meta["name"], status)
 
 
+def backup_job(point: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The Job object that takes the point's backup (reads the policy and its key ids)."""
+    namespace = point["metadata"]["namespace"]
+    policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+    return build_job(backup.backup_job_request(point, policy.spec, key_ids(policy), settings))
+
+
 def start(point: dict[str, Any], settings: Settings) -> tuple[str, bool]:
     """Make sure the point's backup Job exists. Returns (job name, created now)."""
+    return launch(point, backup_job(point, settings), settings)
+
+
+def launch(point: dict[str, Any], job: dict[str, Any], settings: Settings) -> tuple[str, bool]:
+    """Create the prepared Job (or find it) and record it in the point's status."""
     meta = point["metadata"]
-    namespace = meta["namespace"]
-    policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
-    request = backup.backup_job_request(point, policy.spec, key_ids(policy), settings)
-    job, created = objects.create_job(namespace, build_job(request))
+    namespace, name = meta["namespace"], job["metadata"]["name"]
+    existing, created = objects.create_job(namespace, job)
     status = point.get("status") or {}
-    if created or status.get("jobName") != request.name:
-        _patch_point(
-            point,
-            {
-                "phase": "Running",
-                "jobName": request.name,
-                "startTime": status.get("startTime") or iso(dt.datetime.now(dt.UTC)),
-                "message": f"backup Job {request.name} is running",
-            },
-            [
-                ConditionUpdate(
-                    "Complete", "Unknown", "BackupRunning", f"Job {request.name} is running"
-                )
-            ],
-        )
-    if job_outcome(job) != "Running":
+    if created or status.get("jobName") != name:
+        mark_running(point, name)
+    if job_outcome(existing) != "Running":
         finish(namespace, meta["name"], settings)
-    return request.name, created
+    return name, created
+
+
+def mark_running(point: dict[str, Any], job_name: str) -> None:
+    status = point.get("status") or {}
+    _patch_point(
+        point,
+        {
+            "phase": "Running",
+            "jobName": job_name,
+            "startTime": status.get("startTime") or iso(dt.datetime.now(dt.UTC)),
+            "message": f"backup Job {job_name} is running",
+        },
+        [ConditionUpdate("Complete", "Unknown", "BackupRunning", f"Job {job_name} is running")],
+    )
 
 
 @dataclass(frozen=True)
