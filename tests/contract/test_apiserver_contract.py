@@ -689,3 +689,23 @@ def test_kubectl_wait_for_condition_and_delete(kubectl: Any, widgets: WidgetApi,
 
     table = kubectl("get", "wdg", "-n", widgets.namespace)
     assert table.returncode == 0
+
+
+def test_secret_string_data_is_folded_into_data(k8s_api: Any, namespace: str) -> None:
+    import base64
+
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": "mixed"},
+        "data": {"a": base64.b64encode(b"from-data").decode(),
+                 "b": base64.b64encode(b"overridden").decode()},
+        "stringData": {"b": "from-string-data", "c": "plain"},
+    })
+    secret = core.read_namespaced_secret("mixed", namespace)
+    assert secret.string_data is None
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+    assert decoded == {"a": "from-data", "b": "from-string-data", "c": "plain"}
+    core.patch_namespaced_secret("mixed", namespace, {"stringData": {"a": "patched"}})
+    patched = core.read_namespaced_secret("mixed", namespace)
+    assert base64.b64decode(patched.data["a"]) == b"patched"
+    assert patched.string_data is None

@@ -291,6 +291,13 @@ class Store:
                 causes += validate(obj, body_schema, old=old, cel=evaluate_rules)
         elif info.storage_key == CRDS:
             causes += _validate_crd(obj)
+        elif info.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+            # The real server folds write-only stringData into data (base64), winning over
+            # data on the same key, and never stores or returns stringData itself.
+            string_data = obj.pop("stringData")
+            obj["data"] = {**(obj.get("data") or {}), **{
+                key: base64.b64encode(str(value).encode()).decode()
+                for key, value in string_data.items()}}
         if causes:
             raise errors.invalid(info, name, causes)
         return obj
