@@ -12,7 +12,7 @@ from aegis import __version__
 from aegis.agent.config import BackupConfig, StoreConfig, postgres_credentials, redis_credentials
 from aegis.agent.crypto import ALGORITHM, KEY_WRAP, TAG_BYTES, DataKey, new_data_key
 from aegis.agent.errors import AgentError
-from aegis.agent.layout import PointRef
+from aegis.agent.layout import PointRef, normalize_prefix
 from aegis.agent.log import Progress, human_bytes, log
 from aegis.agent.manifest import (
     CopyRecord,
@@ -80,14 +80,19 @@ def existing_manifest(client: S3Client, point: PointRef) -> Manifest | None:
 def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> dict[str, Any]:
     started = now()
     clock = time.monotonic()
-    point = PointRef(cfg.storage.bucket, cfg.storage.prefix, cfg.namespace, cfg.policy,
-                     cfg.recovery_point)
-    point = point.in_bucket(cfg.storage.bucket, cfg.storage.prefix)
+    point = PointRef(
+        cfg.storage.bucket,
+        normalize_prefix(cfg.storage.prefix),
+        cfg.namespace,
+        cfg.policy,
+        cfg.recovery_point,
+    )
     tuning = cfg.tuning
     keyring = keyring_loader()
     data_key = new_data_key(keyring)
-    client = make_client(cfg.storage, env, pool=tuning.upload_concurrency + 4,
-                         max_attempts=tuning.s3_max_attempts)
+    client = make_client(
+        cfg.storage, env, pool=tuning.upload_concurrency + 4, max_attempts=tuning.s3_max_attempts
+    )
     try:
         done = existing_manifest(client, point)
     except StorageError as error:
@@ -97,16 +102,29 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
         return backup_result(done, point, time.monotonic() - clock, reused=True)
 
     source, payload_format = make_source(cfg, env)
-    upload = MultipartUpload(client, point.bucket, point.payload_key,
-                             write_args(cfg.storage, started), tuning.part_size,
-                             tuning.upload_concurrency)
+    upload = MultipartUpload(
+        client,
+        point.bucket,
+        point.payload_key,
+        write_args(cfg.storage, started),
+        tuning.part_size,
+        tuning.upload_concurrency,
+    )
     try:
         source.start()
         upload.start()
         with Progress("backup", cfg.progress_seconds) as progress:
-            sealed = seal(source.chunks(), upload.write, data_key.key, data_key.nonce_prefix,
-                          tuning.chunk_size, cfg.compression, tuning.compression_level,
-                          tuning.compression_threads, progress)
+            sealed = seal(
+                source.chunks(),
+                upload.write,
+                data_key.key,
+                data_key.nonce_prefix,
+                tuning.chunk_size,
+                cfg.compression,
+                tuning.compression_level,
+                tuning.compression_threads,
+                progress,
+            )
             record = source.finish()
             upload.complete()
     except StorageError as error:
@@ -119,90 +137,148 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
         source.close()
     completed = now()
     seconds = time.monotonic() - clock
-    log(f"uploaded {point.payload_url}: {human_bytes(sealed.size_bytes)} logical, "
-        f"{human_bytes(sealed.stored_bytes)} stored in {seconds:.1f}s")
+    log(
+        f"uploaded {point.payload_url}: {human_bytes(sealed.size_bytes)} logical, "
+        f"{human_bytes(sealed.stored_bytes)} stored in {seconds:.1f}s"
+    )
     assert record is not None
     snapshot_time = getattr(source, "snapshot_time", None) or started
     manifest = Manifest(
-        namespace=cfg.namespace, policy=cfg.policy, recovery_point=cfg.recovery_point,
-        location=point.payload_url, manifest=point.manifest_key, payload_format=payload_format,
-        start_time=started, completion_time=completed, source_time=snapshot_time,
-        source=record, size_bytes=sealed.size_bytes, stored_bytes=sealed.stored_bytes,
-        sha256=sealed.sha256, compression=cfg.compression,
+        namespace=cfg.namespace,
+        policy=cfg.policy,
+        recovery_point=cfg.recovery_point,
+        location=point.payload_url,
+        manifest=point.manifest_key,
+        payload_format=payload_format,
+        start_time=started,
+        completion_time=completed,
+        source_time=snapshot_time,
+        source=record,
+        size_bytes=sealed.size_bytes,
+        stored_bytes=sealed.stored_bytes,
+        sha256=sealed.sha256,
+        compression=cfg.compression,
         compression_level=tuning.compression_level,
         encryption=encryption_record(data_key, tuning.chunk_size),
-        storage=storage_record(cfg.storage), locked_until=locked_until(cfg.storage, started),
+        storage=storage_record(cfg.storage),
+        locked_until=locked_until(cfg.storage, started),
         agent_version=__version__,
     )
     copies = [make_copy(cfg, env, client, point, manifest, store) for store in cfg.copies]
     if copies:
         manifest = manifest.model_copy(update={"copies": copies})
     try:
-        put_bytes(client, point.bucket, point.manifest_key, manifest.to_json().encode(),
-                  write_args(cfg.storage, started))
+        put_bytes(
+            client,
+            point.bucket,
+            point.manifest_key,
+            manifest.to_json().encode(),
+            write_args(cfg.storage, started),
+        )
     except StorageError as error:
-        raise AgentError(f"{error}; the payload is in place but without a manifest the point is "
-                         "incomplete", kind="StorageFailed") from None
+        raise AgentError(
+            f"{error}; the payload is in place but without a manifest the point is incomplete",
+            kind="StorageFailed",
+        ) from None
     log(f"wrote {point.manifest_url}")
     return backup_result(manifest, point, time.monotonic() - clock, reused=False)
 
 
 def encryption_record(data_key: DataKey, chunk_size: int) -> EncryptionRecord:
     return EncryptionRecord(
-        algorithm=ALGORITHM, key_id=data_key.key_id, key_wrap=KEY_WRAP,
-        wrapped_key=base64.b64encode(data_key.wrapped).decode(), chunk_size=chunk_size,
-        nonce_prefix=data_key.nonce_prefix.hex(), tag_bytes=TAG_BYTES,
+        algorithm=ALGORITHM,
+        key_id=data_key.key_id,
+        key_wrap=KEY_WRAP,
+        wrapped_key=base64.b64encode(data_key.wrapped).decode(),
+        chunk_size=chunk_size,
+        nonce_prefix=data_key.nonce_prefix.hex(),
+        tag_bytes=TAG_BYTES,
     )
 
 
 def storage_record(store: StoreConfig) -> StorageRecord:
     sse = store.server_side_encryption
     return StorageRecord(
-        storage_class=store.storage_class, server_side_encryption=sse.type if sse else None,
+        storage_class=store.storage_class,
+        server_side_encryption=sse.type if sse else None,
         kms_key_id=sse.kms_key_id if sse else None,
         object_lock_mode=store.object_lock.mode if store.object_lock else None,
     )
 
 
-def make_copy(cfg: BackupConfig, env: dict[str, str], client: S3Client, point: PointRef,
-              manifest: Manifest, store: StoreConfig) -> CopyRecord:
+def make_copy(
+    cfg: BackupConfig,
+    env: dict[str, str],
+    client: S3Client,
+    point: PointRef,
+    manifest: Manifest,
+    store: StoreConfig,
+) -> CopyRecord:
     """Copy the payload and a manifest describing the copy; a failed copy is recorded, not
     fatal: the primary backup is good."""
     target = point.in_bucket(store.bucket, store.prefix)
-    same_endpoint = (endpoint_of(store, env) == endpoint_of(cfg.storage, env)
-                     and store.credentials_env_prefix == cfg.storage.credentials_env_prefix)
+    same_endpoint = (
+        endpoint_of(store, env) == endpoint_of(cfg.storage, env)
+        and store.credentials_env_prefix == cfg.storage.credentials_env_prefix
+    )
     method = "ServerSideCopy" if same_endpoint else "Streamed"
     started = now()
     try:
         extra = write_args(store, started)
         if same_endpoint:
             size = head_size(client, point.bucket, point.payload_key)
-            server_side_copy(client, point.bucket, point.payload_key, target.bucket,
-                             target.payload_key, size, extra)
+            server_side_copy(
+                client,
+                point.bucket,
+                point.payload_key,
+                target.bucket,
+                target.payload_key,
+                size,
+                extra,
+            )
             copy_client = client
         else:
-            copy_client = make_client(store, env, pool=cfg.tuning.upload_concurrency + 4,
-                                      max_attempts=cfg.tuning.s3_max_attempts)
-            streamed_copy(client, point.bucket, point.payload_key, copy_client, target.bucket,
-                          target.payload_key, extra, cfg.tuning.part_size,
-                          cfg.tuning.upload_concurrency)
-        copy_manifest = manifest.model_copy(update={
-            "location": target.payload_url, "manifest": target.manifest_key,
-            "storage": storage_record(store), "locked_until": locked_until(store, started),
-        })
-        put_bytes(copy_client, target.bucket, target.manifest_key,
-                  copy_manifest.to_json().encode(), extra)
+            copy_client = make_client(
+                store,
+                env,
+                pool=cfg.tuning.upload_concurrency + 4,
+                max_attempts=cfg.tuning.s3_max_attempts,
+            )
+            streamed_copy(
+                client,
+                point.bucket,
+                point.payload_key,
+                copy_client,
+                target.bucket,
+                target.payload_key,
+                extra,
+                cfg.tuning.part_size,
+                cfg.tuning.upload_concurrency,
+            )
+        copy_manifest = manifest.model_copy(
+            update={
+                "location": target.payload_url,
+                "manifest": target.manifest_key,
+                "storage": storage_record(store),
+                "locked_until": locked_until(store, started),
+            }
+        )
+        put_bytes(
+            copy_client, target.bucket, target.manifest_key, copy_manifest.to_json().encode(), extra
+        )
     except (StorageError, Exception) as error:
         reason = str(error) if isinstance(error, StorageError) else describe_error(error)
         log(f"copy to {target.payload_url} failed: {reason}")
-        return CopyRecord(location=target.payload_url, state="Failed", time=now(),
-                          method=method, message=reason)
+        return CopyRecord(
+            location=target.payload_url, state="Failed", time=now(), method=method, message=reason
+        )
     log(f"copied to {target.payload_url} ({method})")
     return CopyRecord(location=target.payload_url, state="Completed", time=now(), method=method)
 
 
-def backup_result(manifest: Manifest, point: PointRef, seconds: float,
-                  reused: bool) -> dict[str, Any]:
+def backup_result(
+    manifest: Manifest, point: PointRef, seconds: float, reused: bool
+) -> dict[str, Any]:
     return {
         "ok": True,
         "command": "backup",

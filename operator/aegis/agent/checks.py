@@ -52,8 +52,10 @@ class CheckOutcome(_Model):
 
 def parse_checks(raw: Any, where: str) -> list[Check]:
     if not isinstance(raw, list):
-        raise AgentError(f"{where}: checks must be a JSON array of {{name, sql|redis, expect}}",
-                         kind="InvalidConfig")
+        raise AgentError(
+            f"{where}: checks must be a JSON array of {{name, sql|redis, expect}}",
+            kind="InvalidConfig",
+        )
     checks = []
     for i, item in enumerate(raw):
         try:
@@ -61,8 +63,9 @@ def parse_checks(raw: Any, where: str) -> list[Check]:
         except ValidationError as error:
             first = error.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
-            raise AgentError(f"{where}[{i}].{field}: {first['msg']}", kind="InvalidConfig") \
-                from None
+            raise AgentError(
+                f"{where}[{i}].{field}: {first['msg']}", kind="InvalidConfig"
+            ) from None
     return checks
 
 
@@ -85,17 +88,24 @@ def evaluate(value: str | None, expect: Expect) -> tuple[Result, str | None]:
 def compare_rows(expected: dict[str, int], actual: dict[str, int | None]) -> tuple[Result, str]:
     """Per-table row counts of the restored database vs the manifest's."""
     missing = [t for t in expected if actual.get(t) is None]
-    wrong = [f"{t}: {actual[t]} != {n}" for t, n in expected.items()
-             if actual.get(t) is not None and actual[t] != n]
+    wrong = [
+        f"{t}: {actual[t]} != {n}"
+        for t, n in expected.items()
+        if actual.get(t) is not None and actual[t] != n
+    ]
     if not missing and not wrong:
         return "Passed", f"{len(expected)} tables, {sum(expected.values())} rows match"
     parts = []
     if missing:
-        parts.append(f"missing tables: {', '.join(missing[:5])}"
-                     + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        parts.append(
+            f"missing tables: {', '.join(missing[:5])}"
+            + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        )
     if wrong:
-        parts.append(f"row counts differ: {'; '.join(wrong[:5])}"
-                     + (f" (+{len(wrong) - 5} more)" if len(wrong) > 5 else ""))
+        parts.append(
+            f"row counts differ: {'; '.join(wrong[:5])}"
+            + (f" (+{len(wrong) - 5} more)" if len(wrong) > 5 else "")
+        )
     return "Failed", "; ".join(parts)
 
 
@@ -117,8 +127,12 @@ Query = Callable[[Check], str | None]
 RowCounter = Callable[[list[str]], dict[str, int | None]]
 
 
-def run_checks(checks: list[Check], query: Query, count_rows: RowCounter | None,
-               backup_rows: dict[str, int] | None) -> list[CheckOutcome]:
+def run_checks(
+    checks: list[Check],
+    query: Query,
+    count_rows: RowCounter | None,
+    backup_rows: dict[str, int] | None,
+) -> list[CheckOutcome]:
     """Run every check; a failing query is an Error outcome, never an exception."""
     outcomes = []
     for check in checks:
@@ -126,33 +140,48 @@ def run_checks(checks: list[Check], query: Query, count_rows: RowCounter | None,
     return outcomes
 
 
-def _run_one(check: Check, query: Query, count_rows: RowCounter | None,
-             backup_rows: dict[str, int] | None) -> CheckOutcome:
+def _run_one(
+    check: Check, query: Query, count_rows: RowCounter | None, backup_rows: dict[str, int] | None
+) -> CheckOutcome:
     results: list[tuple[Result, str | None]] = []
     value: str | None = None
     try:
         if check.sql is not None or check.redis is not None:
             value = query(check)
-            if any(v is not None for v in (check.expect.min, check.expect.max,
-                                           check.expect.equals)):
+            if any(
+                v is not None for v in (check.expect.min, check.expect.max, check.expect.equals)
+            ):
                 results.append(evaluate(value, check.expect))
         if check.expect.matches_backup:
             if count_rows is None or backup_rows is None:
-                results.append(("Error", "matchesBackup needs a PostgreSQL backup with row "
-                                         "counts in its manifest"))
+                results.append(
+                    (
+                        "Error",
+                        "matchesBackup needs a PostgreSQL backup with row counts in its manifest",
+                    )
+                )
             else:
                 results.append(compare_rows(backup_rows, count_rows(sorted(backup_rows))))
                 if value is None:
                     value = str(sum(backup_rows.values()))
     except Exception as error:
-        return CheckOutcome(name=check.name, result="Error", value=value,
-                            message=scrub(str(error).strip().splitlines()[0]
-                                          if str(error).strip() else type(error).__name__))
+        return CheckOutcome(
+            name=check.name,
+            result="Error",
+            value=value,
+            message=scrub(
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            ),
+        )
     worst: tuple[Result, ...] = ("Error", "Failed")
     for wanted in worst:
         bad = [m for r, m in results if r == wanted]
         if bad:
-            return CheckOutcome(name=check.name, result=wanted, value=value,
-                                message="; ".join(m for m in bad if m) or None)
+            return CheckOutcome(
+                name=check.name,
+                result=wanted,
+                value=value,
+                message="; ".join(m for m in bad if m) or None,
+            )
     detail = next((m for _r, m in results if m), None)
     return CheckOutcome(name=check.name, result="Passed", value=value, message=detail)

@@ -54,40 +54,75 @@ def _storage_flags(p: argparse.ArgumentParser, write: bool) -> None:
     g.add_argument("--bucket", dest="storage.bucket", help="bucket name")
     g.add_argument("--prefix", dest="storage.prefix", help="key prefix inside the bucket")
     g.add_argument("--region", dest="storage.region", help="AWS region")
-    g.add_argument("--endpoint", dest="storage.endpoint",
-                   help="S3-compatible endpoint URL (default: AEGIS_S3_ENDPOINT, "
-                        "AWS_ENDPOINT_URL_S3, AWS)")
-    g.add_argument("--addressing-style", dest="storage.addressingStyle",
-                   choices=["auto", "path", "virtual"])
-    g.add_argument("--credentials-env-prefix", dest="storage.credentialsEnvPrefix",
-                   help="read <PREFIX>AWS_ACCESS_KEY_ID etc. from env")
+    g.add_argument(
+        "--endpoint",
+        dest="storage.endpoint",
+        help="S3-compatible endpoint URL (default: AEGIS_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS)",
+    )
+    g.add_argument(
+        "--addressing-style", dest="storage.addressingStyle", choices=["auto", "path", "virtual"]
+    )
+    g.add_argument(
+        "--credentials-env-prefix",
+        dest="storage.credentialsEnvPrefix",
+        help="read <PREFIX>AWS_ACCESS_KEY_ID etc. from env",
+    )
     if write:
         g.add_argument("--storage-class", dest="storage.storageClass")
-        g.add_argument("--sse", dest="storage.serverSideEncryption.type",
-                       choices=["AES256", "aws:kms"], help="server-side encryption")
+        g.add_argument(
+            "--sse",
+            dest="storage.serverSideEncryption.type",
+            choices=["AES256", "aws:kms"],
+            help="server-side encryption",
+        )
         g.add_argument("--sse-kms-key-id", dest="storage.serverSideEncryption.kmsKeyId")
-        g.add_argument("--object-lock-mode", dest="storage.objectLock.mode",
-                       choices=["GOVERNANCE", "COMPLIANCE"])
+        g.add_argument(
+            "--object-lock-mode",
+            dest="storage.objectLock.mode",
+            choices=["GOVERNANCE", "COMPLIANCE"],
+        )
         g.add_argument("--object-lock-days", dest="storage.objectLock.days", type=int)
-        g.add_argument("--copy", dest="copies", action="append", metavar="S3_URL",
-                       help="also copy to s3://bucket/prefix (same endpoint and credentials; "
-                            "use --config for other stores); repeatable")
+        g.add_argument(
+            "--copy",
+            dest="copies",
+            action="append",
+            metavar="S3_URL",
+            help="also copy to s3://bucket/prefix (same endpoint and credentials; "
+            "use --config for other stores); repeatable",
+        )
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", dest="_config", metavar="FILE",
-                   help="JSON file with the same settings (flags win)")
-    p.add_argument("--config-json", dest="_config_json", metavar="JSON",
-                   help="the same settings inline, as the operator passes them in Job args "
-                        "(non-secret only; flags win, and it wins over --config)")
-    p.add_argument("--keys-dir", dest="keysDir",
-                   help="directory of key files named by key id (default AEGIS_KEYS_DIR or "
-                        "/etc/aegis/keys)")
+    p.add_argument(
+        "--config",
+        dest="_config",
+        metavar="FILE",
+        help="JSON file with the same settings (flags win)",
+    )
+    p.add_argument(
+        "--config-json",
+        dest="_config_json",
+        metavar="JSON",
+        help="the same settings inline, as the operator passes them in Job args "
+        "(non-secret only; flags win, and it wins over --config)",
+    )
+    p.add_argument(
+        "--keys-dir",
+        dest="keysDir",
+        help="directory of key files named by key id (default AEGIS_KEYS_DIR or /etc/aegis/keys)",
+    )
     p.add_argument("--progress-seconds", dest="progressSeconds", type=float)
-    p.add_argument("--result-file", dest="resultFile",
-                   help="also write the final JSON here (e.g. /dev/termination-log)")
-    p.add_argument("--debug", dest="_debug", action="store_true",
-                   help="print a (scrubbed) traceback on unexpected errors")
+    p.add_argument(
+        "--result-file",
+        dest="resultFile",
+        help="also write the final JSON here (e.g. /dev/termination-log)",
+    )
+    p.add_argument(
+        "--debug",
+        dest="_debug",
+        action="store_true",
+        help="print a (scrubbed) traceback on unexpected errors",
+    )
     t = p.add_argument_group("tuning")
     t.add_argument("--chunk-size", dest="tuning.chunkSize", type=int)
     t.add_argument("--part-size", dest="tuning.partSize", type=int)
@@ -103,8 +138,7 @@ def _pg_flags(g: argparse._ArgumentGroup, prefix: str) -> None:
     g.add_argument("--port", dest="_port", type=int, help="database port")
     g.add_argument("--database", dest=f"{prefix}.database", help="PostgreSQL database")
     g.add_argument("--ssl-mode", dest=f"{prefix}.sslMode")
-    g.add_argument("--pg-bin-dir", dest=f"{prefix}.binDir",
-                   help="directory of pg_dump/pg_restore")
+    g.add_argument("--pg-bin-dir", dest=f"{prefix}.binDir", help="directory of pg_dump/pg_restore")
 
 
 def build_parser() -> Parser:
@@ -119,11 +153,21 @@ def build_parser() -> Parser:
     src.add_argument("--schema", dest="postgres.schemas", action="append")
     src.add_argument("--exclude-table", dest="postgres.excludeTables", action="append")
     src.add_argument("--exclude-table-data", dest="postgres.excludeTableData", action="append")
-    src.add_argument("--redis-method", dest="redis.method", choices=["Sync", "Bgsave"],
-                     type=lambda v: v.capitalize())
+    src.add_argument(
+        "--redis-method",
+        dest="redis.method",
+        choices=["Sync", "Bgsave"],
+        type=lambda v: v.capitalize(),
+    )
     src.add_argument("--rdb-path", dest="redis.rdbPath", help="mounted dump.rdb (Bgsave)")
-    src.add_argument("--diskless", dest="redis.diskless", action="store_const", const=True,
-                     help="Sync: let the master stream the RDB without its disk (capa eof)")
+    src.add_argument(
+        "--diskless",
+        dest="redis.diskless",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Sync: let the master stream the RDB without its disk (capa eof; "
+        "default) or not (--no-diskless)",
+    )
     src.add_argument("--tls", dest="_tls", action="store_true", help="Redis over TLS")
     b.add_argument("--namespace", dest="namespace")
     b.add_argument("--policy", dest="policy")
@@ -133,34 +177,56 @@ def build_parser() -> Parser:
 
     r = sub.add_parser("restore", help="restore a recovery point into a database")
     _common_flags(r)
-    r.add_argument("--manifest", dest="manifest",
-                   help="s3://bucket/.../manifest.json or the point's directory")
+    r.add_argument(
+        "--manifest", dest="manifest", help="s3://bucket/.../manifest.json or the point's directory"
+    )
     r.add_argument("--namespace", dest="namespace")
     r.add_argument("--policy", dest="policy")
     r.add_argument("--point", "--recovery-point", dest="recoveryPoint")
     r.add_argument("--target", dest="_target", choices=["postgres", "redis"])
     tgt = r.add_argument_group("target")
     _pg_flags(tgt, "postgres")
-    tgt.add_argument("--create-database", dest="postgres.createDatabase", action="store_const",
-                     const=True)
+    tgt.add_argument(
+        "--create-database", dest="postgres.createDatabase", action="store_const", const=True
+    )
     tgt.add_argument("--keep-owner", dest="postgres.keepOwner", action="store_const", const=True)
     tgt.add_argument("--tls", dest="_tls", action="store_true", help="Redis over TLS")
     tgt.add_argument("--redis-db", dest="redis.db", type=int, help="db the Redis checks query")
     tgt.add_argument("--batch-size", dest="redis.batchSize", type=int)
     tgt.add_argument("--redis-server", dest="redis.redisServer")
     r.add_argument("--allow-overwrite", dest="allowOverwrite", action="store_const", const=True)
-    r.add_argument("--checks-file", dest="_checks_file", metavar="FILE",
-                   help="JSON array of checks (Restore spec.verify) to run afterwards")
+    r.add_argument(
+        "--checks-file",
+        dest="_checks_file",
+        metavar="FILE",
+        help="JSON array of checks (Restore spec.verify) to run afterwards",
+    )
     r.add_argument("--work-dir", dest="workDir")
     _storage_flags(r, write=False)
 
-    for name, text in (("verify", "authenticate a stored backup without restoring it"),
-                       ("catalog", "list the manifests under s3://bucket/prefix")):
+    for name, text in (
+        ("verify", "authenticate a stored backup without restoring it"),
+        ("catalog", "list the manifests under s3://bucket/prefix"),
+    ):
         v = sub.add_parser(name, help=text)
         _common_flags(v)
         v.add_argument("location", help="s3:// URL")
         _storage_flags(v, write=False)
+    for parser in (b, r, *[sub.choices[n] for n in ("verify", "catalog")]):
+        _readable_metavars(parser)
     return root
+
+
+def _readable_metavars(parser: argparse.ArgumentParser) -> None:
+    """`--part-size PARTSIZE` in help, not the dotted config path used as dest."""
+    for action in parser._actions:
+        if (
+            action.option_strings
+            and action.metavar is None
+            and action.nargs != 0
+            and not action.choices
+        ):
+            action.metavar = action.dest.rsplit(".", 1)[-1].lstrip("_").upper()
 
 
 def _refuse_secret_flags(argv: Sequence[str]) -> None:
@@ -170,13 +236,17 @@ def _refuse_secret_flags(argv: Sequence[str]) -> None:
             raise UsageError(
                 f"{flag}: secrets are never taken from arguments; set PGPASSWORD / "
                 "AEGIS_PG_PASSWORD, AEGIS_REDIS_PASSWORD / REDISCLI_AUTH, AWS_SECRET_ACCESS_KEY, "
-                "or mount the key Secret at --keys-dir")
+                "or mount the key Secret at --keys-dir"
+            )
 
 
 def _copy_store(url: str, storage: dict[str, Any]) -> dict[str, Any]:
     bucket, prefix = parse_s3_url(url)
-    inherited = {k: v for k, v in storage.items()
-                 if k in ("region", "endpoint", "credentialsEnvPrefix", "addressingStyle")}
+    inherited = {
+        k: v
+        for k, v in storage.items()
+        if k in ("region", "endpoint", "credentialsEnvPrefix", "addressingStyle")
+    }
     return {**inherited, "bucket": bucket, "prefix": prefix}
 
 
@@ -205,7 +275,8 @@ def settings_from(ns: argparse.Namespace) -> dict[str, Any]:
     if copies:
         storage = merged.get("storage", {})
         merged["copies"] = list(merged.get("copies", [])) + [
-            _copy_store(url, storage) for url in copies]
+            _copy_store(url, storage) for url in copies
+        ]
     if command == "restore" and ns._checks_file:
         merged["checks"] = _read_json(ns._checks_file, "--checks-file")
     if command == "restore" and "manifest" in merged and "bucket" not in merged.get("storage", {}):
@@ -227,7 +298,9 @@ def _read_json(path: str, flag: str) -> Any:
 
 
 MODELS: dict[str, type[BaseModel]] = {
-    "backup": BackupConfig, "restore": RestoreConfig, "verify": LocationConfig,
+    "backup": BackupConfig,
+    "restore": RestoreConfig,
+    "verify": LocationConfig,
     "catalog": LocationConfig,
 }
 
@@ -286,8 +359,13 @@ def main(argv: list[str]) -> int:
     except Exception as error:
         if debug:
             log(traceback.format_exc())
-        return fail(command, f"internal error: {type(error).__name__}: {error}", "InternalError",
-                    EXIT_FAILED, result_file)
+        return fail(
+            command,
+            f"internal error: {type(error).__name__}: {error}",
+            "InternalError",
+            EXIT_FAILED,
+            result_file,
+        )
     emit(result, result_file)
     if not result.get("ok", False):
         log(str(result.get("reason", "failed")))

@@ -76,8 +76,9 @@ class _Gzip:
         self._sink(self._obj.flush())
 
 
-def new_compressor(kind: Compression, sink: Sink, level: int | None = None,
-                   threads: int = 0) -> Compressor:
+def new_compressor(
+    kind: Compression, sink: Sink, level: int | None = None, threads: int = 0
+) -> Compressor:
     """A streaming compressor writing to `sink`. zstd `threads` > 0 (or -1: one per core)
     compresses in background C threads, off the GIL."""
     chosen = DEFAULT_LEVEL[kind] if level is None else level
@@ -109,7 +110,8 @@ class _ZstdDecompressor:
         # compression ratio; decompressobj() would return it all at once.
         self._writer = zstandard.ZstdDecompressor().stream_writer(
             _SinkWriter(sink),  # type: ignore[arg-type]  # duck-typed: only write() is used
-            write_size=OUTPUT_PIECE, closefd=False,
+            write_size=OUTPUT_PIECE,
+            closefd=False,
         )
 
     def write(self, data: bytes | memoryview) -> None:

@@ -29,7 +29,9 @@ class ConfigError(ValueError):
 
 class AgentModel(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
         use_attribute_docstrings=True,
     )
 
@@ -105,17 +107,20 @@ class RedisSourceConfig(AgentModel):
     """Sync: the snapshot a replica receives. Bgsave: BGSAVE, then read rdbPath."""
     rdb_path: str | None = None
     """The server's dump.rdb as mounted in the Job (Bgsave)."""
-    diskless: bool = False
-    """Sync: announce `capa eof` so the master may stream the RDB without writing it to its own
-    disk. The master then waits `repl-diskless-sync-delay` (default 5 s) before starting."""
+    diskless: bool = True
+    """Sync: announce `capa eof`, as replicas and `redis-cli --rdb` do, so a master with
+    `repl-diskless-sync yes` (Redis 7's default) streams the RDB without writing it to its disk;
+    it first waits `repl-diskless-sync-delay` (default 5 s) for other replicas. False asks for
+    the disk-based transfer: no wait, but the master writes the RDB to its disk first."""
     bgsave_timeout_seconds: Annotated[float, Field(gt=0)] = 3600
     """How long to wait for BGSAVE to finish."""
 
     @model_validator(mode="after")
     def _rdb_path_for_bgsave(self) -> RedisSourceConfig:
         if self.method == "Bgsave" and not self.rdb_path:
-            raise ValueError("redis.rdbPath: method Bgsave needs the mounted dump.rdb path "
-                             "(--rdb-path)")
+            raise ValueError(
+                "redis.rdbPath: method Bgsave needs the mounted dump.rdb path (--rdb-path)"
+            )
         return self
 
 
@@ -245,8 +250,9 @@ class RestoreConfig(Common):
         if (self.postgres is None) == (self.redis is None):
             raise ValueError("target: set exactly one of postgres or redis (--target)")
         if self.manifest is None and not (self.namespace and self.policy and self.recovery_point):
-            raise ValueError("manifest: give --manifest s3://..., or --namespace, --policy and "
-                             "--point")
+            raise ValueError(
+                "manifest: give --manifest s3://..., or --namespace, --policy and --point"
+            )
         return self
 
 
@@ -296,8 +302,9 @@ def read_config_file(path: str | None) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"--config {path}: not valid JSON ({error.msg} at line "
-                          f"{error.lineno})") from None
+        raise ConfigError(
+            f"--config {path}: not valid JSON ({error.msg} at line {error.lineno})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: must be a JSON object")
     return data
@@ -309,8 +316,9 @@ def read_config_json(text: str | None) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"--config-json: not valid JSON ({error.msg} at column "
-                          f"{error.colno})") from None
+        raise ConfigError(
+            f"--config-json: not valid JSON ({error.msg} at column {error.colno})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError("--config-json: must be a JSON object")
     return data
@@ -356,7 +364,8 @@ def postgres_credentials(env: dict[str, str]) -> tuple[str | None, str | None]:
     """User and password: AEGIS_PG_USER/AEGIS_PG_PASSWORD, PGUSER/PGPASSWORD, or *_FILE."""
     user = env.get("AEGIS_PG_USER") or env.get("PGUSER") or _secret_file(env, "AEGIS_PG_USER_FILE")
     password = _secret(env, "AEGIS_PG_PASSWORD", "PGPASSWORD") or _secret_file(
-        env, "AEGIS_PG_PASSWORD_FILE")
+        env, "AEGIS_PG_PASSWORD_FILE"
+    )
     return user, password
 
 
@@ -364,7 +373,8 @@ def redis_credentials(env: dict[str, str]) -> tuple[str | None, str | None]:
     """ACL user and password: AEGIS_REDIS_USER, AEGIS_REDIS_PASSWORD or REDISCLI_AUTH."""
     user = env.get("AEGIS_REDIS_USER") or _secret_file(env, "AEGIS_REDIS_USER_FILE")
     password = _secret(env, "AEGIS_REDIS_PASSWORD", "REDISCLI_AUTH") or _secret_file(
-        env, "AEGIS_REDIS_PASSWORD_FILE")
+        env, "AEGIS_REDIS_PASSWORD_FILE"
+    )
     return user, password
 
 
@@ -384,8 +394,9 @@ def aws_credentials(env: dict[str, str], prefix: str) -> dict[str, str]:
 def register_env_secrets(env: dict[str, str]) -> None:
     """Register every secret-carrying variable with the scrubber up front."""
     for name, value in env.items():
-        if value and any(word in name for word in ("PASSWORD", "SECRET", "TOKEN", "AUTH",
-                                                   "AEGIS_KEYS")):
+        if value and any(
+            word in name for word in ("PASSWORD", "SECRET", "TOKEN", "AUTH", "AEGIS_KEY")
+        ):
             SCRUBBER.add(value)
 
 

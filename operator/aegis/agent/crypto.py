@@ -98,7 +98,7 @@ class StreamEncryptor:
         view = memoryview(self._buffer)
         try:
             for n in range(full):
-                self._seal(view[n * size:(n + 1) * size], final=False)
+                self._seal(view[n * size : (n + 1) * size], final=False)
         finally:
             view.release()
         del self._buffer[: full * size]
@@ -151,7 +151,7 @@ class StreamDecryptor:
         view = memoryview(self._buffer)
         try:
             for n in range(full):
-                self._open(view[n * size:(n + 1) * size], final=False)
+                self._open(view[n * size : (n + 1) * size], final=False)
         finally:
             view.release()
         del self._buffer[: full * size]
@@ -291,7 +291,7 @@ def load_keys_env(env: dict[str, str]) -> Keyring | None:
         if not name.startswith(KEY_ENV_PREFIX) or not value:
             continue
         SCRUBBER.add(value)
-        key_id = check_key_id(name[len(KEY_ENV_PREFIX):])
+        key_id = check_key_id(name[len(KEY_ENV_PREFIX) :])
         key = decode_key(value.encode(), key_id)
         SCRUBBER.add(key)
         keys[key_id] = key

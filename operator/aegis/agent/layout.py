@@ -81,8 +81,11 @@ def point_directory(prefix: str, namespace: str, policy: str, point: str) -> str
 
 def policy_directory(prefix: str, namespace: str, policy: str) -> str:
     """The key prefix (no trailing slash) holding every point of one policy."""
-    parts = [normalize_prefix(prefix), _check_segment(namespace, "namespace"),
-             _check_segment(policy, "policy")]
+    parts = [
+        normalize_prefix(prefix),
+        _check_segment(namespace, "namespace"),
+        _check_segment(policy, "policy"),
+    ]
     return "/".join(p for p in parts if p)
 
 
@@ -94,7 +97,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/key` → (`bucket`, `some/key`); the key may be empty."""
     if not url.startswith("s3://"):
         raise LayoutError(f"{url!r} is not an s3:// URL, e.g. s3://my-bucket/backups")
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     if not bucket:
         raise LayoutError(f"{url!r} has no bucket name, e.g. s3://my-bucket/backups")
     return bucket, key.strip("/")
@@ -121,14 +124,15 @@ def parse_point_key(bucket: str, prefix: str, key: str) -> PointRef:
     if prefix:
         if not key.startswith(prefix + "/"):
             raise LayoutError(f"key {key!r} is not under prefix {prefix!r}")
-        rest = key[len(prefix) + 1:]
+        rest = key[len(prefix) + 1 :]
     parts = rest.split("/")
     if len(parts) != 4 or parts[3] not in (MANIFEST_NAME, PAYLOAD_NAME):
         raise LayoutError(
             f"key {key!r} does not match <prefix>/<namespace>/<policy>/<point>/"
             f"{{{PAYLOAD_NAME}|{MANIFEST_NAME}}}"
         )
-    namespace, policy, point = (_check_segment(v, w) for v, w in
-                                zip(parts[:3], ("namespace", "policy", "recovery point"),
-                                    strict=True))
+    namespace, policy, point = (
+        _check_segment(v, w)
+        for v, w in zip(parts[:3], ("namespace", "policy", "recovery point"), strict=True)
+    )
     return PointRef(bucket, prefix, namespace, policy, point)

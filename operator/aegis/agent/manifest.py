@@ -29,7 +29,9 @@ class ManifestError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
         use_attribute_docstrings=True,
     )
 
@@ -186,7 +188,9 @@ class Manifest(_Model):
     def recovery_point_status(self) -> dict[str, Any]:
         """The RecoveryPoint status fields this manifest proves, in wire (camelCase) form."""
         source = self.source.model_dump(
-            mode="json", by_alias=True, exclude_none=True,
+            mode="json",
+            by_alias=True,
+            exclude_none=True,
             include={"kind", "database", "server_version", "position", "tables", "rows", "keys"},
         )
         status: dict[str, Any] = {
@@ -199,16 +203,19 @@ class Manifest(_Model):
             "sizeBytes": self.size_bytes,
             "storedBytes": self.stored_bytes,
             "sha256": self.sha256,
-            "encryption": {"algorithm": self.encryption.algorithm,
-                           "keyId": self.encryption.key_id},
+            "encryption": {"algorithm": self.encryption.algorithm, "keyId": self.encryption.key_id},
             "compression": self.compression,
         }
         if self.locked_until is not None:
             status["lockedUntil"] = _wire_time(self.locked_until)
         if self.copies:
             status["copies"] = [
-                c.model_dump(mode="json", by_alias=True, exclude_none=True,
-                             include={"location", "state", "time", "message"})
+                c.model_dump(
+                    mode="json",
+                    by_alias=True,
+                    exclude_none=True,
+                    include={"location", "state", "time", "message"},
+                )
                 for c in self.copies
             ]
         return status

@@ -32,8 +32,9 @@ def parse_tool_version(text: str) -> tuple[int, str]:
 
 
 def tool_version(path: Path) -> Tool:
-    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30,
-                         check=False)
+    out = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
     major, version = parse_tool_version(out.stdout)
     return Tool(path, major, version)
 
@@ -135,9 +136,13 @@ def schema_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(_pattern_part(pattern))
 
 
-def dumped_with_data(schema: str, name: str, schemas: list[str] | None,
-                     exclude_tables: list[str] | None,
-                     exclude_table_data: list[str] | None) -> bool:
+def dumped_with_data(
+    schema: str,
+    name: str,
+    schemas: list[str] | None,
+    exclude_tables: list[str] | None,
+    exclude_table_data: list[str] | None,
+) -> bool:
     """Whether pg_dump with these options dumps the rows of `schema.name`."""
     if schemas and not any(schema_pattern(p).fullmatch(schema) for p in schemas):
         return False

@@ -24,9 +24,17 @@ class Sealed:
     sha256: str
 
 
-def seal(source: Iterable[bytes], store: Sink, key: bytes, nonce_prefix: bytes,
-         chunk_size: int, compression: Compression, level: int | None, threads: int,
-         progress: Progress) -> Sealed:
+def seal(
+    source: Iterable[bytes],
+    store: Sink,
+    key: bytes,
+    nonce_prefix: bytes,
+    chunk_size: int,
+    compression: Compression,
+    level: int | None,
+    threads: int,
+    progress: Progress,
+) -> Sealed:
     """Compress, encrypt and hash `source` into `store` (e.g. a multipart upload's write)."""
     hasher = hashlib.sha256()
 
@@ -62,9 +70,17 @@ class Opened:
     chunks: int
 
 
-def open_sealed(stored: Iterable[bytes], sink: Sink | None, key: bytes, nonce_prefix: bytes,
-                chunk_size: int, compression: Compression, expected: Expected,
-                progress: Progress, decompress: bool = True) -> Opened:
+def open_sealed(
+    stored: Iterable[bytes],
+    sink: Sink | None,
+    key: bytes,
+    nonce_prefix: bytes,
+    chunk_size: int,
+    compression: Compression,
+    expected: Expected,
+    progress: Progress,
+    decompress: bool = True,
+) -> Opened:
     """Hash and authenticate every chunk of `stored`, handing authenticated, decompressed
     bytes to `sink` (None: discard). Raises IntegrityError saying what is wrong; the final
     chunk and the hash are checked before this returns, so a caller that commits only after
@@ -80,14 +96,17 @@ def open_sealed(stored: Iterable[bytes], sink: Sink | None, key: bytes, nonce_pr
             sink(data)
 
     decompressor = new_decompressor(compression, plain_out) if decompress else None
-    decryptor = StreamDecryptor(key, nonce_prefix, chunk_size,
-                                decompressor.write if decompressor else (lambda _d: None))
+    decryptor = StreamDecryptor(
+        key, nonce_prefix, chunk_size, decompressor.write if decompressor else (lambda _d: None)
+    )
     size = 0
     for data in stored:
         size += len(data)
         if size > expected.stored_bytes:
-            raise IntegrityError(f"payload is longer than the manifest's storedBytes "
-                                 f"({expected.stored_bytes}): it was replaced or appended to")
+            raise IntegrityError(
+                f"payload is longer than the manifest's storedBytes "
+                f"({expected.stored_bytes}): it was replaced or appended to"
+            )
         hasher.update(data)
         progress.stored = size
         decryptor.write(data)
@@ -97,14 +116,17 @@ def open_sealed(stored: Iterable[bytes], sink: Sink | None, key: bytes, nonce_pr
         raise IntegrityError(f"payload truncated: {size} of {expected.stored_bytes} bytes")
     digest = hasher.hexdigest()
     if digest != expected.sha256:
-        raise IntegrityError(f"payload SHA-256 mismatch: stored bytes hash to {digest}, the "
-                             f"manifest says {expected.sha256}")
+        raise IntegrityError(
+            f"payload SHA-256 mismatch: stored bytes hash to {digest}, the "
+            f"manifest says {expected.sha256}"
+        )
     decryptor.close()
     if not decompress:
         progress.read = decryptor.plain_bytes
     if decompressor is not None:
         decompressor.close()
         if expected.size_bytes is not None and logical != expected.size_bytes:
-            raise IntegrityError(f"payload decompresses to {logical} bytes, the manifest says "
-                                 f"{expected.size_bytes}")
+            raise IntegrityError(
+                f"payload decompresses to {logical} bytes, the manifest says {expected.size_bytes}"
+            )
     return Opened(size, decryptor.plain_bytes, logical, decryptor.chunks)

@@ -45,10 +45,17 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
 """
 
 
-def conninfo(host: str, port: int, database: str, ssl_mode: str, user: str | None,
-             password: str | None) -> dict[str, Any]:
-    info: dict[str, Any] = {"host": host, "port": port, "dbname": database, "sslmode": ssl_mode,
-                            "application_name": APP_NAME, "connect_timeout": 15}
+def conninfo(
+    host: str, port: int, database: str, ssl_mode: str, user: str | None, password: str | None
+) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "dbname": database,
+        "sslmode": ssl_mode,
+        "application_name": APP_NAME,
+        "connect_timeout": 15,
+    }
     if user:
         info["user"] = user
     if password:
@@ -56,13 +63,28 @@ def conninfo(host: str, port: int, database: str, ssl_mode: str, user: str | Non
     return info
 
 
-def libpq_env(base: dict[str, str], host: str, port: int, database: str, ssl_mode: str,
-              user: str | None, password: str | None, tool: str) -> dict[str, str]:
+def libpq_env(
+    base: dict[str, str],
+    host: str,
+    port: int,
+    database: str,
+    ssl_mode: str,
+    user: str | None,
+    password: str | None,
+    tool: str,
+) -> dict[str, str]:
     """Environment for pg_dump / pg_restore: the password travels in env, never in args."""
     env = {k: v for k, v in base.items() if not k.startswith("PG")}
-    env.update({"PGHOST": host, "PGPORT": str(port), "PGDATABASE": database,
-                "PGSSLMODE": ssl_mode, "PGAPPNAME": f"{APP_NAME}/{tool}",
-                "PGCONNECT_TIMEOUT": "15"})
+    env.update(
+        {
+            "PGHOST": host,
+            "PGPORT": str(port),
+            "PGDATABASE": database,
+            "PGSSLMODE": ssl_mode,
+            "PGAPPNAME": f"{APP_NAME}/{tool}",
+            "PGCONNECT_TIMEOUT": "15",
+        }
+    )
     if user:
         env["PGUSER"] = user
     if password:
@@ -90,9 +112,11 @@ def connect(info: dict[str, Any], what: str, autocommit: bool = False) -> psycop
     try:
         return psycopg.connect(**info, autocommit=autocommit)
     except psycopg.OperationalError as error:
-        raise AgentError(f"cannot connect to PostgreSQL {what} at {info['host']}:{info['port']}"
-                         f"/{info['dbname']}: {_first_line(error)}", kind="ConnectionFailed") \
-            from None
+        raise AgentError(
+            f"cannot connect to PostgreSQL {what} at {info['host']}:{info['port']}"
+            f"/{info['dbname']}: {_first_line(error)}",
+            kind="ConnectionFailed",
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -137,24 +161,42 @@ class PostgresDump:
         snapshot, self.server_version, version_num, self.snapshot_time, self.position = row
         self.server_version = str(self.server_version).split()[0]
         self.tables = [
-            (schema, name) for schema, name in conn.execute(LIST_TABLES).fetchall()
-            if dumped_with_data(schema, name, cfg.schemas, cfg.exclude_tables,
-                                cfg.exclude_table_data)
+            (schema, name)
+            for schema, name in conn.execute(LIST_TABLES).fetchall()
+            if dumped_with_data(
+                schema, name, cfg.schemas, cfg.exclude_tables, cfg.exclude_table_data
+            )
         ]
         self.tool = pick_tool("pg_dump", version_num // 10000, cfg.bin_dir)
-        args = [str(self.tool.path), "--format=custom", "--compress=0", "--no-password",
-                f"--snapshot={snapshot}", f"--dbname={cfg.database}"]
+        args = [
+            str(self.tool.path),
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            f"--snapshot={snapshot}",
+            f"--dbname={cfg.database}",
+        ]
         for pattern in cfg.schemas or []:
             args.append(f"--schema={pattern}")
         for pattern in cfg.exclude_tables or []:
             args.append(f"--exclude-table={pattern}")
         for pattern in cfg.exclude_table_data or []:
             args.append(f"--exclude-table-data={pattern}")
-        env = libpq_env(self.env, cfg.host, cfg.port, cfg.database, cfg.ssl_mode, self.user,
-                        self.password, "pg_dump")
-        log(f"dumping PostgreSQL {self.server_version} {cfg.host}:{cfg.port}/{cfg.database} "
+        env = libpq_env(
+            self.env,
+            cfg.host,
+            cfg.port,
+            cfg.database,
+            cfg.ssl_mode,
+            self.user,
+            self.password,
+            "pg_dump",
+        )
+        log(
+            f"dumping PostgreSQL {self.server_version} {cfg.host}:{cfg.port}/{cfg.database} "
             f"with {self.tool.path} ({self.tool.version}), snapshot at LSN {self.position}, "
-            f"{len(self.tables)} tables")
+            f"{len(self.tables)} tables"
+        )
         self.child = Child(args, env, stdout=subprocess.PIPE)
         widen_pipe(self.child.proc.stdout)
         # Counting shares the exported snapshot, so it runs while pg_dump reads.
@@ -166,10 +208,12 @@ class PostgresDump:
         try:
             for schema, name in self.tables:
                 query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                    sql.Identifier(schema), sql.Identifier(name))
+                    sql.Identifier(schema), sql.Identifier(name)
+                )
                 row = self.conn.execute(query).fetchone()
-                self.counts.append(TableRows(schema=schema, name=name,
-                                             rows=int(row[0]) if row else 0))
+                self.counts.append(
+                    TableRows(schema=schema, name=name, rows=int(row[0]) if row else 0)
+                )
         except BaseException as error:  # reported by finish()
             self._count_error = error
 
@@ -190,13 +234,20 @@ class PostgresDump:
         if self._counter is not None:
             self._counter.join()
         if self._count_error is not None:
-            raise AgentError(f"counting rows in the dump's snapshot failed: "
-                             f"{_first_line(self._count_error)}", kind="DumpFailed")
+            raise AgentError(
+                f"counting rows in the dump's snapshot failed: {_first_line(self._count_error)}",
+                kind="DumpFailed",
+            )
         return SourceRecord(
-            kind="Postgres", database=self.cfg.database, server_version=self.server_version,
-            position=self.position, tables=len(self.counts),
-            rows=sum(t.rows for t in self.counts), method="pg_dump",
-            dump_tool_version=self.tool.version, table_rows=self.counts,
+            kind="Postgres",
+            database=self.cfg.database,
+            server_version=self.server_version,
+            position=self.position,
+            tables=len(self.counts),
+            rows=sum(t.rows for t in self.counts),
+            method="pg_dump",
+            dump_tool_version=self.tool.version,
+            table_rows=self.counts,
         )
 
     def close(self) -> None:
@@ -212,15 +263,18 @@ class PostgresDump:
 # --- restore ---------------------------------------------------------------------------------
 
 
-def target_info(cfg: PostgresTargetConfig, user: str | None, password: str | None,
-                database: str | None = None) -> dict[str, Any]:
+def target_info(
+    cfg: PostgresTargetConfig, user: str | None, password: str | None, database: str | None = None
+) -> dict[str, Any]:
     return conninfo(cfg.host, cfg.port, database or cfg.database, cfg.ssl_mode, user, password)
 
 
 def database_exists(cfg: PostgresTargetConfig, user: str | None, password: str | None) -> bool:
     with connect(target_info(cfg, user, password, "postgres"), "server", autocommit=True) as c:
-        return c.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                         (cfg.database,)).fetchone() is not None
+        return (
+            c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (cfg.database,)).fetchone()
+            is not None
+        )
 
 
 def create_database(cfg: PostgresTargetConfig, user: str | None, password: str | None) -> None:
@@ -242,11 +296,14 @@ class TargetState:
     server_major: int
 
 
-def inspect_target(cfg: PostgresTargetConfig, user: str | None,
-                   password: str | None) -> TargetState:
+def inspect_target(
+    cfg: PostgresTargetConfig, user: str | None, password: str | None
+) -> TargetState:
     with connect(target_info(cfg, user, password, "postgres"), "server", autocommit=True) as c:
-        exists = c.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                           (cfg.database,)).fetchone() is not None
+        exists = (
+            c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (cfg.database,)).fetchone()
+            is not None
+        )
         row = c.execute("SELECT current_setting('server_version_num')::int").fetchone()
         major = int(row[0]) // 10000 if row else 0
     relations = user_relations(cfg, user, password) if exists else 0
@@ -257,16 +314,29 @@ class PgRestore:
     """pg_restore reading the archive from stdin, in one transaction: a failure (or a kill
     before stdin is closed) leaves the target as it was."""
 
-    def __init__(self, cfg: PostgresTargetConfig, user: str | None, password: str | None,
-                 env: dict[str, str], tool: Tool, clean: bool) -> None:
-        args = [str(tool.path), "--no-password", "--exit-on-error", "--single-transaction",
-                f"--dbname={cfg.database}"]
+    def __init__(
+        self,
+        cfg: PostgresTargetConfig,
+        user: str | None,
+        password: str | None,
+        env: dict[str, str],
+        tool: Tool,
+        clean: bool,
+    ) -> None:
+        args = [
+            str(tool.path),
+            "--no-password",
+            "--exit-on-error",
+            "--single-transaction",
+            f"--dbname={cfg.database}",
+        ]
         if not cfg.keep_owner:
             args += ["--no-owner", "--no-acl"]
         if clean:
             args += ["--clean", "--if-exists"]
-        child_env = libpq_env(env, cfg.host, cfg.port, cfg.database, cfg.ssl_mode, user, password,
-                              "pg_restore")
+        child_env = libpq_env(
+            env, cfg.host, cfg.port, cfg.database, cfg.ssl_mode, user, password, "pg_restore"
+        )
         self.child = Child(args, child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         self.written = 0
 

@@ -13,16 +13,27 @@ from aegis.agent.scrub import scrub
 class Child:
     """A child process; the last lines of its stderr are kept for the failure reason."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], stdin: int | None = None,
-                 stdout: int | None = None, keep_lines: int = 20) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str],
+        stdin: int | None = None,
+        stdout: int | None = None,
+        keep_lines: int = 20,
+    ) -> None:
         self.name = args[0].rsplit("/", 1)[-1]
         self.proc = subprocess.Popen(
-            list(args), env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+            list(args),
+            env=env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
             bufsize=0,
         )
         self._lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
-        self._drain = threading.Thread(target=self._read_stderr, name=f"{self.name}-stderr",
-                                       daemon=True)
+        self._drain = threading.Thread(
+            target=self._read_stderr, name=f"{self.name}-stderr", daemon=True
+        )
         self._drain.start()
 
     def _read_stderr(self) -> None:

@@ -65,8 +65,10 @@ def keyspace_keys(info: dict[str, str]) -> int:
 def parse_fullresync(line: bytes) -> tuple[str, int]:
     match = _FULLRESYNC.match(line)
     if not match:
-        raise AgentError(f"unexpected reply to PSYNC: {scrub(line.decode(errors='replace'))[:80]}",
-                         kind="SnapshotFailed")
+        raise AgentError(
+            f"unexpected reply to PSYNC: {scrub(line.decode(errors='replace'))[:80]}",
+            kind="SnapshotFailed",
+        )
     return match.group(1).decode(), int(match.group(2))
 
 
@@ -77,8 +79,9 @@ class RespSocket:
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
         except OSError as error:
-            raise AgentError(f"cannot connect to Redis at {host}:{port}: {error}",
-                             kind="ConnectionFailed") from None
+            raise AgentError(
+                f"cannot connect to Redis at {host}:{port}: {error}", kind="ConnectionFailed"
+            ) from None
         self.sock: socket.socket = (
             ssl.create_default_context().wrap_socket(raw, server_hostname=host) if tls else raw
         )
@@ -90,8 +93,9 @@ class RespSocket:
     def _fill(self, size: int = 1 << 16) -> None:
         data = self.sock.recv(size)
         if not data:
-            raise AgentError("Redis closed the connection during the snapshot",
-                             kind="SnapshotFailed")
+            raise AgentError(
+                "Redis closed the connection during the snapshot", kind="SnapshotFailed"
+            )
         self._buffer += data
 
     def read_line(self) -> bytes:
@@ -138,8 +142,10 @@ class RespSocket:
         while remaining > 0:
             data = self.sock.recv(min(piece, remaining))
             if not data:
-                raise AgentError(f"Redis closed the connection with {remaining} bytes of the "
-                                 "RDB still to come", kind="SnapshotFailed")
+                raise AgentError(
+                    f"Redis closed the connection with {remaining} bytes of the RDB still to come",
+                    kind="SnapshotFailed",
+                )
             remaining -= len(data)
             yield data
 
@@ -154,11 +160,12 @@ class RespSocket:
                 return
             if len(tail) > len(mark):
                 yield tail[: -len(mark)]
-                tail = tail[-len(mark):]
+                tail = tail[-len(mark) :]
             data = self.sock.recv(piece)
             if not data:
-                raise AgentError("Redis closed the connection before the end of the RDB",
-                                 kind="SnapshotFailed")
+                raise AgentError(
+                    "Redis closed the connection before the end of the RDB", kind="SnapshotFailed"
+                )
             tail += data
 
 
@@ -167,15 +174,17 @@ def _auth(conn: RespSocket, user: str | None, password: str | None) -> None:
         return
     reply = conn.command("AUTH", user, password) if user else conn.command("AUTH", password)
     if not reply.startswith(b"+OK"):
-        raise AgentError(f"Redis AUTH failed: {scrub(reply.decode(errors='replace'))}",
-                         kind="ConnectionFailed")
+        raise AgentError(
+            f"Redis AUTH failed: {scrub(reply.decode(errors='replace'))}", kind="ConnectionFailed"
+        )
 
 
 def _info(conn: RespSocket, section: str) -> dict[str, str]:
     reply = conn.command("INFO", section)
     if reply.startswith(b"-"):
-        raise AgentError(f"Redis INFO {section} failed: {reply.decode(errors='replace')}",
-                         kind="SnapshotFailed")
+        raise AgentError(
+            f"Redis INFO {section} failed: {reply.decode(errors='replace')}", kind="SnapshotFailed"
+        )
     return parse_info(reply.decode(errors="replace"))
 
 
@@ -216,8 +225,11 @@ class RedisSnapshot:
         conn.sock.sendall(encode_command("PSYNC", "?", "-1"))
         line = conn.skip_keepalives()
         if line.startswith(b"-"):
-            raise AgentError(f"Redis refused PSYNC: {line.decode(errors='replace')}; if SYNC "
-                             "is disabled on this server use method Bgsave", kind="SnapshotFailed")
+            raise AgentError(
+                f"Redis refused PSYNC: {line.decode(errors='replace')}; if SYNC "
+                "is disabled on this server use method Bgsave",
+                kind="SnapshotFailed",
+            )
         _replid, offset = parse_fullresync(line)
         self.offset = str(offset)
         self.snapshot_time = dt.datetime.now(dt.UTC)
@@ -230,18 +242,29 @@ class RedisSnapshot:
         elif header.startswith(b"$"):
             self._stream = conn.read_exact_stream(int(header[1:]), self.read_size)
         else:
-            raise AgentError(f"unexpected RDB header from Redis: {header[:20]!r}",
-                             kind="SnapshotFailed")
-        log(f"snapshot of Redis {self.version} {cfg.host}:{cfg.port} over the replication "
-            f"protocol at offset {self.offset}, {self.keys} keys")
+            raise AgentError(
+                f"unexpected RDB header from Redis: {header[:20]!r}", kind="SnapshotFailed"
+            )
+        log(
+            f"snapshot of Redis {self.version} {cfg.host}:{cfg.port} over the replication "
+            f"protocol at offset {self.offset}, {self.keys} keys"
+        )
 
     def _client(self) -> redis.Redis:
         import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
-        return redis.Redis(host=self.cfg.host, port=self.cfg.port, username=self.user,
-                           password=self.password, ssl=self.cfg.tls, socket_timeout=60)
+
+        return redis.Redis(
+            host=self.cfg.host,
+            port=self.cfg.port,
+            username=self.user,
+            password=self.password,
+            ssl=self.cfg.tls,
+            socket_timeout=60,
+        )
 
     def _start_bgsave(self) -> None:
         import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
+
         cfg = self.cfg
         assert cfg.rdb_path is not None
         client = self._client()
@@ -267,19 +290,23 @@ class RedisSnapshot:
             self.snapshot_time = dt.datetime.now(dt.UTC)
             self.keys = keyspace_keys({k: _kv(v) for k, v in client.info("keyspace").items()})
             self.offset = str(client.info("replication").get("master_repl_offset", "")) or None
-            _wait_bgsave(client, deadline, saves_before if saves_before >= 0 else None,
-                         last_before)
+            _wait_bgsave(client, deadline, saves_before if saves_before >= 0 else None, last_before)
         except redis.RedisError as error:
-            raise AgentError(f"Redis BGSAVE on {cfg.host}:{cfg.port} failed: {scrub(str(error))}",
-                             kind="SnapshotFailed") from None
+            raise AgentError(
+                f"Redis BGSAVE on {cfg.host}:{cfg.port} failed: {scrub(str(error))}",
+                kind="SnapshotFailed",
+            ) from None
         finally:
             client.close()
         path = Path(cfg.rdb_path)
         try:
             self._rdb_file = path.open("rb")
         except OSError as error:
-            raise AgentError(f"cannot open redis.rdbPath {path}: {error.strerror}; mount the "
-                             "server's data volume there", kind="SnapshotFailed") from None
+            raise AgentError(
+                f"cannot open redis.rdbPath {path}: {error.strerror}; mount the "
+                "server's data volume there",
+                kind="SnapshotFailed",
+            ) from None
         if self._rdb_file.read(5) != b"REDIS":
             raise AgentError(f"redis.rdbPath {path} is not an RDB file", kind="SnapshotFailed")
         self._rdb_file.seek(0)
@@ -302,8 +329,13 @@ class RedisSnapshot:
     def finish(self) -> SourceRecord:
         if self._bytes < 9:
             raise AgentError("the RDB snapshot is empty", kind="SnapshotFailed")
-        return SourceRecord(kind="Redis", server_version=self.version, position=self.offset,
-                            keys=self.keys, method=self.cfg.method)
+        return SourceRecord(
+            kind="Redis",
+            server_version=self.version,
+            position=self.offset,
+            keys=self.keys,
+            method=self.cfg.method,
+        )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -319,44 +351,64 @@ def _kv(value: Any) -> str:
     return str(value)
 
 
-def _wait_bgsave(client: redis.Redis, deadline: float, saves_before: int | None,
-                 last_before: int) -> None:
+def _wait_bgsave(
+    client: redis.Redis, deadline: float, saves_before: int | None, last_before: int
+) -> None:
     """Poll INFO persistence until the save we started has finished, and check it worked."""
     while True:
         info = client.info("persistence")
         running = int(info.get("rdb_bgsave_in_progress", 0)) == 1
-        done = (int(info.get("rdb_saves", -1)) > saves_before if saves_before is not None
-                else int(info.get("rdb_last_save_time", 0)) > last_before)
+        done = (
+            int(info.get("rdb_saves", -1)) > saves_before
+            if saves_before is not None
+            else int(info.get("rdb_last_save_time", 0)) > last_before
+        )
         if not running and (done or (saves_before is None and last_before == 0)):
             if info.get("rdb_last_bgsave_status") != "ok":
-                raise AgentError("Redis BGSAVE failed (rdb_last_bgsave_status is not ok); see "
-                                 "the server's log", kind="SnapshotFailed")
+                raise AgentError(
+                    "Redis BGSAVE failed (rdb_last_bgsave_status is not ok); see the server's log",
+                    kind="SnapshotFailed",
+                )
             return
         if time.monotonic() > deadline:
-            raise AgentError("Redis BGSAVE did not finish in time (redis.bgsaveTimeoutSeconds)",
-                             kind="SnapshotFailed")
+            raise AgentError(
+                "Redis BGSAVE did not finish in time (redis.bgsaveTimeoutSeconds)",
+                kind="SnapshotFailed",
+            )
         time.sleep(0.2)  # polling a real signal: INFO persistence
 
 
 # --- restore ---------------------------------------------------------------------------------
 
 
-def target_client(cfg: RedisTargetConfig, user: str | None, password: str | None,
-                  db: int = 0) -> redis.Redis:
+def target_client(
+    cfg: RedisTargetConfig, user: str | None, password: str | None, db: int = 0
+) -> redis.Redis:
     import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
-    return redis.Redis(host=cfg.host, port=cfg.port, db=db, username=user, password=password,
-                       ssl=cfg.tls, socket_timeout=60)
+
+    return redis.Redis(
+        host=cfg.host,
+        port=cfg.port,
+        db=db,
+        username=user,
+        password=password,
+        ssl=cfg.tls,
+        socket_timeout=60,
+    )
 
 
 def target_keys(cfg: RedisTargetConfig, user: str | None, password: str | None) -> int:
     import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
+
     client = target_client(cfg, user, password)
     try:
         info = client.info("keyspace")
         return keyspace_keys({k: _kv(v) for k, v in info.items()})
     except redis.RedisError as error:
-        raise AgentError(f"cannot reach the target Redis at {cfg.host}:{cfg.port}: "
-                         f"{scrub(str(error))}", kind="ConnectionFailed") from None
+        raise AgentError(
+            f"cannot reach the target Redis at {cfg.host}:{cfg.port}: {scrub(str(error))}",
+            kind="ConnectionFailed",
+        ) from None
     finally:
         client.close()
 
@@ -379,23 +431,44 @@ class ScratchRedis:
 
     def load(self, timeout: float = 3600) -> redis.Redis:
         import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
+
         self._file.close()
         binary = shutil.which(self.binary) or self.binary
-        args = [binary, "--port", "0", "--unixsocket", str(self.socket_path),
-                "--unixsocketperm", "700", "--dir", str(self.dir), "--dbfilename", "dump.rdb",
-                "--save", "", "--appendonly", "no", "--databases", "256",
-                "--logfile", ""]
+        args = [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--dbfilename",
+            "dump.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--databases",
+            "256",
+            "--logfile",
+            "",
+        ]
         try:
             self.child = Child(args, dict(os.environ), stdout=subprocess.DEVNULL)
         except OSError as error:
-            raise AgentError(f"cannot start {self.binary}: {error.strerror}",
-                             kind="RestoreFailed") from None
+            raise AgentError(
+                f"cannot start {self.binary}: {error.strerror}", kind="RestoreFailed"
+            ) from None
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=600)
         deadline = time.monotonic() + timeout
         while True:
             if self.child.proc.poll() is not None:
-                raise AgentError(f"the scratch redis-server could not load the RDB: "
-                                 f"{self.child.stderr_tail(2)}", kind="RestoreFailed")
+                raise AgentError(
+                    f"the scratch redis-server could not load the RDB: {self.child.stderr_tail(2)}",
+                    kind="RestoreFailed",
+                )
             try:
                 if self.socket_path.exists() and client.ping():
                     return client
@@ -404,8 +477,9 @@ class ScratchRedis:
             except redis.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                raise AgentError("the scratch redis-server did not finish loading in time",
-                                 kind="RestoreFailed")
+                raise AgentError(
+                    "the scratch redis-server did not finish loading in time", kind="RestoreFailed"
+                )
             time.sleep(0.05)  # polling the server's own readiness (PING)
 
     def close(self) -> None:
@@ -416,30 +490,44 @@ class ScratchRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def replay(scratch: redis.Redis, cfg: RedisTargetConfig, user: str | None,
-           password: str | None, replace: bool) -> int:
+def replay(
+    scratch: redis.Redis,
+    cfg: RedisTargetConfig,
+    user: str | None,
+    password: str | None,
+    replace: bool,
+) -> int:
     """Copy every key of every db from the scratch server to the target with DUMP/RESTORE,
     pipelined in batches, keeping absolute expiry times (PEXPIRETIME + RESTORE ABSTTL)."""
     import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
+
     restored = 0
     info = scratch.info("keyspace")
     for db_name in sorted(info, key=lambda n: int(n[2:])):
         db = int(db_name[2:])
-        source = redis.Redis(unix_socket_path=scratch.connection_pool.connection_kwargs["path"],
-                             db=db, socket_timeout=600)
+        source = redis.Redis(
+            unix_socket_path=scratch.connection_pool.connection_kwargs["path"],
+            db=db,
+            socket_timeout=600,
+        )
         target = target_client(cfg, user, password, db)
         try:
             restored += _replay_db(source, target, cfg.batch_size, replace)
         except redis.ResponseError as error:
             text = str(error)
             if "BUSYKEY" in text:
-                raise AgentError("a key already exists in the target Redis; set allowOverwrite "
-                                 "to replace it", kind="TargetNotEmpty") from None
-            raise AgentError(f"RESTORE into the target Redis failed: {scrub(text)}",
-                             kind="RestoreFailed") from None
+                raise AgentError(
+                    "a key already exists in the target Redis; set allowOverwrite to replace it",
+                    kind="TargetNotEmpty",
+                ) from None
+            raise AgentError(
+                f"RESTORE into the target Redis failed: {scrub(text)}", kind="RestoreFailed"
+            ) from None
         except redis.RedisError as error:
-            raise AgentError(f"replaying keys into the target Redis failed: {scrub(str(error))}",
-                             kind="RestoreFailed") from None
+            raise AgentError(
+                f"replaying keys into the target Redis failed: {scrub(str(error))}",
+                kind="RestoreFailed",
+            ) from None
         finally:
             source.close()
             target.close()
@@ -448,6 +536,7 @@ def replay(scratch: redis.Redis, cfg: RedisTargetConfig, user: str | None,
 
 def _replay_db(source: redis.Redis, target: redis.Redis, batch: int, replace: bool) -> int:
     import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
+
     restored = 0
     cursor = 0
     while True:

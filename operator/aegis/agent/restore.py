@@ -46,8 +46,10 @@ def load_manifest(client: S3Client, bucket: str, key: str) -> Manifest:
         return parse_manifest(get_bytes(client, bucket, key), url)
     except StorageError as error:
         if "does not exist" in str(error):
-            raise AgentError(f"{error}: no manifest there (an incomplete backup has a payload "
-                             "but no manifest)", kind="ManifestNotFound") from None
+            raise AgentError(
+                f"{error}: no manifest there (an incomplete backup has a payload but no manifest)",
+                kind="ManifestNotFound",
+            ) from None
         raise AgentError(str(error), kind="StorageFailed") from None
     except ManifestError as error:
         raise AgentError(str(error), kind="ManifestInvalid") from None
@@ -58,15 +60,21 @@ def manifest_location(cfg: RestoreConfig) -> tuple[str, str]:
         bucket, key = parse_s3_url(cfg.manifest)
         return bucket, manifest_key_for(key)
     assert cfg.namespace and cfg.policy and cfg.recovery_point
-    point = PointRef(cfg.storage.bucket, normalize_prefix(cfg.storage.prefix), cfg.namespace,
-                     cfg.policy, cfg.recovery_point)
+    point = PointRef(
+        cfg.storage.bucket,
+        normalize_prefix(cfg.storage.prefix),
+        cfg.namespace,
+        cfg.policy,
+        cfg.recovery_point,
+    )
     return point.bucket, point.manifest_key
 
 
 def data_key_for(manifest: Manifest, keyring_loader: KeyringLoader) -> bytes:
     try:
-        return unwrap_data_key(keyring_loader(), manifest.encryption.key_id,
-                               manifest.encryption.wrapped_key_bytes())
+        return unwrap_data_key(
+            keyring_loader(), manifest.encryption.key_id, manifest.encryption.wrapped_key_bytes()
+        )
     except KeyringError as error:
         kind = "WrongKey" if str(error).startswith("wrong key") else "KeyNotFound"
         raise AgentError(str(error), kind=kind) from None
@@ -77,18 +85,25 @@ def payload_stream(client: S3Client, manifest: Manifest) -> Any:
     return read_stream(client, bucket, key)
 
 
-def check_payload(client: S3Client, manifest: Manifest, data_key: bytes, progress_seconds: float,
-                  decompress: bool) -> tuple[Any, float]:
+def check_payload(
+    client: S3Client, manifest: Manifest, data_key: bytes, progress_seconds: float, decompress: bool
+) -> tuple[Any, float]:
     """The verification pass: every chunk authenticated, the hash and sizes checked."""
     enc = manifest.encryption
     started = time.monotonic()
     try:
         with Progress("verify", progress_seconds) as progress:
             opened = open_sealed(
-                payload_stream(client, manifest), None, data_key, enc.nonce_prefix_bytes(),
-                enc.chunk_size, manifest.compression,
+                payload_stream(client, manifest),
+                None,
+                data_key,
+                enc.nonce_prefix_bytes(),
+                enc.chunk_size,
+                manifest.compression,
                 Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
-                progress, decompress=decompress)
+                progress,
+                decompress=decompress,
+            )
     except IntegrityError as error:
         raise AgentError(f"{manifest.location} is damaged: {error}", kind="Corrupted") from None
     except StorageError as error:
@@ -99,8 +114,9 @@ def check_payload(client: S3Client, manifest: Manifest, data_key: bytes, progres
 # --- restore ---------------------------------------------------------------------------------
 
 
-def run_restore(cfg: RestoreConfig, env: dict[str, str],
-                keyring_loader: KeyringLoader) -> dict[str, Any]:
+def run_restore(
+    cfg: RestoreConfig, env: dict[str, str], keyring_loader: KeyringLoader
+) -> dict[str, Any]:
     clock = time.monotonic()
     client = make_client(cfg.storage, env, max_attempts=cfg.tuning.s3_max_attempts)
     bucket, key = manifest_location(cfg)
@@ -109,36 +125,53 @@ def run_restore(cfg: RestoreConfig, env: dict[str, str],
     expected_format = "pg_dump-custom" if cfg.postgres is not None else "redis-rdb"
     if manifest.payload_format != expected_format:
         target = "postgres" if cfg.postgres is not None else "redis"
-        raise AgentError(f"{s3_url(bucket, key)} is a {manifest.source.kind} backup; it cannot "
-                         f"be restored into a {target} target", kind="InvalidConfig")
+        raise AgentError(
+            f"{s3_url(bucket, key)} is a {manifest.source.kind} backup; it cannot "
+            f"be restored into a {target} target",
+            kind="InvalidConfig",
+        )
     data_key = data_key_for(manifest, keyring_loader)
     if cfg.postgres is not None:
-        return _restore_postgres(cfg, cfg.postgres, env, client, manifest, data_key, checks,
-                                 clock)
+        return _restore_postgres(cfg, cfg.postgres, env, client, manifest, data_key, checks, clock)
     assert cfg.redis is not None
     return _restore_redis(cfg, cfg.redis, env, client, manifest, data_key, checks, clock)
 
 
-def _restore_postgres(cfg: RestoreConfig, target: PostgresTargetConfig, env: dict[str, str],
-                      client: S3Client, manifest: Manifest, data_key: bytes,
-                      checks: list[Check], clock: float) -> dict[str, Any]:
+def _restore_postgres(
+    cfg: RestoreConfig,
+    target: PostgresTargetConfig,
+    env: dict[str, str],
+    client: S3Client,
+    manifest: Manifest,
+    data_key: bytes,
+    checks: list[Check],
+    clock: float,
+) -> dict[str, Any]:
     from aegis.agent import postgres as pg  # per target: a Job loads only its own client
 
     user, password = postgres_credentials(env)
     state = pg.inspect_target(target, user, password)
     if not state.exists and not target.create_database:
-        raise AgentError(f"database {target.database} does not exist on {target.host}:"
-                         f"{target.port}; set createDatabase to create it", kind="TargetMissing")
+        raise AgentError(
+            f"database {target.database} does not exist on {target.host}:"
+            f"{target.port}; set createDatabase to create it",
+            kind="TargetMissing",
+        )
     if state.relations and not cfg.allow_overwrite:
-        raise AgentError(f"target database {target.database} is not empty ({state.relations} "
-                         "relations); set allowOverwrite to replace its objects",
-                         kind="TargetNotEmpty")
+        raise AgentError(
+            f"target database {target.database} is not empty ({state.relations} "
+            "relations); set allowOverwrite to replace its objects",
+            kind="TargetNotEmpty",
+        )
     dump_major = int((manifest.source.dump_tool_version or "0").split(".")[0])
     tool = pick_tool("pg_restore", max(state.server_major, dump_major), target.bin_dir)
-    _opened, verify_seconds = check_payload(client, manifest, data_key, cfg.progress_seconds,
-                                            decompress=False)
-    log(f"verified {manifest.location} in {verify_seconds:.1f}s; restoring into "
-        f"{target.host}:{target.port}/{target.database} with {tool.path}")
+    _opened, verify_seconds = check_payload(
+        client, manifest, data_key, cfg.progress_seconds, decompress=False
+    )
+    log(
+        f"verified {manifest.location} in {verify_seconds:.1f}s; restoring into "
+        f"{target.host}:{target.port}/{target.database} with {tool.path}"
+    )
     if not state.exists:
         pg.create_database(target, user, password)
     started = time.monotonic()
@@ -146,14 +179,22 @@ def _restore_postgres(cfg: RestoreConfig, target: PostgresTargetConfig, env: dic
     enc = manifest.encryption
     try:
         with Progress("restore", cfg.progress_seconds) as progress:
-            open_sealed(payload_stream(client, manifest), restorer.write, data_key,
-                        enc.nonce_prefix_bytes(), enc.chunk_size, manifest.compression,
-                        Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
-                        progress)
+            open_sealed(
+                payload_stream(client, manifest),
+                restorer.write,
+                data_key,
+                enc.nonce_prefix_bytes(),
+                enc.chunk_size,
+                manifest.compression,
+                Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
+                progress,
+            )
     except IntegrityError as error:
         restorer.kill()  # before stdin closes: the single transaction rolls back
-        raise AgentError(f"{manifest.location} changed during the restore: {error}; the target "
-                         "was rolled back", kind="Corrupted") from None
+        raise AgentError(
+            f"{manifest.location} changed during the restore: {error}; the target was rolled back",
+            kind="Corrupted",
+        ) from None
     except StorageError as error:
         restorer.kill()
         raise AgentError(f"{error}; the target was rolled back", kind="StorageFailed") from None
@@ -162,15 +203,29 @@ def _restore_postgres(cfg: RestoreConfig, target: PostgresTargetConfig, env: dic
         raise
     restorer.finish()
     restore_seconds = time.monotonic() - started
-    outcomes = run_checks(checks, _pg_query(target, user, password),
-                          _pg_row_counter(target, user, password), manifest.table_rows()) \
-        if checks else []
-    return restore_result(manifest, restorer.written, verify_seconds, restore_seconds,
-                          time.monotonic() - clock, outcomes)
+    outcomes = (
+        run_checks(
+            checks,
+            _pg_query(target, user, password),
+            _pg_row_counter(target, user, password),
+            manifest.table_rows(),
+        )
+        if checks
+        else []
+    )
+    return restore_result(
+        manifest,
+        restorer.written,
+        verify_seconds,
+        restore_seconds,
+        time.monotonic() - clock,
+        outcomes,
+    )
 
 
-def _pg_query(target: PostgresTargetConfig, user: str | None,
-              password: str | None) -> Callable[[Check], str | None]:
+def _pg_query(
+    target: PostgresTargetConfig, user: str | None, password: str | None
+) -> Callable[[Check], str | None]:
     from aegis.agent import postgres as pg
 
     def query(check: Check) -> str | None:
@@ -187,8 +242,9 @@ def _pg_query(target: PostgresTargetConfig, user: str | None,
     return query
 
 
-def _pg_row_counter(target: PostgresTargetConfig, user: str | None,
-                    password: str | None) -> Callable[[list[str]], dict[str, int | None]]:
+def _pg_row_counter(
+    target: PostgresTargetConfig, user: str | None, password: str | None
+) -> Callable[[list[str]], dict[str, int | None]]:
     import psycopg
     from psycopg import sql
 
@@ -196,13 +252,15 @@ def _pg_row_counter(target: PostgresTargetConfig, user: str | None,
 
     def count(tables: list[str]) -> dict[str, int | None]:
         counts: dict[str, int | None] = {}
-        with pg.connect(pg.target_info(target, user, password), "target",
-                        autocommit=True) as conn:
+        with pg.connect(pg.target_info(target, user, password), "target", autocommit=True) as conn:
             for table in tables:
                 schema, _, name = table.partition(".")
                 try:
-                    row = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
-                        sql.Identifier(schema), sql.Identifier(name))).fetchone()
+                    row = conn.execute(
+                        sql.SQL("SELECT count(*) FROM {}.{}").format(
+                            sql.Identifier(schema), sql.Identifier(name)
+                        )
+                    ).fetchone()
                     counts[table] = int(row[0]) if row else None
                 except psycopg.errors.UndefinedTable:
                     counts[table] = None
@@ -211,51 +269,80 @@ def _pg_row_counter(target: PostgresTargetConfig, user: str | None,
     return count
 
 
-def _restore_redis(cfg: RestoreConfig, target: RedisTargetConfig, env: dict[str, str],
-                   client: S3Client, manifest: Manifest, data_key: bytes,
-                   checks: list[Check], clock: float) -> dict[str, Any]:
+def _restore_redis(
+    cfg: RestoreConfig,
+    target: RedisTargetConfig,
+    env: dict[str, str],
+    client: S3Client,
+    manifest: Manifest,
+    data_key: bytes,
+    checks: list[Check],
+    clock: float,
+) -> dict[str, Any]:
     from aegis.agent import redis_io
 
     user, password = redis_credentials(env)
     existing = redis_io.target_keys(target, user, password)
     if existing and not cfg.allow_overwrite:
-        raise AgentError(f"target Redis {target.host}:{target.port} is not empty ({existing} "
-                         "keys); set allowOverwrite to replace keys", kind="TargetNotEmpty")
-    _opened, verify_seconds = check_payload(client, manifest, data_key, cfg.progress_seconds,
-                                            decompress=False)
-    log(f"verified {manifest.location} in {verify_seconds:.1f}s; loading it into a scratch "
-        "redis-server")
+        raise AgentError(
+            f"target Redis {target.host}:{target.port} is not empty ({existing} "
+            "keys); set allowOverwrite to replace keys",
+            kind="TargetNotEmpty",
+        )
+    _opened, verify_seconds = check_payload(
+        client, manifest, data_key, cfg.progress_seconds, decompress=False
+    )
+    log(
+        f"verified {manifest.location} in {verify_seconds:.1f}s; loading it into a scratch "
+        "redis-server"
+    )
     started = time.monotonic()
     scratch = redis_io.ScratchRedis(cfg.work_dir, target.redis_server)
     enc = manifest.encryption
     try:
         with Progress("restore", cfg.progress_seconds) as progress:
-            opened = open_sealed(payload_stream(client, manifest), scratch.write, data_key,
-                                 enc.nonce_prefix_bytes(), enc.chunk_size, manifest.compression,
-                                 Expected(manifest.stored_bytes, manifest.sha256,
-                                          manifest.size_bytes), progress)
+            opened = open_sealed(
+                payload_stream(client, manifest),
+                scratch.write,
+                data_key,
+                enc.nonce_prefix_bytes(),
+                enc.chunk_size,
+                manifest.compression,
+                Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
+                progress,
+            )
         scratch_client = scratch.load()
         keys = redis_io.replay(scratch_client, target, user, password, cfg.allow_overwrite)
         scratch_client.close()
     except IntegrityError as error:
-        raise AgentError(f"{manifest.location} changed during the restore: {error}; the target "
-                         "was not touched", kind="Corrupted") from None
+        raise AgentError(
+            f"{manifest.location} changed during the restore: {error}; the target was not touched",
+            kind="Corrupted",
+        ) from None
     except StorageError as error:
         raise AgentError(str(error), kind="StorageFailed") from None
     finally:
         scratch.close()
     restore_seconds = time.monotonic() - started
     log(f"replayed {keys} keys into {target.host}:{target.port} in {restore_seconds:.1f}s")
-    outcomes = run_checks(checks, _redis_query(target, user, password), None, None) \
-        if checks else []
-    result = restore_result(manifest, opened.logical_bytes, verify_seconds, restore_seconds,
-                            time.monotonic() - clock, outcomes)
+    outcomes = (
+        run_checks(checks, _redis_query(target, user, password), None, None) if checks else []
+    )
+    result = restore_result(
+        manifest,
+        opened.logical_bytes,
+        verify_seconds,
+        restore_seconds,
+        time.monotonic() - clock,
+        outcomes,
+    )
     result["restoredKeys"] = keys
     return result
 
 
-def _redis_query(target: RedisTargetConfig, user: str | None,
-                 password: str | None) -> Callable[[Check], str | None]:
+def _redis_query(
+    target: RedisTargetConfig, user: str | None, password: str | None
+) -> Callable[[Check], str | None]:
     import redis
 
     from aegis.agent import redis_io
@@ -284,9 +371,14 @@ def _redis_query(target: RedisTargetConfig, user: str | None,
     return query
 
 
-def restore_result(manifest: Manifest, restored: int, verify_seconds: float,
-                   restore_seconds: float, total: float,
-                   outcomes: list[CheckOutcome]) -> dict[str, Any]:
+def restore_result(
+    manifest: Manifest,
+    restored: int,
+    verify_seconds: float,
+    restore_seconds: float,
+    total: float,
+    outcomes: list[CheckOutcome],
+) -> dict[str, Any]:
     failed = [o for o in outcomes if o.result != "Passed"]
     result: dict[str, Any] = {
         "ok": not failed,
@@ -304,29 +396,39 @@ def restore_result(manifest: Manifest, restored: int, verify_seconds: float,
         result["kind"] = "ChecksFailed"
         result["reason"] = "verification failed: " + "; ".join(
             f"check {o.name} {o.result.lower()}" + (f" ({o.message})" if o.message else "")
-            for o in failed)
-    log(f"restored {human_bytes(restored)} in {restore_seconds:.1f}s "
-        f"(+{verify_seconds:.1f}s verification pass)")
+            for o in failed
+        )
+    log(
+        f"restored {human_bytes(restored)} in {restore_seconds:.1f}s "
+        f"(+{verify_seconds:.1f}s verification pass)"
+    )
     return result
 
 
 # --- verify and catalog ----------------------------------------------------------------------
 
 
-def run_verify(cfg: LocationConfig, env: dict[str, str],
-               keyring_loader: KeyringLoader) -> dict[str, Any]:
+def run_verify(
+    cfg: LocationConfig, env: dict[str, str], keyring_loader: KeyringLoader
+) -> dict[str, Any]:
     bucket, key = parse_s3_url(cfg.location)
     key = manifest_key_for(key)
     client = make_client(cfg.storage, env, max_attempts=cfg.tuning.s3_max_attempts)
     manifest = load_manifest(client, bucket, key)
     data_key = data_key_for(manifest, keyring_loader)
-    opened, seconds = check_payload(client, manifest, data_key, cfg.progress_seconds,
-                                    decompress=True)
+    opened, seconds = check_payload(
+        client, manifest, data_key, cfg.progress_seconds, decompress=True
+    )
     return {
-        "ok": True, "command": "verify", "manifest": s3_url(bucket, key),
-        "location": manifest.location, "sha256": manifest.sha256,
-        "storedBytes": opened.stored_bytes, "sizeBytes": opened.logical_bytes,
-        "chunks": opened.chunks, "keyId": manifest.encryption.key_id,
+        "ok": True,
+        "command": "verify",
+        "manifest": s3_url(bucket, key),
+        "location": manifest.location,
+        "sha256": manifest.sha256,
+        "storedBytes": opened.stored_bytes,
+        "sizeBytes": opened.logical_bytes,
+        "chunks": opened.chunks,
+        "keyId": manifest.encryption.key_id,
         "durationSeconds": round(seconds, 3),
     }
 
@@ -345,13 +447,23 @@ def run_catalog(cfg: LocationConfig, env: dict[str, str]) -> dict[str, Any]:
             except (ManifestError, StorageError) as error:
                 skipped.append({"manifest": url, "reason": str(error)})
                 continue
-            listed.append({"manifest": url, "namespace": manifest.namespace,
-                           "policy": manifest.policy, "recoveryPoint": manifest.recovery_point,
-                           "status": manifest.recovery_point_status()})
+            listed.append(
+                {
+                    "manifest": url,
+                    "namespace": manifest.namespace,
+                    "policy": manifest.policy,
+                    "recoveryPoint": manifest.recovery_point,
+                    "status": manifest.recovery_point_status(),
+                }
+            )
     except StorageError as error:
         raise AgentError(str(error), kind="StorageFailed") from None
     for item in skipped:
         log(f"skipped {item['manifest']}: {item['reason']}")
-    return {"ok": True, "command": "catalog", "location": s3_url(bucket, prefix),
-            "recoveryPoints": listed, "skipped": skipped}
-
+    return {
+        "ok": True,
+        "command": "catalog",
+        "location": s3_url(bucket, prefix),
+        "recoveryPoints": listed,
+        "skipped": skipped,
+    }

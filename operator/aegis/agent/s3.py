@@ -19,6 +19,7 @@ from aegis.agent.log import log
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client as S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
 else:
     S3Client = Any
 
@@ -49,8 +50,9 @@ def endpoint_of(store: StoreConfig, env: dict[str, str]) -> str | None:
     return store.endpoint or default_endpoint(env)
 
 
-def make_client(store: StoreConfig, env: dict[str, str], pool: int = 10,
-                max_attempts: int = 6) -> S3Client:
+def make_client(
+    store: StoreConfig, env: dict[str, str], pool: int = 10, max_attempts: int = 6
+) -> S3Client:
     endpoint = endpoint_of(store, env)
     style = store.addressing_style or ("path" if endpoint else "auto")
     config = Config(
@@ -66,7 +68,10 @@ def make_client(store: StoreConfig, env: dict[str, str], pool: int = 10,
     session = botocore.session.get_session()
     creds = aws_credentials(env, store.credentials_env_prefix)
     client = session.create_client(
-        "s3", endpoint_url=endpoint, region_name=region, config=config,
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        config=config,
         aws_access_key_id=creds.get("aws_access_key_id"),
         aws_secret_access_key=creds.get("aws_secret_access_key"),
         aws_session_token=creds.get("aws_session_token"),
@@ -111,8 +116,15 @@ class MultipartUpload:
     removes the upload. Workers are daemon threads, so a request hung on a dead connection can
     never keep a failed agent from exiting."""
 
-    def __init__(self, client: S3Client, bucket: str, key: str, extra: dict[str, Any],
-                 part_size: int = 8 * MiB, concurrency: int = 3) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        extra: dict[str, Any],
+        part_size: int = 8 * MiB,
+        concurrency: int = 3,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
@@ -131,15 +143,18 @@ class MultipartUpload:
 
     def start(self) -> None:
         try:
-            reply = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key,
-                                                        **self.extra)
+            reply = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, **self.extra
+            )
         except (ClientError, BotoCoreError) as error:
             raise StorageError(
-                f"cannot start the upload of s3://{self.bucket}/{self.key}: "
-                f"{describe_error(error)}") from None
+                f"cannot start the upload of s3://{self.bucket}/{self.key}: {describe_error(error)}"
+            ) from None
         self.upload_id = reply["UploadId"]
-        self._workers = [threading.Thread(target=self._work, name=f"s3-part-{i}", daemon=True)
-                         for i in range(self.concurrency)]
+        self._workers = [
+            threading.Thread(target=self._work, name=f"s3-part-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
         for worker in self._workers:
             worker.start()
 
@@ -156,8 +171,9 @@ class MultipartUpload:
         self._pending_len = 0
         number = self._next_part
         if number > MAX_PARTS:
-            raise StorageError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts; "
-                               "raise tuning.partSize")
+            raise StorageError(
+                f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts; raise tuning.partSize"
+            )
         self._next_part += 1
         while True:
             self._raise_if_failed()
@@ -174,9 +190,13 @@ class MultipartUpload:
                 return
             number, body = task
             try:
-                reply = self.client.upload_part(Bucket=self.bucket, Key=self.key,
-                                                UploadId=self.upload_id or "",
-                                                PartNumber=number, Body=body)
+                reply = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id or "",
+                    PartNumber=number,
+                    Body=body,
+                )
             except BaseException as error:  # handed to the producer thread
                 with self._lock:
                     if self._error is None:
@@ -189,7 +209,8 @@ class MultipartUpload:
         if self._error is not None:
             raise StorageError(
                 f"upload of a part of s3://{self.bucket}/{self.key} failed: "
-                f"{describe_error(self._error)}")
+                f"{describe_error(self._error)}"
+            )
 
     def _stop_workers(self, timeout: float | None) -> None:
         for _ in self._workers:
@@ -215,15 +236,21 @@ class MultipartUpload:
             self._submit()
         self._stop_workers(None)
         self._raise_if_failed()
-        ordered = [{"PartNumber": n, "ETag": self.parts[n]} for n in sorted(self.parts)]
+        ordered: list[CompletedPartTypeDef] = [
+            {"PartNumber": n, "ETag": self.parts[n]} for n in sorted(self.parts)
+        ]
         try:
             reply = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id or "",
-                MultipartUpload={"Parts": ordered},  # type: ignore[typeddict-item]
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id or "",
+                MultipartUpload={"Parts": ordered},
             )
         except (ClientError, BotoCoreError) as error:
-            raise StorageError(f"cannot complete the upload of s3://{self.bucket}/{self.key}: "
-                               f"{describe_error(error)}") from None
+            raise StorageError(
+                f"cannot complete the upload of s3://{self.bucket}/{self.key}: "
+                f"{describe_error(error)}"
+            ) from None
         ensure_retention(self.client, self.bucket, self.key, self.extra)
         return dict(reply)
 
@@ -239,7 +266,7 @@ class MultipartUpload:
         if self.upload_id is None:
             return True
         gone = self._abort_with_retries()
-        self._stop_workers(timeout=30)
+        self._stop_workers(timeout=10)
         return self._abort_with_retries() if gone else False
 
     def _abort_with_retries(self) -> bool:
@@ -247,8 +274,9 @@ class MultipartUpload:
         delay = 0.5
         while True:
             try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key,
-                                                   UploadId=self.upload_id or "")
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id or ""
+                )
                 log(f"aborted the multipart upload of s3://{self.bucket}/{self.key}")
                 return True
             except ClientError as error:
@@ -258,12 +286,16 @@ class MultipartUpload:
             except BotoCoreError as error:
                 reason = describe_error(error)
             if time.monotonic() + delay > deadline:
-                log(f"could not abort the multipart upload {self.upload_id} of "
+                log(
+                    f"could not abort the multipart upload {self.upload_id} of "
                     f"s3://{self.bucket}/{self.key}: {reason}; a bucket lifecycle rule "
-                    "(AbortIncompleteMultipartUpload) will remove it")
+                    "(AbortIncompleteMultipartUpload) will remove it"
+                )
                 return False
-            log(f"abort of s3://{self.bucket}/{self.key} failed ({reason}); retrying in "
-                f"{delay:.1f}s")
+            log(
+                f"abort of s3://{self.bucket}/{self.key} failed ({reason}); retrying in "
+                f"{delay:.1f}s"
+            )
             time.sleep(delay)  # backoff between real retries of a failed request
             delay = min(delay * 2, 10.0)
 
@@ -280,16 +312,19 @@ def ensure_retention(client: S3Client, bucket: str, key: str, extra: dict[str, A
         current = head.get("ObjectLockRetainUntilDate")
         if head.get("ObjectLockMode") == mode and current is not None and current >= until:
             return
-        client.put_object_retention(Bucket=bucket, Key=key,
-                                    Retention={"Mode": mode, "RetainUntilDate": until})
+        client.put_object_retention(
+            Bucket=bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until}
+        )
     except (ClientError, BotoCoreError) as error:
-        raise StorageError(f"cannot set Object Lock retention on s3://{bucket}/{key}: "
-                           f"{describe_error(error)}; is Object Lock enabled on the bucket?") \
-            from None
+        raise StorageError(
+            f"cannot set Object Lock retention on s3://{bucket}/{key}: "
+            f"{describe_error(error)}; is Object Lock enabled on the bucket?"
+        ) from None
 
 
-def read_stream(client: S3Client, bucket: str, key: str, piece: int = MiB,
-                prefetch: int = 8) -> Iterator[bytes]:
+def read_stream(
+    client: S3Client, bucket: str, key: str, piece: int = MiB, prefetch: int = 8
+) -> Iterator[bytes]:
     """The object's bytes in pieces, read ahead by a thread so the network overlaps the work
     of the consumer. At most `prefetch` pieces wait in memory."""
     try:
@@ -317,8 +352,7 @@ def read_stream(client: S3Client, bucket: str, key: str, piece: int = MiB,
             if item is None:
                 return
             if isinstance(item, BaseException):
-                raise StorageError(f"reading s3://{bucket}/{key} failed: "
-                                   f"{describe_error(item)}")
+                raise StorageError(f"reading s3://{bucket}/{key} failed: {describe_error(item)}")
             yield item
     finally:
         stop.set()
@@ -343,16 +377,23 @@ def get_bytes(client: S3Client, bucket: str, key: str) -> bytes:
     return data
 
 
-def put_bytes(client: S3Client, bucket: str, key: str, data: bytes, extra: dict[str, Any],
-              content_type: str = "application/json") -> None:
+def put_bytes(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    data: bytes,
+    extra: dict[str, Any],
+    content_type: str = "application/json",
+) -> None:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra)
     except (ClientError, BotoCoreError) as error:
         raise StorageError(f"cannot write s3://{bucket}/{key}: {describe_error(error)}") from None
 
 
-def list_keys(client: S3Client, bucket: str, prefix: str,
-              accept: Callable[[str], bool]) -> Iterator[str]:
+def list_keys(
+    client: S3Client, bucket: str, prefix: str, accept: Callable[[str], bool]
+) -> Iterator[str]:
     paginator = client.get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
@@ -360,8 +401,7 @@ def list_keys(client: S3Client, bucket: str, prefix: str,
                 if accept(obj["Key"]):
                     yield obj["Key"]
     except (ClientError, BotoCoreError) as error:
-        raise StorageError(f"cannot list s3://{bucket}/{prefix}: {describe_error(error)}") \
-            from None
+        raise StorageError(f"cannot list s3://{bucket}/{prefix}: {describe_error(error)}") from None
 
 
 def head_size(client: S3Client, bucket: str, key: str) -> int:
@@ -371,40 +411,65 @@ def head_size(client: S3Client, bucket: str, key: str) -> int:
         raise StorageError(f"cannot read s3://{bucket}/{key}: {describe_error(error)}") from None
 
 
-def server_side_copy(client: S3Client, source_bucket: str, source_key: str, bucket: str,
-                     key: str, size: int, extra: dict[str, Any]) -> None:
+def server_side_copy(
+    client: S3Client,
+    source_bucket: str,
+    source_key: str,
+    bucket: str,
+    key: str,
+    size: int,
+    extra: dict[str, Any],
+) -> None:
     """Copy inside one endpoint without moving the bytes through the Job; objects above 5 GiB
     go part by part (UploadPartCopy)."""
-    source = {"Bucket": source_bucket, "Key": source_key}
+    source: CopySourceTypeDef = {"Bucket": source_bucket, "Key": source_key}
     if "ObjectLockMode" in extra:
         # S3 wants a checksum on writes that carry retention.
         extra = {**extra, "ChecksumAlgorithm": "CRC32"}
     if size <= SINGLE_COPY_LIMIT:
-        client.copy_object(CopySource=source,  # type: ignore[arg-type]
-                           Bucket=bucket, Key=key, MetadataDirective="COPY", **extra)
+        client.copy_object(
+            CopySource=source,
+            Bucket=bucket,
+            Key=key,
+            MetadataDirective="COPY",
+            **extra,
+        )
         ensure_retention(client, bucket, key, extra)
         return
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
     try:
-        parts = []
+        parts: list[CompletedPartTypeDef] = []
         for number, start in enumerate(range(0, size, COPY_PART), start=1):
             end = min(start + COPY_PART, size) - 1
             reply = client.upload_part_copy(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                CopySource=source, CopySourceRange=f"bytes={start}-{end}",  # type: ignore[arg-type]
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource=source,
+                CopySourceRange=f"bytes={start}-{end}",
             )
             parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
-        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                         MultipartUpload={"Parts": parts})  # type: ignore[typeddict-item]
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
     except BaseException:
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
     ensure_retention(client, bucket, key, extra)
 
 
-def streamed_copy(source: S3Client, source_bucket: str, source_key: str, target: S3Client,
-                  bucket: str, key: str, extra: dict[str, Any], part_size: int,
-                  concurrency: int) -> None:
+def streamed_copy(
+    source: S3Client,
+    source_bucket: str,
+    source_key: str,
+    target: S3Client,
+    bucket: str,
+    key: str,
+    extra: dict[str, Any],
+    part_size: int,
+    concurrency: int,
+) -> None:
     """Copy across endpoints or accounts: read and upload concurrently, bounded memory."""
     upload = MultipartUpload(target, bucket, key, extra, part_size, concurrency)
     upload.start()
