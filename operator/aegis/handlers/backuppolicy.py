@@ -17,6 +17,7 @@ from aegis.api import BACKUP_POLICY as KIND
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.cloud.s3 import S3Problem
 from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions
+from aegis.k8s.cache import CACHE
 from aegis.reconcilers import backuppolicy as policies
 from aegis.reconcilers.recoverypoint import PointBlocked
 from aegis.scheduler import Scheduler
@@ -41,6 +42,12 @@ def scheduler_for(memo: Any) -> Scheduler:
 
         scheduler = memo["scheduler"] = Scheduler(act, workers=32).start()
     return scheduler
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="cache")
+async def cache_policy(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the in-memory copy the scheduler reads (no API call)."""
+    CACHE.policy_event(type, dict(body))
 
 
 @kopf.on.cleanup(id="stop-scheduler")

@@ -13,6 +13,7 @@ from aegis.api.recoverypoint import RecoveryPointSpec
 from aegis.cloud.s3 import S3Problem
 from aegis.handlers.common import KopfLogger, accept, accepted, forget
 from aegis.k8s import objects
+from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
 from aegis.reconcilers import backuppolicy, naming
 from aegis.reconcilers import recoverypoint as points
@@ -62,6 +63,12 @@ def reconcile(
     if finished is not None:
         _announce(finished, settings)
         _replan(memo, finished)
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="cache")
+async def cache_point(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the in-memory copy the scheduler and status refresh read (no API call)."""
+    CACHE.point_event(type, dict(body))
 
 
 @kopf.on.event(

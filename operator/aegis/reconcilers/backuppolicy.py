@@ -21,6 +21,7 @@ from aegis.api import BACKUP_POLICY, RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.cloud import s3
 from aegis.k8s import objects
+from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
 from aegis.reconcilers import naming, retention, schedule
 from aegis.reconcilers.backup import parse_time
@@ -28,6 +29,7 @@ from aegis.reconcilers.conditions import ConditionUpdate, is_true, iso, set_cond
 from aegis.reconcilers.recoverypoint import (
     TERMINAL,
     PointBlocked,
+    PolicyContext,
     backup_job,
     finish,
     load_policy,
@@ -120,7 +122,10 @@ def ready_condition(problem: Problem | None, spec: BackupPolicySpec) -> Conditio
 # --- status, RPO and retention ---------------------------------------------------------------
 
 
-def policy_points(namespace: str, policy: str) -> list[dict[str, Any]]:
+def policy_points(namespace: str, policy: str, *, cached: bool = False) -> list[dict[str, Any]]:
+    """The policy's RecoveryPoints: from the watch cache when `cached`, else listed."""
+    if cached:
+        return CACHE.points(namespace, policy)
     selector = f"{naming.POLICY_LABEL}={naming.label_value(policy)}"
     return [
         p
@@ -284,8 +289,9 @@ def refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) -
 
 
 def _refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> dict[str, Any]:
-    context = load_policy(namespace, policy)
-    points = policy_points(namespace, policy)
+    warm = (namespace, policy) in _warm
+    context = load_policy(namespace, policy, cached=warm)
+    points = policy_points(namespace, policy, cached=warm)
     pruned = prune(namespace, policy, context.spec, points, now)
     if pruned:
         objects.post_event(
@@ -316,7 +322,7 @@ def _refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) 
 
 # A tick is prepared this long before it is due (its point created, its Job built), so that at
 # the tick itself a single request starts the run, even when many policies share the minute.
-PREPARE_SECONDS = 5.0
+PREPARE_SECONDS = 30.0
 
 
 @dataclass
@@ -331,6 +337,10 @@ class Prepared:
 
 
 _prepared: dict[tuple[str, str], Prepared] = {}
+# What this process last wrote as a policy's status.handledUntil: the cache may lag behind
+# our own write by a watch event, and a stale cursor would count missed runs twice.
+_cursor: dict[tuple[str, str], dt.datetime] = {}
+_warm: set[tuple[str, str]] = set()
 _prepared_lock = threading.Lock()
 # Status writes that follow a run's start go through their own small pool, so that at a busy
 # tick they queue behind the Jobs instead of delaying them.
@@ -351,15 +361,24 @@ def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> f
         _fire(ready, settings)
         return 0.0  # plan the next tick right away
 
-    context = load_policy(namespace, policy)
+    # The first look at a policy after start-up reads the API server; later ones read the
+    # watch cache, which by then holds everything kopf has listed.
+    warm = key in _warm
+    context = load_policy(namespace, policy, cached=warm)
     spec = context.spec
     status = context.body.get("status") or {}
-    since = (
-        parse_time(status.get("handledUntil"))
-        or parse_time(context.body["metadata"].get("creationTimestamp"))
-        or now
+    since = max(
+        t
+        for t in (
+            parse_time(status.get("handledUntil"))
+            or parse_time(context.body["metadata"].get("creationTimestamp"))
+            or now,
+            _cursor.get(key),
+        )
+        if t is not None
     )
-    points = policy_points(namespace, policy)
+    points = policy_points(namespace, policy, cached=warm)
+    _warm.add(key)
     active = [
         p["metadata"]["name"]
         for p in points
@@ -370,6 +389,7 @@ def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> f
     for name in plan.stop:
         _replace(namespace, name)
     update: dict[str, Any] = {"handledUntil": iso(plan.handled_until)}
+    _cursor[key] = plan.handled_until
     update["nextScheduleTime"] = iso(plan.next_run_time) if plan.next_run_time else None
     if plan.missed.count:
         update["missedRuns"] = int(status.get("missedRuns") or 0) + plan.missed.count
@@ -394,7 +414,7 @@ def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> f
         return plan.requeue_after
     if plan.next_run_time is not None and plan.requeue_after is not None:
         lead = plan.requeue_after - PREPARE_SECONDS
-        if lead <= 0 and _prepare(context.body, spec, policy_key, plan, active, update, settings):
+        if lead <= 0 and _prepare(context, policy_key, plan, active, update, settings):
             return max(0.0, plan.requeue_after)
         objects.patch_custom_status(BACKUP_POLICY, namespace, policy, update)
         return max(0.0, lead)
@@ -403,8 +423,7 @@ def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> f
 
 
 def _prepare(
-    body: dict[str, Any],
-    spec: BackupPolicySpec,
+    context: PolicyContext,
     key: schedule.PolicyKey,
     plan: schedule.Plan,
     active: list[str],
@@ -414,6 +433,7 @@ def _prepare(
     """Make the upcoming tick ready: plan it as of its due time, create its point, build its
     Job. False when it should rather be planned at the tick (it would stop or wait for others)."""
     assert plan.next_run_time is not None
+    body, spec = context.body, context.spec
     upcoming = schedule.plan_runs(
         spec, key, since=plan.handled_until, now=plan.next_run_time, active=active
     )
@@ -421,7 +441,7 @@ def _prepare(
         return False
     point = _create_point(body, upcoming.run_name, upcoming.run)
     try:
-        job = backup_job(point, settings)
+        job = backup_job(point, settings, context)
     except PointBlocked:
         return False
     fired_update = {
@@ -445,6 +465,8 @@ def _fire(ready: Prepared, settings: Settings) -> None:
     namespace, name = meta["namespace"], ready.job["metadata"]["name"]
     job, _ = objects.create_job(namespace, ready.job)
     policy = ready.point["spec"]["policyRef"]["name"]
+    # Only now is the tick handled: a prepared run that never fired is planned again.
+    _cursor[(namespace, policy)] = ready.scheduled
     late = (dt.datetime.now(dt.UTC) - ready.due).total_seconds()
     logger.info("Started backup Job %s/%s %.3fs after its due time", namespace, name, late)
 
@@ -464,6 +486,8 @@ def forget_prepared(namespace: str, policy: str) -> None:
     """The policy changed or went away: drop a run prepared from its old spec."""
     with _prepared_lock:
         _prepared.pop((namespace, policy), None)
+    _warm.discard((namespace, policy))
+    _cursor.pop((namespace, policy), None)
 
 
 def _create_point(policy: dict[str, Any], name: str, scheduled: dt.datetime) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import S3Location
 from aegis.cloud import s3
 from aegis.k8s import objects
+from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import build_job, job_outcome
 from aegis.reconcilers import backup
 from aegis.reconcilers.conditions import ConditionUpdate, iso, set_conditions
@@ -52,9 +53,11 @@ class PolicyContext:
     body: dict[str, Any]
 
 
-def load_policy(namespace: str, name: str) -> PolicyContext:
+def load_policy(namespace: str, name: str, *, cached: bool = False) -> PolicyContext:
+    """The policy, parsed; from the watch cache when `cached` and it is there."""
+    body = CACHE.policy(namespace, name) if cached else None
     try:
-        body = objects.get_custom(BACKUP_POLICY, namespace, name)
+        body = body or objects.get_custom(BACKUP_POLICY, namespace, name)
     except objects.NotFound:
         raise PointBlocked(
             "PolicyNotFound",
@@ -119,10 +122,13 @@ def _patch_point(
     objects.patch_custom_status(RECOVERY_POINT, meta["namespace"], meta["name"], status)
 
 
-def backup_job(point: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The Job object that takes the point's backup (reads the policy and its key ids)."""
+def backup_job(
+    point: dict[str, Any], settings: Settings, policy: PolicyContext | None = None
+) -> dict[str, Any]:
+    """The Job object that takes the point's backup (reads the policy unless given, and the
+    ids of its keys)."""
     namespace = point["metadata"]["namespace"]
-    policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+    policy = policy or load_policy(namespace, point["spec"]["policyRef"]["name"])
     return build_job(backup.backup_job_request(point, policy.spec, key_ids(policy), settings))
 
 
