@@ -8,6 +8,10 @@ import threading
 from urllib.parse import quote
 
 MASK = "***"
+# Shorter values are not masked: a one-letter "secret" would turn every such letter of every
+# message into *** (corrupting the JSON result) while hiding nothing an observer could not
+# guess. Such values are too short to be secrets anyway.
+MIN_SECRET_LENGTH = 3
 
 
 class Scrubber:
@@ -37,7 +41,7 @@ class Scrubber:
             if stripped:
                 forms.add(stripped)
         with self._lock:
-            self._secrets.update(f for f in forms if f)
+            self._secrets.update(f for f in forms if len(f) >= MIN_SECRET_LENGTH)
 
     def scrub(self, text: str) -> str:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -77,21 +78,29 @@ async def cache_point(body: kopf.Body, type: str | None, **_: Any) -> None:
     "jobs",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "backup"},
 )
-def backup_job_changed(
+async def backup_job_changed(
     body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any
 ) -> None:
-    """A backup Job changed: when it has ended, fold its outcome into its RecoveryPoint."""
+    """A backup Job changed: when it has ended, fold its outcome into its RecoveryPoint.
+    Async so that the many events of running Jobs cost no thread hop; the work of an ended
+    Job (API and S3 calls) runs in a worker thread."""
     if type == "DELETED" or job_outcome(dict(body)) == "Running":
         return  # nothing to fold in yet, and no API call spent finding that out
     owners: list[dict[str, Any]] = list(body.metadata.get("ownerReferences") or [])
     owner = next((o for o in owners if o.get("kind") == KIND.kind), None)
     if owner is None:
         return
+    await asyncio.to_thread(
+        _finish_from_job, body.metadata["namespace"], owner["name"], memo, logger
+    )
+
+
+def _finish_from_job(namespace: str, point: str, memo: Any, logger: KopfLogger) -> None:
     settings: Settings = memo["settings"]
     try:
-        finished = points.finish(body.metadata["namespace"], owner["name"], settings)
+        finished = points.finish(namespace, point, settings)
     except (points.PointBlocked, S3Problem) as problem:
-        logger.warning("Cannot finish RecoveryPoint %s yet: %s", owner["name"], problem)
+        logger.warning("Cannot finish RecoveryPoint %s yet: %s", point, problem)
         return
     if finished is not None:
         _announce(finished, settings)

@@ -342,9 +342,12 @@ _prepared: dict[tuple[str, str], Prepared] = {}
 _cursor: dict[tuple[str, str], dt.datetime] = {}
 _warm: set[tuple[str, str]] = set()
 _prepared_lock = threading.Lock()
-# Status writes that follow a run's start go through their own small pool, so that at a busy
-# tick they queue behind the Jobs instead of delaying them.
-_followups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aegis-followup")
+# Status writes that follow a run's start wait until no run is being fired, so that at a busy
+# tick (a thousand policies on one schedule) they queue behind the Jobs instead of competing
+# with them for the API server and this process's interpreter.
+_followups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aegis-followup")
+_firing = 0
+_firing_done = threading.Condition()
 
 
 def tick(namespace: str, policy: str, settings: Settings, now: dt.datetime) -> float | None:
@@ -461,9 +464,17 @@ def _prepare(
 
 def _fire(ready: Prepared, settings: Settings) -> None:
     """Start a prepared run: one request at the tick, status writes after."""
+    global _firing
     meta = ready.point["metadata"]
     namespace, name = meta["namespace"], ready.job["metadata"]["name"]
-    job, _ = objects.create_job(namespace, ready.job)
+    with _firing_done:
+        _firing += 1
+    try:
+        job, _ = objects.create_job(namespace, ready.job)
+    finally:
+        with _firing_done:
+            _firing -= 1
+            _firing_done.notify_all()
     policy = ready.point["spec"]["policyRef"]["name"]
     # Only now is the tick handled: a prepared run that never fired is planned again.
     _cursor[(namespace, policy)] = ready.scheduled
@@ -471,6 +482,8 @@ def _fire(ready: Prepared, settings: Settings) -> None:
     logger.info("Started backup Job %s/%s %.3fs after its due time", namespace, name, late)
 
     def record() -> None:
+        with _firing_done:
+            _firing_done.wait_for(lambda: _firing == 0, timeout=30)
         try:
             mark_running(ready.point, name)
             objects.patch_custom_status(BACKUP_POLICY, namespace, policy, ready.status_update)

@@ -21,3 +21,13 @@ def test_longest_secret_first() -> None:
     s.add("abc")
     s.add("abcdef")
     assert s.scrub("x abcdef y abc") == "x *** y ***"
+
+
+def test_values_too_short_to_be_secrets_do_not_corrupt_messages() -> None:
+    scrubber = Scrubber()
+    scrubber.add("t")
+    scrubber.add("ab")
+    scrubber.add("hunter2")
+    result = '{"ok": true, "status": "restored", "by": "ab"}'
+    assert scrubber.scrub(result) == result
+    assert scrubber.scrub("password hunter2 rejected") == "password *** rejected"
