@@ -141,24 +141,16 @@ def delete_job(namespace: str, name: str) -> bool:
 def job_failure_message(namespace: str, job_name: str) -> str | None:
     """The agent's one-line reason: the termination message of the Job's newest failed pod
     (the agent writes it to /dev/termination-log)."""
-    try:
-        pods = _core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
-    except ApiException:
-        return None
-    newest: tuple[dt.datetime, str] | None = None
-    for pod in pods.items:
-        for status in (pod.status and pod.status.container_statuses) or []:
-            terminated = status.state and status.state.terminated
-            if terminated and terminated.exit_code and terminated.message:
-                when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
-                if newest is None or when >= newest[0]:
-                    newest = (when, terminated.message.strip())
-    return newest[1] if newest else None
+    return _termination_message(namespace, job_name, failed_only=True)
 
 
 def job_result_message(namespace: str, job_name: str) -> str | None:
     """The termination message of the Job's newest pod, whatever its exit code: the agent's
     final one-line JSON result (of a success as well as of a failure)."""
+    return _termination_message(namespace, job_name, failed_only=False)
+
+
+def _termination_message(namespace: str, job_name: str, *, failed_only: bool) -> str | None:
     try:
         pods = _core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
     except ApiException:
@@ -167,10 +159,13 @@ def job_result_message(namespace: str, job_name: str) -> str | None:
     for pod in pods.items:
         for status in (pod.status and pod.status.container_statuses) or []:
             terminated = status.state and status.state.terminated
-            if terminated and terminated.message:
-                when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
-                if newest is None or when >= newest[0]:
-                    newest = (when, terminated.message.strip())
+            if not terminated or not terminated.message:
+                continue
+            if failed_only and not terminated.exit_code:
+                continue
+            when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
+            if newest is None or when >= newest[0]:
+                newest = (when, terminated.message.strip())
     return newest[1] if newest else None
 
 
