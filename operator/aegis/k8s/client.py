@@ -23,8 +23,9 @@ def api_client() -> kubernetes.client.ApiClient:
                 kubernetes.config.load_kube_config(
                     config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
                 )
-            # Many sync handlers run in parallel; the default pool of 4 would serialise them.
-            configuration.connection_pool_maxsize = 64
+            # kopf's handler threads, the scheduler's and the follow-ups' run in parallel: the
+            # default pool of 4 would serialise them, a small one churns connections.
+            configuration.connection_pool_maxsize = 128
             _client = kubernetes.client.ApiClient(configuration)
         return _client
 

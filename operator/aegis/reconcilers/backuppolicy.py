@@ -6,10 +6,13 @@ these functions."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import socket
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -50,14 +53,30 @@ class Problem:
     message: str
 
 
-def check_references(spec: BackupPolicySpec, namespace: str, settings: Settings) -> Problem | None:
-    """The first reason the policy cannot back up now, or None when it can."""
+# Many policies share a key Secret, a credentials Secret and a bucket. A reference that was
+# found usable is not re-read for this long, so that a start-up with a thousand policies
+# costs a few reads instead of thousands. Only passing verdicts are kept (never values): a
+# problem is checked again every time, so a fix is seen at once.
+VERDICT_TTL_SECONDS = 30.0
+_passed: dict[tuple[Any, ...], float] = {}
+_passed_lock = threading.Lock()
+
+
+def _checked(key: tuple[Any, ...], check: Callable[[], Problem | None]) -> Problem | None:
+    now = time.monotonic()
+    with _passed_lock:
+        if now - _passed.get(key, -VERDICT_TTL_SECONDS) < VERDICT_TTL_SECONDS:
+            return None
+    problem = check()
+    if problem is None:
+        with _passed_lock:
+            _passed[key] = now
+    return problem
+
+
+def _check_keys(namespace: str, secret: str) -> Problem | None:
     try:
-        schedule.next_tick(spec.schedule, spec.time_zone, dt.datetime.now(dt.UTC))
-    except schedule.ScheduleError as error:
-        return Problem("InvalidSchedule", str(error))
-    try:
-        keys = objects.read_secret(namespace, spec.encryption.key_secret_ref.name)
+        keys = objects.read_secret(namespace, secret)
     except objects.NotFound as error:
         return Problem("KeySecretNotFound", f"spec.encryption.keySecretRef: {error}; create it")
     if not keys:
@@ -69,8 +88,52 @@ def check_references(spec: BackupPolicySpec, namespace: str, settings: Settings)
             decode_key(value, key_id)
         except KeyringError as error:
             return Problem("EncryptionKeyInvalid", f"spec.encryption.keySecretRef: {error}")
-    source = spec.source.postgres or spec.source.redis
-    assert source is not None
+    return None
+
+
+def _check_secret_key(namespace: str, secret: str, key: str) -> Problem | None:
+    try:
+        data = objects.read_secret(namespace, secret)
+    except objects.NotFound as error:
+        return Problem("SecretNotFound", f"{error}: create it or fix the source's secret refs")
+    if key not in data:
+        return Problem("SecretKeyMissing", f"Secret {secret} has no key {key!r}")
+    return None
+
+
+def _check_bucket(spec: BackupPolicySpec, namespace: str, settings: Settings) -> Problem | None:
+    try:
+        client = s3_client_for(spec.storage, namespace, settings)
+        s3.head_bucket(client, spec.storage.bucket)
+    except PointBlocked as blocked:
+        return Problem(blocked.reason, blocked.message)
+    except s3.S3Problem as problem:
+        return Problem(problem.reason, f"spec.storage: {problem}")
+    return None
+
+
+def _check_reachable(kind: str, host: str, port: int) -> Problem | None:
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as error:
+        return Problem(
+            "SourceUnreachable",
+            f"spec.source: cannot reach {kind} at {host}:{port} ({error.strerror or error})",
+        )
+    return None
+
+
+def check_references(spec: BackupPolicySpec, namespace: str, settings: Settings) -> Problem | None:
+    """The first reason the policy cannot back up now, or None when it can."""
+    try:
+        schedule.next_tick(spec.schedule, spec.time_zone, dt.datetime.now(dt.UTC))
+    except schedule.ScheduleError as error:
+        return Problem("InvalidSchedule", str(error))
+    key_secret = spec.encryption.key_secret_ref.name
+    problem = _checked(("keys", namespace, key_secret), lambda: _check_keys(namespace, key_secret))
+    if problem:
+        return problem
     refs = []
     if spec.source.postgres is not None:
         refs = [spec.source.postgres.user_secret_ref, spec.source.postgres.password_secret_ref]
@@ -81,30 +144,25 @@ def check_references(spec: BackupPolicySpec, namespace: str, settings: Settings)
             if r
         ]
     for ref in refs:
-        try:
-            data = objects.read_secret(namespace, ref.name)
-        except objects.NotFound as error:
-            return Problem("SecretNotFound", f"{error}: create it or fix the source's secret refs")
-        if ref.key not in data:
-            return Problem("SecretKeyMissing", f"Secret {ref.name} has no key {ref.key!r}")
-    try:
-        client = s3_client_for(spec.storage, namespace, settings)
-        s3.head_bucket(client, spec.storage.bucket)
-    except PointBlocked as blocked:
-        return Problem(blocked.reason, blocked.message)
-    except s3.S3Problem as problem:
-        return Problem(problem.reason, f"spec.storage: {problem}")
-    try:
-        with socket.create_connection((source.host, source.port), timeout=CONNECT_TIMEOUT):
-            pass
-    except OSError as error:
-        kind = "PostgreSQL" if spec.source.postgres is not None else "Redis"
-        return Problem(
-            "SourceUnreachable",
-            f"spec.source: cannot reach {kind} at {source.host}:{source.port} "
-            f"({error.strerror or error})",
+        problem = _checked(
+            ("secret", namespace, ref.name, ref.key),
+            functools.partial(_check_secret_key, namespace, ref.name, ref.key),
         )
-    return None
+        if problem:
+            return problem
+    storage = spec.storage
+    credentials = storage.credentials_secret_ref.name if storage.credentials_secret_ref else None
+    bucket_key = ("bucket", namespace, storage.bucket, storage.endpoint, credentials)
+    problem = _checked(bucket_key, lambda: _check_bucket(spec, namespace, settings))
+    if problem:
+        return problem
+    source = spec.source.postgres or spec.source.redis
+    assert source is not None
+    kind = "PostgreSQL" if spec.source.postgres is not None else "Redis"
+    return _checked(
+        ("tcp", source.host, source.port),
+        lambda: _check_reachable(kind, source.host, source.port),
+    )
 
 
 def ready_condition(problem: Problem | None, spec: BackupPolicySpec) -> ConditionUpdate:
