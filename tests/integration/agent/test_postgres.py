@@ -171,8 +171,12 @@ def test_round_trip_with_checks(
         "empty_table": 0,
         "orders": 20000,
     }
-    assert b"md5" not in payload and b"orders" not in payload  # encrypted, not just compressed
-    assert os.urandom(0) == b"" and manifest["encryption"]["wrappedKey"]
+    # Encrypted, not just compressed: no plaintext marker of the dump survives (markers of 10+
+    # bytes, which random ciphertext cannot produce by chance), and no zstd frame is visible.
+    for marker in (b"PGDMP", b"empty_table", b"big_orders", b"CREATE TABLE"):
+        assert marker not in payload, marker
+    assert not payload.startswith(b"\x28\xb5\x2f\xfd")
+    assert manifest["encryption"]["wrappedKey"]
     key_hex = (keys_dir / "2025-01").read_text().strip()
     assert key_hex not in json.dumps(manifest) and key_hex not in run.stderr + run.stdout
 
