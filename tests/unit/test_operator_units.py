@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from typing import Any
 
 from aegis.api.backuppolicy import BackupPolicySpec
@@ -84,8 +85,11 @@ def test_scheduler_backs_off_a_failing_policy_without_stopping_others() -> None:
         scheduler.wake("ns", "broken")
         scheduler.wake("ns", "fine")
         assert ok.wait(5)
-        pending = scheduler.pending()
-        retry = pending[("ns", "broken")]
+        # The failing policy's retry is registered once its act has raised: observe it.
+        deadline = time.monotonic() + 5
+        while ("ns", "broken") not in scheduler.pending() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        retry = scheduler.pending()[("ns", "broken")]
         delay = (retry - dt.datetime.now(UTC)).total_seconds()
         assert 1 < delay <= 5  # first backoff, not an immediate retry loop
         assert attempts.count("broken") == 1
