@@ -568,6 +568,9 @@ class JobRunner:
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
+            # A checkout run with PYTHONPATH (a git worktree beside the venv's editable
+            # install) runs its own agent in Jobs too.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             **self.extra_env,
             "HOSTNAME": pod_name,
         }
