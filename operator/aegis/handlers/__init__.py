@@ -13,7 +13,7 @@ import kopf
 
 from aegis import GROUP, metrics
 from aegis.handlers.common import KopfLogger
-from aegis.k8s.client import api_client
+from aegis.k8s.client import api_client, credentials
 from aegis.settings import Settings
 
 # Handler ids are explicit and stable: kopf keys its progress annotations by them, so a
@@ -23,21 +23,21 @@ FINALIZER = f"{GROUP}/finalizer"
 
 @kopf.on.login(id="aegis-login")
 def login(**_: Any) -> kopf.ConnectionInfo:
-    """kopf talks to the API server with the same credentials as our own client: in-cluster
-    service account, else the kubeconfig named by KUBECONFIG (read now, not at import)."""
-    configuration = api_client().configuration
-    authorization = (configuration.api_key or {}).get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
+    """kopf talks to the API server with the same credentials as our own client (one place
+    builds them: `aegis.k8s.client`). A rotating token comes with an expiration, so kopf asks
+    again and picks up the new token without a restart; a 401 makes kopf ask at once."""
+    found = credentials(api_client().configuration)
     return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        scheme=scheme or None,
-        token=token or None,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-        username=configuration.username or None,
-        password=configuration.password or None,
+        server=found.server,
+        ca_path=found.ca_path,
+        insecure=found.insecure,
+        scheme=found.scheme,
+        token=found.token,
+        certificate_path=found.certificate_path,
+        private_key_path=found.private_key_path,
+        username=found.username,
+        password=found.password,
+        expiration=found.expiration,
     )
 
 

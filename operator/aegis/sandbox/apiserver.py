@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -47,6 +48,7 @@ from aegis.sandbox.apiserver_select import (
 )
 from aegis.sandbox.apiserver_store import DeleteOptions, Store, WatchEvent
 from aegis.sandbox.apiserver_table import build_table
+from aegis.sandbox.apiserver_tls import ServingCertificate, make_serving_certificate
 
 JsonDict = dict[str, Any]
 log = logging.getLogger("aegis.sandbox.apiserver")
@@ -478,8 +480,13 @@ class ApiServer:
     """
 
     def __init__(self, crd_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0,
-                 *, record_requests: bool = False, bookmark_interval: float = 5.0) -> None:
+                 *, record_requests: bool = False, bookmark_interval: float = 5.0,
+                 tls_dir: Path | None = None) -> None:
         self.crd_dir = crd_dir
+        # With a directory, the server speaks https with a throwaway certificate written there
+        # (`ca_pem` for clients), as kube-apiserver does for pods; without, plain http.
+        self.tls: ServingCertificate | None = (
+            make_serving_certificate(tls_dir, host) if tls_dir is not None else None)
         self.host = host
         self.port = port
         self.record_requests = record_requests
@@ -531,14 +538,17 @@ class ApiServer:
                                     access_log=None)
         runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
-        site = aiohttp.web.TCPSite(runner, self.host, self.port)
+        site = aiohttp.web.TCPSite(
+            runner, self.host, self.port,
+            ssl_context=self.tls.server_context() if self.tls is not None else None)
         async with handler:
             await site.start()
             sockets = runner.addresses
             port = int(sockets[0][1])
             self.port = port
             handler.server_address = f"{self.host}:{port}"
-            self.url = f"http://{self.host}:{port}"
+            scheme = "https" if self.tls is not None else "http"
+            self.url = f"{scheme}://{self.host}:{port}"
             self._ready.set()
             try:
                 await self._stopping.wait()
@@ -566,10 +576,13 @@ class ApiServer:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
 
     def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
+        cluster: JsonDict = {"server": self.url}
+        if self.tls is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(self.tls.ca_pem).decode()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "aegis-sandbox", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "aegis-sandbox", "cluster": cluster}],
             "users": [{"name": "aegis-sandbox", "user": {"token": "aegis-sandbox-token"}}],
             "contexts": [{"name": "aegis-sandbox", "context": {
                 "cluster": "aegis-sandbox", "user": "aegis-sandbox", "namespace": namespace}}],
