@@ -40,3 +40,32 @@ def aegis_operator(
     finally:
         handle.stop()
         aegis_client.reset()
+
+
+PLURALS = {"BackupPolicy": "backuppolicies", "RecoveryPoint": "recoverypoints",
+           "Restore": "restores", "FailoverPlan": "failoverplans", "DRDrill": "drdrills"}
+
+
+@pytest.fixture(autouse=True)
+def statuses_read_well_by_gitops_tools(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each e2e test (operator stopped, namespace not yet deleted), every Aegis object
+    it produced is read as Flux/kstatus and Argo CD read it: the kstatus conventions hold,
+    and the shipped Argo CD health script runs and agrees with the conditions."""
+    if "namespace" not in request.fixturenames:
+        yield
+        return
+    namespace: str = request.getfixturevalue("namespace")
+    k8s_api = request.getfixturevalue("k8s_api")
+    yield
+    from kubernetes import client
+    from tests.gitops import status_checks
+
+    api = client.CustomObjectsApi(k8s_api)
+    problems: list[str] = []
+    for kind, plural in PLURALS.items():
+        listing = api.list_namespaced_custom_object("dr.aegis.dev", "v1alpha1", namespace, plural)
+        for item in listing.get("items", []):
+            item.setdefault("kind", kind)
+            problems += status_checks.kstatus_problems(item)
+            problems += status_checks.argocd_problems(item)
+    assert not problems, "\n".join(problems)

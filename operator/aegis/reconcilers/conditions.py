@@ -1,5 +1,18 @@
 """Conditions as the Kubernetes API conventions define them: one entry per type, whose
-lastTransitionTime moves only when the status changes."""
+lastTransitionTime moves only when the status changes.
+
+Every status write goes through `set_conditions`, which also derives the two kstatus
+conditions (sigs.k8s.io/cli-utils kstatus, read by Flux health checks, `kubectl wait` and
+Argo CD) from each kind's own conditions, so no code path can forget them:
+
+- ``Stalled=True`` when the object will not get further without someone acting: ``Ready``
+  or ``Accepted`` False (a refused spec, a missing Secret or bucket), or a one-shot object
+  that ended badly (``Failed``/``Corrupted`` True, ``Complete`` False);
+- ``Reconciling=True`` while the operator is still at work: ``Ready`` or ``Complete``
+  Unknown, or an accepted one-shot object that has not finished;
+- neither once the object is settled. They are "abnormal-true" conditions, so they are
+  removed rather than kept as False, as kstatus recommends.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +65,56 @@ def set_conditions(
             entry["lastTransitionTime"] = existing["lastTransitionTime"]
         existing.clear()
         existing.update(entry)
-    return result
+    return _with_kstatus(result, now)
+
+
+KSTATUS_TYPES = ("Stalled", "Reconciling")
+
+
+def _kstatus(by_type: dict[Any, dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """Which kstatus condition the kind's own conditions imply, and the condition it echoes."""
+
+    def status(type_: str) -> str | None:
+        found = by_type.get(type_)
+        return None if found is None else str(found.get("status"))
+
+    for gate in ("Ready", "Accepted"):
+        if status(gate) == "False":
+            return "Stalled", by_type[gate]
+    for bad in ("Corrupted", "Failed"):
+        if status(bad) == "True":
+            return "Stalled", by_type[bad]
+    if status("Complete") == "False":
+        return "Stalled", by_type["Complete"]
+    if status("Ready") == "Unknown":
+        return "Reconciling", by_type["Ready"]
+    if status("Complete") == "Unknown":
+        return "Reconciling", by_type["Complete"]
+    if "Ready" not in by_type and status("Accepted") == "True" and "Complete" not in by_type:
+        return "Reconciling", by_type["Accepted"]
+    return None
+
+
+def _with_kstatus(result: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in result if c.get("type") in KSTATUS_TYPES}
+    kept = [c for c in result if c.get("type") not in KSTATUS_TYPES]
+    implied = _kstatus({c.get("type"): c for c in kept})
+    if implied is None:
+        return kept
+    type_, source = implied
+    entry: dict[str, Any] = {
+        "type": type_,
+        "status": "True",
+        "reason": source.get("reason") or type_,
+        "message": source.get("message") or "",
+        "lastTransitionTime": iso(now),
+    }
+    if source.get("observedGeneration") is not None:
+        entry["observedGeneration"] = source["observedGeneration"]
+    before = previous.get(type_)
+    if before is not None and before.get("status") == "True" and before.get("lastTransitionTime"):
+        entry["lastTransitionTime"] = before["lastTransitionTime"]
+    return [*kept, entry]
 
 
 def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
