@@ -69,3 +69,23 @@ def statuses_read_well_by_gitops_tools(request: pytest.FixtureRequest) -> Iterat
             problems += status_checks.kstatus_problems(item)
             problems += status_checks.argocd_problems(item)
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dashboard_metrics_scraped_after_the_run() -> Iterator[None]:
+    """After the e2e run, /metrics of the operator (one endpoint per process) serves every
+    metric family the Grafana dashboard reads: scraped over HTTP, as Prometheus would."""
+    yield
+    port = metrics.serve(0)
+    if port is None:
+        return  # no operator ran in this session
+    import urllib.request
+
+    from tests.chart.test_dashboard import dashboard_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    served |= {name.removesuffix("_total") for name in served}
+    missing = sorted(dashboard_metric_families() - served)
+    assert not missing, f"/metrics after the e2e run lacks what the dashboard reads: {missing}"
