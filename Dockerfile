@@ -25,7 +25,11 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/aegis \
  && /opt/aegis/bin/pip install /wheels/*.whl \
  && /opt/aegis/bin/pip check \
- && /opt/aegis/bin/aegis --help >/dev/null
+ # The sandbox (API emulator, local servers) is for development: `pip install
+ # 'aegis-dr[sandbox]'` brings it with its dependencies; the image carries only what runs.
+ && rm -rf /opt/aegis/lib/python3.11/site-packages/aegis/sandbox \
+ && /opt/aegis/bin/aegis --help >/dev/null \
+ && { /opt/aegis/bin/aegis sandbox up 2>&1 | grep -q "aegis-dr\[sandbox\]"; }
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -43,8 +43,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aegis: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, function, _ = COMMANDS[command]
+    if command == "sandbox" and (missing := _missing_sandbox_modules()):
+        # The sandbox (emulator, moto, local servers) is a development tool: the runtime image
+        # and a plain `pip install aegis-dr` leave it out.
+        print(
+            f"aegis sandbox: not available in this installation ({', '.join(missing)} missing)."
+            "\nIt needs the sandbox extra: pip install 'aegis-dr[sandbox]' (the container image "
+            "carries only the operator and the agent).",
+            file=sys.stderr,
+        )
+        return 2
     entry: Callable[[list[str]], int] = getattr(import_module(module), function)
     return int(entry(rest))
+
+
+SANDBOX_MODULES = ("aegis.sandbox", "kmock", "moto", "aiohttp")
+
+
+def _missing_sandbox_modules() -> list[str]:
+    from importlib.util import find_spec
+
+    missing = []
+    for name in SANDBOX_MODULES:
+        try:
+            found = find_spec(name) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:

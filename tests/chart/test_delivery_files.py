@@ -71,3 +71,20 @@ def test_helm_is_the_pinned_binary(helm: Callable[..., Any]) -> None:
     binary = ROOT / ".tools" / "bin" / "helm"
     assert hashlib.sha256(binary.read_bytes()).hexdigest() == pinned["HELM_SHA256"]
     assert helm("version", "--short").stdout.startswith(pinned["HELM_VERSION"] + "+")
+
+
+def test_the_image_leaves_the_sandbox_out_and_the_cli_says_how_to_get_it() -> None:
+    assert "rm -rf /opt/aegis/lib/python3.11/site-packages/aegis/sandbox" in DOCKERFILE
+    # Without its extra (here: kmock made unimportable), `aegis sandbox` names the extra
+    # instead of failing with a traceback.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['kmock'] = None; sys.modules['moto'] = None\n"
+            "from aegis.cli import main\n"
+            "raise SystemExit(main(['sandbox', '--help']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'aegis-dr[sandbox]'" in result.stderr
+    assert "Traceback" not in result.stderr
