@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from aegis.sandbox.cli import DEFAULT_DIR, SandboxState, down, print_usage, up
+from aegis.sandbox.environment import DEFAULT_DIR, SandboxState, down, print_usage, up
 
 NAMESPACE = "shop"
 GROUP, VERSION = "dr.aegis.dev", "v1alpha1"
