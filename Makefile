@@ -2,7 +2,7 @@
 # `make install` (or any target needing it) creates on first use.
 #
 #   make demo         try Aegis locally: no cluster, no Docker (installs what it needs)
-#   make test         the test command: ruff, mypy --strict, pytest
+#   make test         the test command: ruff, import boundaries, mypy --strict, pytest
 #   make chart-check  helm lint --strict + helm template with every values file, validated
 #   make kind-up      a real two-node kind cluster with the chart and the examples (needs Docker)
 
@@ -58,8 +58,9 @@ $(HELM_PINNED): scripts/fetch-helm.sh
 helm: $(HELM_PINNED) ## fetch the pinned, checksum-verified helm into .tools/bin
 
 .PHONY: lint
-lint: $(STAMP) ## ruff check
+lint: $(STAMP) ## ruff check and the import boundaries (lint-imports, contracts in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 .PHONY: typecheck
 typecheck: $(STAMP) ## mypy --strict on operator/aegis (config in pyproject.toml)

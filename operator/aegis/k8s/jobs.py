@@ -3,8 +3,9 @@ object, `aegis.k8s.objects.create_job` sends it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aegis.api.common import JobOptions, SecretKeyRef
 
@@ -135,11 +136,43 @@ def build_job(request: JobRequest) -> dict[str, Any]:
     }
 
 
-def job_outcome(job: dict[str, Any] | None) -> str:
+JobPhase = Literal["Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where a Job stands, as a failover `job` step reads it."""
+
+    phase: JobPhase
+    message: str = ""
+
+
+def _finished_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Job's `Complete` or `Failed` condition once it is True: the one place that reads
+    a Job's outcome (the Job controller sets exactly one of them when it finishes)."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
+def job_outcome(job: Mapping[str, Any] | None) -> str:
     """`Missing`, `Running`, `Complete` or `Failed`, from the Job's conditions."""
     if job is None:
         return "Missing"
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
-            return str(condition["type"])
-    return "Running"
+    finished = _finished_condition(job)
+    return "Running" if finished is None else str(finished["type"])
+
+
+def job_state_of(job: Mapping[str, Any] | None) -> JobState:
+    """The same reading as `job_outcome`, with the Job's reason and message, for steps: a Job
+    gone while a step waited for it counts as Failed."""
+    if job is None:
+        return JobState("Failed", "the Job is gone (deleted while the step waited for it)")
+    finished = _finished_condition(job)
+    if finished is None:
+        return JobState("Running")
+    if finished["type"] == "Complete":
+        return JobState("Succeeded", finished.get("message") or "")
+    why = finished.get("reason") or "Failed"
+    return JobState("Failed", f"{why}: {finished.get('message') or ''}".rstrip(": "))

@@ -82,7 +82,10 @@ def patch_custom_status(kind: Kind, namespace: str, name: str, status: dict[str,
         raise
 
 
-def annotate_custom(kind: Kind, namespace: str, name: str, annotations: dict[str, str]) -> None:
+def annotate_custom(
+    kind: Kind, namespace: str, name: str, annotations: dict[str, str | None]
+) -> None:
+    """Set annotations (merge patch); a None value removes that annotation."""
     _custom().patch_namespaced_custom_object(
         GROUP, VERSION, namespace, kind.plural, name, {"metadata": {"annotations": annotations}}
     )

@@ -18,9 +18,8 @@ from aegis import GROUP
 from aegis.api.common import SecretKeyRef, SecretRef
 from aegis.k8s import objects
 from aegis.k8s.client import api_client
-from aegis.k8s.jobs import owner_reference
+from aegis.k8s.jobs import JobState, job_state_of, owner_reference
 from aegis.probes.workload import WorkloadKind, WorkloadReplicas
-from aegis.steps.base import JobState
 
 PLAN_LABEL = f"{GROUP}/failoverplan"
 TRANSITION_LABEL = f"{GROUP}/transition"
@@ -133,22 +132,6 @@ def job_manifest(
         },
         "spec": dict(spec),
     }
-
-
-def job_state_of(job: Mapping[str, Any] | None) -> JobState:
-    """Where a Job stands, from its conditions (pure)."""
-    if job is None:
-        return JobState("Failed", "the Job is gone (deleted while the step waited for it)")
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("status") != "True":
-            continue
-        if condition.get("type") == "Complete":
-            return JobState("Succeeded", condition.get("message") or "")
-        if condition.get("type") == "Failed":
-            why = condition.get("reason") or "Failed"
-            detail = condition.get("message") or ""
-            return JobState("Failed", f"{why}: {detail}".rstrip(": "))
-    return JobState("Running")
 
 
 class PlanJobs:

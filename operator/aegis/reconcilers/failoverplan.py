@@ -22,9 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-import kubernetes
-
-from aegis import GROUP, VERSION, metrics
+from aegis import metrics
 from aegis.api import FAILOVER_PLAN
 from aegis.api.failoverplan import (
     FailoverPlanSpec,
@@ -33,7 +31,6 @@ from aegis.api.failoverplan import (
     Transition,
 )
 from aegis.k8s import objects
-from aegis.k8s.client import api_client
 from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
 from aegis.probes.prober import ProbeContext, Prober
 from aegis.reconcilers import failover
@@ -194,9 +191,8 @@ class PlanWriter:
         if not names:
             return
         self._guard()
-        kubernetes.client.CustomObjectsApi(api_client()).patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, FAILOVER_PLAN.plural, self.name,
-            {"metadata": {"annotations": dict.fromkeys(names)}},
+        objects.annotate_custom(
+            FAILOVER_PLAN, self.namespace, self.name, dict.fromkeys(names, None)
         )
 
     def event(self, type_: str, reason: str, message: str) -> None:

@@ -15,9 +15,9 @@ restart), and never raises:
 live in `aegis.reconcilers.failover`.
 """
 
+from aegis.k8s.jobs import JobState
 from aegis.steps.base import (
     JobLauncher,
-    JobState,
     StepContext,
     StepPorts,
     StepResult,

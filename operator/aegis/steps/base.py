@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.api.failoverplan import Route53Step, Transition
-from aegis.cloud.route53 import route53_client
+from aegis.k8s.jobs import JobState
 from aegis.probes.base import SecretReader
 from aegis.probes.workload import WorkloadKind, WorkloadReader
 
@@ -53,15 +53,6 @@ class WorkloadScaler(WorkloadReader, Protocol):
         ...
 
 
-JobPhase = Literal["Running", "Succeeded", "Failed"]
-
-
-@dataclass(frozen=True)
-class JobState:
-    phase: JobPhase
-    message: str = ""
-
-
 class JobLauncher(Protocol):
     def ensure_job(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
         """Create the Job `name` with `spec` (a batch/v1 JobSpec); an existing Job of that
@@ -76,12 +67,6 @@ class JobLauncher(Protocol):
 Route53ClientFactory = Callable[[Route53Step, "Mapping[str, str] | None"], "Route53Client"]
 
 
-def default_route53_client(
-    step: Route53Step, credentials: Mapping[str, str] | None
-) -> Route53Client:
-    return route53_client(step.region, step.endpoint, credentials)
-
-
 @dataclass(frozen=True)
 class StepPorts:
     """The outside world as steps see it; the operator passes Kubernetes-backed ones."""
@@ -89,7 +74,9 @@ class StepPorts:
     secrets: SecretReader | None = None
     scaler: WorkloadScaler | None = None
     jobs: JobLauncher | None = None
-    route53: Route53ClientFactory = default_route53_client
+    route53: Route53ClientFactory | None = None
+    """Builds the Route53 client of a step; None: boto3 with the step's region and endpoint
+    (the concrete client lives with the Route53 step, not in this ports module)."""
 
 
 def backoff(delay: float, cap: float = 2.0) -> float:

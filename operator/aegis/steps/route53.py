@@ -5,6 +5,8 @@ lose it, and failback can put it back (`run_route53_restore`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from aegis.api.failoverplan import Route53Step
 from aegis.cloud.route53 import (
@@ -14,10 +16,14 @@ from aegis.cloud.route53 import (
     Route53Records,
     absent_json,
     normalize_name,
+    route53_client,
 )
 from aegis.probes.base import scrub
 from aegis.reconcilers.failover import PREVIOUS_RECORD, RestoreRoute53
 from aegis.steps.base import StepContext, StepPorts, StepResult
+
+if TYPE_CHECKING:
+    from mypy_boto3_route53 import Route53Client
 
 
 def desired_record(step: Route53Step) -> RecordSnapshot:
@@ -37,7 +43,14 @@ def _records(step: Route53Step, ports: StepPorts) -> tuple[Route53Records, list[
             raise Route53Error("route53.credentialsSecretRef is set but no Secret reader was given")
         credentials = ports.secrets.data(step.credentials_secret_ref)
     known = list(credentials.values()) if credentials else []
-    return Route53Records(ports.route53(step, credentials)), known
+    factory = ports.route53 or default_route53_client
+    return Route53Records(factory(step, credentials)), known
+
+
+def default_route53_client(
+    step: Route53Step, credentials: Mapping[str, str] | None
+) -> Route53Client:
+    return route53_client(step.region, step.endpoint, credentials)
 
 
 def run_route53(step: Route53Step, ctx: StepContext, ports: StepPorts) -> StepResult:

@@ -8,7 +8,8 @@ import datetime as dt
 from typing import Any
 
 from aegis.api.failoverplan import FailoverPlanSpec, FailoverPlanStatus, SiteStatus
-from aegis.k8s.workloads import job_manifest, job_state_of, replicas_of
+from aegis.k8s.jobs import job_state_of
+from aegis.k8s.workloads import job_manifest, replicas_of
 from aegis.kubectl_failover import annotation_for, parser, render_status
 from aegis.reconcilers.failoverplan import (
     MAX_IDLE_SECONDS,
