@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from aegis import GROUP, VERSION
+from aegis.labels import APPROVE_ANNOTATION as APPROVE
+from aegis.labels import FAILBACK_ANNOTATION as FAILBACK
+from aegis.labels import FAILOVER_ANNOTATION as FAILOVER
 
 PLURAL = "failoverplans"
-APPROVE = f"{GROUP}/approve"
-FAILOVER = f"{GROUP}/failover"
-FAILBACK = f"{GROUP}/failback"
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,11 +14,11 @@ import kopf
 from aegis import GROUP, metrics
 from aegis.handlers.common import KopfLogger
 from aegis.k8s.client import api_client, credentials
+from aegis.labels import FINALIZER
 from aegis.settings import Settings
 
 # Handler ids are explicit and stable: kopf keys its progress annotations by them, so a
 # renamed function must not lose state.
-FINALIZER = f"{GROUP}/finalizer"
 
 
 @kopf.on.login(id="aegis-login")

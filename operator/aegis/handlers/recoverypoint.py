@@ -16,11 +16,10 @@ from aegis.handlers.common import KopfLogger, accept, accepted, forget
 from aegis.k8s import objects
 from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
+from aegis.labels import PRUNED_ANNOTATION
 from aegis.reconcilers import backuppolicy, naming
 from aegis.reconcilers import recoverypoint as points
 from aegis.settings import Settings
-
-PRUNED_ANNOTATION = f"{GROUP}/pruned-by"
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="backup")

@@ -14,15 +14,12 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from aegis import GROUP
 from aegis.api.common import SecretKeyRef, SecretRef
 from aegis.k8s import objects
 from aegis.k8s.client import api_client
 from aegis.k8s.jobs import JobState, job_state_of, owner_reference
+from aegis.labels import PLAN_LABEL, TRANSITION_LABEL
 from aegis.probes.workload import WorkloadKind, WorkloadReplicas
-
-PLAN_LABEL = f"{GROUP}/failoverplan"
-TRANSITION_LABEL = f"{GROUP}/transition"
 
 
 class SecretsOfNamespace:

@@ -26,6 +26,7 @@ from aegis.cloud import s3
 from aegis.k8s import objects
 from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
+from aegis.labels import PRUNED_ANNOTATION
 from aegis.reconcilers import naming, retention, schedule
 from aegis.reconcilers.backup import parse_time
 from aegis.reconcilers.conditions import ConditionUpdate, is_true, iso, set_conditions
@@ -42,7 +43,6 @@ from aegis.reconcilers.recoverypoint import (
 )
 from aegis.settings import Settings
 
-PRUNED_ANNOTATION = "dr.aegis.dev/pruned-by"
 logger = logging.getLogger("aegis.backuppolicy")
 CONNECT_TIMEOUT = 3.0
 

@@ -42,13 +42,15 @@ from aegis.api.failoverplan import (
     StepStatus,
     Transition,
 )
+from aegis.labels import APPROVE_ANNOTATION as APPROVE
+from aegis.labels import FAILBACK_ANNOTATION as FAILBACK
+from aegis.labels import FAILOVER_ANNOTATION as FAILOVER
+
+__all__ = ["APPROVE", "FAILBACK", "FAILOVER"]  # the annotations, for readers of this module
 from aegis.probes.base import CheckResult
 from aegis.probes.prober import SiteProbe
 from aegis.reconcilers.conditions import ConditionUpdate, iso
 
-APPROVE = "dr.aegis.dev/approve"
-FAILOVER = "dr.aegis.dev/failover"
-FAILBACK = "dr.aegis.dev/failback"
 FORCE = "force"
 
 # A step found Running this many times (operator restarts mid-step) is not started again:

@@ -27,6 +27,12 @@ import hashlib
 import re
 from typing import Final, Literal
 
+# Re-exported: the names are defined in aegis.labels, read here with the names they label.
+from aegis.labels import DRILL_LABEL as DRILL_LABEL
+from aegis.labels import POLICY_LABEL as POLICY_LABEL
+from aegis.labels import RECOVERY_POINT_LABEL as RECOVERY_POINT_LABEL
+from aegis.labels import RESTORE_LABEL as RESTORE_LABEL
+
 MAX_OBJECT_NAME: Final = 253
 MAX_LABEL_VALUE: Final = 63
 MAX_JOB_NAME: Final = 63
@@ -35,10 +41,6 @@ TIMESTAMP_FORMAT: Final = "%Y%m%d%H%M%S"
 
 MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 COMPONENT: Final = "app.kubernetes.io/component"
-POLICY_LABEL: Final = "dr.aegis.dev/policy"
-RECOVERY_POINT_LABEL: Final = "dr.aegis.dev/recovery-point"
-RESTORE_LABEL: Final = "dr.aegis.dev/restore"
-DRILL_LABEL: Final = "dr.aegis.dev/drill"
 MANAGER: Final = "aegis"
 
 Component = Literal["backup", "restore", "drill"]

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aegis import GROUP, metrics
+from aegis import metrics
 from aegis.agent.config import PostgresTargetConfig, RedisTargetConfig, RestoreConfig
 from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
@@ -28,6 +28,7 @@ from aegis.api.common import JobOptions, SecretKeyRef
 from aegis.api.restore import RestoreSpec, RestoreTarget
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
+from aegis.labels import RECOVERY_POINT_ANNOTATION
 from aegis.reconcilers import backup, naming
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
 from aegis.reconcilers.recoverypoint import PointBlocked, key_ids, load_policy
@@ -35,7 +36,6 @@ from aegis.settings import Settings
 
 TERMINAL = ("Completed", "Failed")
 UNUSABLE_POINT_PHASES = ("Failed", "Corrupted", "Expired")
-RECOVERY_POINT_ANNOTATION = f"{GROUP}/recovery-point"
 """On the restore Job: the full name of the point it restores (labels may be hashed)."""
 
 # --- choosing the point (pure) ----------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""Every label, annotation and finalizer name Aegis puts on objects, in one place (as
+CloudNativePG's `labels_annotations.go`): a name is defined here once and imported elsewhere.
+
+All live under the API group's domain, so `kubectl get -l` and admission policies can tell
+Aegis's marks from anyone else's.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aegis import GROUP
+
+FINALIZER: Final = f"{GROUP}/finalizer"
+"""Held by the operator on every object whose deletion has work to do (bucket objects)."""
+
+# ------------------------------------------------------------------ labels
+POLICY_LABEL: Final = f"{GROUP}/policy"
+"""On RecoveryPoints and Jobs: the BackupPolicy they belong to."""
+RECOVERY_POINT_LABEL: Final = f"{GROUP}/recovery-point"
+"""On backup Jobs: the RecoveryPoint they produce."""
+RESTORE_LABEL: Final = f"{GROUP}/restore"
+"""On restore Jobs: the Restore they carry out."""
+DRILL_LABEL: Final = f"{GROUP}/drill"
+"""On drill Jobs: the DRDrill they run."""
+PLAN_LABEL: Final = f"{GROUP}/failoverplan"
+"""On FailoverPlan step Jobs: the plan."""
+TRANSITION_LABEL: Final = f"{GROUP}/transition"
+"""On FailoverPlan step Jobs: the transition id."""
+
+# ------------------------------------------------------------------ annotations
+PRUNED_ANNOTATION: Final = f"{GROUP}/pruned-by"
+"""On a RecoveryPoint deleted by retention: which policy pruned it (so deletion keeps the
+bucket objects' fate to the policy's deletionPolicy)."""
+RECOVERY_POINT_ANNOTATION: Final = f"{GROUP}/recovery-point"
+"""On a Restore: the RecoveryPoint resolved for it."""
+APPROVE_ANNOTATION: Final = f"{GROUP}/approve"
+"""On a FailoverPlan: approves a recommended failover (value: the approval token)."""
+FAILOVER_ANNOTATION: Final = f"{GROUP}/failover"
+"""On a FailoverPlan: asks for a manual failover."""
+FAILBACK_ANNOTATION: Final = f"{GROUP}/failback"
+"""On a FailoverPlan: asks for a failback."""
