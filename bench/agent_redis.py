@@ -166,6 +166,8 @@ def main() -> int:
             / results["redis_cli_rdb_file"],
             "backup --no-diskless/redis-cli --rdb": results["aegis_backup_disk_based"]
             / results["redis_cli_rdb_file"],
+            "restore/redis-cli --rdb (<=5)": results["aegis_restore_replay"]
+            / results["redis_cli_rdb_file"],
         }
         for name, value in results.items():
             print(f"{name:28s} {value:10.2f}")

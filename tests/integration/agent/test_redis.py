@@ -253,3 +253,30 @@ def test_wrong_password_is_scrubbed(
     )
     assert run.code == 1 and "AUTH failed" in run.result["reason"]
     assert wrong not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("migrate", [True, False], ids=["MIGRATE", "DUMP-RESTORE"])
+def test_both_replay_paths_copy_every_key_with_its_absolute_expiry_and_keep_theirs(
+    redis_db: RedisServer, redis_target: RedisServer, migrate: bool
+) -> None:
+    """The scratch server sends keys with MIGRATE over plain TCP; to TLS targets (or when the
+    target refuses MIGRATE) the agent copies them with DUMP/RESTORE. Both end equal, expiry
+    times to the millisecond; a key the target gained meanwhile is kept, not overwritten."""
+    from aegis.agent import redis_io
+    from aegis.agent.config import RedisTargetConfig
+
+    fill(redis_db)
+    before = snapshot(redis_db)
+    redis_target.client().set("str:7", "theirs")  # written by someone else meanwhile
+    scratch = redis_db.client()
+    target = RedisTargetConfig(host=redis_target.host, port=redis_target.port, batch_size=500)
+    restored = redis_io.replay(scratch, target, None, redis_target.password, False,
+                               migrate=migrate)
+    assert restored == len(before) - 1
+    after = snapshot(redis_target)
+    assert after.keys() == before.keys()
+    assert redis_target.client().get("str:7") == b"theirs"
+    for key, (payload, expire_at) in before.items():
+        if key == (0, b"str:7"):
+            continue
+        assert after[key] == (payload, expire_at), key
