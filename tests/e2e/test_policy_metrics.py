@@ -77,3 +77,38 @@ def test_policy_series_exist_from_the_start_follow_failures_and_leave_with_the_p
         lambda: policy_series(aegis_operator, namespace) == {},
         timeout=60,
     )
+
+
+def test_a_backup_whose_copy_failed_counts_a_copy_failure_and_a_completed_point(
+    aegis_operator: OperatorHandle,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    moto: Any,
+) -> None:
+    secrets_for(k8s_api, namespace, pg_database)
+    spec = policy_spec(pg_database, s3_bucket, moto.endpoint)
+    # A copy to a bucket that does not exist: the backup completes, its copy fails.
+    spec["copies"] = [{**spec["storage"], "bucket": f"{s3_bucket}-missing-copy"}]
+    make_policy(k8s_api, namespace, "orders", spec)
+    point = on_demand(k8s_api, namespace, "orders", "orders-copy-fails")
+    assert point["status"]["phase"] == "Completed", point["status"].get("message")
+    assert [c["state"] for c in point["status"]["copies"]] == ["Failed"]
+
+    after = wait_for(
+        "the completed point in the policy's series",
+        lambda: (
+            (s := policy_series(aegis_operator, namespace)).get(
+                ("aegis_recovery_points", "Completed")
+            )
+            == 1
+            and s
+        ),
+        timeout=150,
+    )
+    assert after[("aegis_copy_failures_total", "")] == 1  # AegisCopyFailing's input
+    assert after[("aegis_backup_failures_total", "")] == 0
+    assert after[("aegis_rpo_seconds", "")] < 120  # from the new point's source time
+    assert after[("aegis_backup_size_bytes", "")] == point["status"]["storedBytes"]
