@@ -1,7 +1,10 @@
 """Every Prometheus metric the operator exports, defined in one place.
 
-Labels are namespace and object name (policy, plan, drill) only: never anything from a
-Secret, and nothing unbounded such as error messages.
+Labels are namespace, object name (policy, plan, drill) and fixed enums (phase, state,
+result) only: never anything from a Secret, and nothing unbounded such as error messages.
+
+The alerts of charts/aegis/templates/prometheusrule.yaml read these series; what they mean to
+an operator on call is in docs/runbooks.md.
 """
 
 from __future__ import annotations
