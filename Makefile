@@ -48,7 +48,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the project with its test extras
 
 .PHONY: system-packages
-system-packages: ## install postgresql and redis-server when missing (apt, needs root or sudo)
+system-packages: ## install postgresql, redis-server and promtool when missing (apt, needs root or sudo)
 	@PYTHON="$(PYTHON)" scripts/install-system-packages.sh
 
 $(HELM_PINNED): scripts/fetch-helm.sh

@@ -45,13 +45,20 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
         ("Backup size (stored bytes)", "timeseries", "bytes", [
             (f"max by (namespace, policy) (aegis_backup_size_bytes{{{NS}}})", "{{namespace}}/{{policy}}"),
         ], "Bytes stored in the bucket by the newest completed backup (compressed, encrypted)."),
-        ("Backup failures", "timeseries", "short", [
+        ("Backup, copy and verification failures", "timeseries", "short", [
             (f"sum by (namespace, policy) (increase(aegis_backup_failures_total{{{NS}}}[$__range]))",
-             "{{namespace}}/{{policy}}"),
-        ], "Failed backup attempts over the dashboard's time range."),
-        ("Recovery points", "timeseries", "short", [
-            (f"max by (namespace, policy) (aegis_recovery_points{{{NS}}})", "{{namespace}}/{{policy}}"),
-        ], "RecoveryPoints kept per policy after retention."),
+             "{{namespace}}/{{policy}} backups"),
+            (f"sum by (namespace, policy) (increase(aegis_copy_failures_total{{{NS}}}[$__range]))",
+             "{{namespace}}/{{policy}} copies"),
+            (f"sum by (namespace, policy) (increase(aegis_verification_failures_total{{{NS}}}[$__range]))",
+             "{{namespace}}/{{policy}} verifications"),
+        ], "Failed backup attempts, failed copies to spec.copies buckets and failed verifications "
+           "over the dashboard's time range."),
+        ("Recovery points by phase", "timeseries", "short", [
+            (f"sum by (namespace, policy, phase) (aegis_recovery_points{{{NS}}})",
+             "{{namespace}}/{{policy}} {{phase}}"),
+        ], "RecoveryPoints kept per policy after retention, by phase: only Completed ones can be "
+           "restored; Corrupted ones failed an integrity check."),
     ]),
     ("Restores", [
         ("Restore duration (p50, p95)", "timeseries", "s", [

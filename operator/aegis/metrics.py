@@ -1,14 +1,24 @@
 """Every Prometheus metric the operator exports, defined in one place.
 
-Labels are namespace and object name (policy, plan, drill) only: never anything from a
-Secret, and nothing unbounded such as error messages.
+Labels are namespace, object name (policy, plan, drill) and fixed enums (phase, state,
+result) only: never anything from a Secret, and nothing unbounded such as error messages.
+
+The alerts of charts/aegis/templates/prometheusrule.yaml read these series; what they mean to
+an operator on call is in docs/runbooks.md.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 RESOURCE_READY = Gauge(
     "aegis_resource_ready",
@@ -22,6 +32,10 @@ INVALID_SPECS = Counter(
 )
 
 # Backups (BackupPolicy / RecoveryPoint).
+#
+# Every per-policy series is created when the operator first sees the policy (policy_seen),
+# so a counter's first increment after an operator restart is a visible 0 -> 1 step that
+# `increase()` counts, and absent series never hide a policy that has never backed up.
 BACKUP_LAST_SUCCESS = Gauge(
     "aegis_backup_last_success_timestamp_seconds",
     "Completion time of the newest Completed recovery point, as a Unix timestamp.",
@@ -43,9 +57,14 @@ BACKUP_FAILURES = Counter(
     "Backups that ended Failed or Corrupted.",
     ["namespace", "policy"],
 )
-RPO = Gauge(
-    "aegis_rpo_seconds",
-    "Current RPO: now minus the source time of the newest Completed recovery point.",
+COPY_FAILURES = Counter(
+    "aegis_copy_failures_total",
+    "Copies of a backup to a further bucket (spec.copies) that ended Failed.",
+    ["namespace", "policy"],
+)
+VERIFICATION_FAILURES = Counter(
+    "aegis_verification_failures_total",
+    "Verifications of a recovery point (restore, drill or periodic check) that failed.",
     ["namespace", "policy"],
 )
 RPO_OBJECTIVE = Gauge(
@@ -53,11 +72,62 @@ RPO_OBJECTIVE = Gauge(
     "The policy's RPO objective (spec.objectives.rpoSeconds).",
     ["namespace", "policy"],
 )
+POINT_PHASES = ("Pending", "Running", "Completed", "Failed", "Corrupted", "Expired")
 RECOVERY_POINTS = Gauge(
     "aegis_recovery_points",
-    "Number of recovery points of a policy.",
-    ["namespace", "policy"],
+    'Recovery points of a policy by phase; only phase="Completed" ones can be restored. '
+    "A point without a phase yet counts as Pending.",
+    ["namespace", "policy", "phase"],
 )
+
+
+class RpoCollector(Collector):
+    """`aegis_rpo_seconds`: now minus the source time of the policy's newest Completed point,
+    or minus the policy's creation time while it has none (its data-loss window is then
+    everything since it was created).
+
+    Computed at scrape time from the reference time rather than stored as a gauge, so the
+    value keeps growing when the status refresh that records new points stalls (a bucket
+    outage, a wedged policy): the RPO alert must fire exactly then."""
+
+    NAME = "aegis_rpo_seconds"
+    HELP = (
+        "Current RPO: now minus the source time of the newest Completed recovery point, or "
+        "minus the policy's creation time when it has none."
+    )
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._since: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def since(self, namespace: str, policy: str) -> float | None:
+        with self._lock:
+            return self._since.get((namespace, policy))
+
+    def set_since(self, namespace: str, policy: str, timestamp: float) -> None:
+        with self._lock:
+            self._since[(namespace, policy)] = timestamp
+
+    def forget(self, namespace: str, policy: str) -> None:
+        with self._lock:
+            self._since.pop((namespace, policy), None)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["namespace", "policy"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["namespace", "policy"])
+        now = self._clock()
+        with self._lock:
+            items = sorted(self._since.items())
+        for (namespace, policy), since in items:
+            family.add_metric([namespace, policy], max(0.0, now - since))
+        yield family
+
+
+RPO = RpoCollector()
+REGISTRY.register(RPO)
 
 # Restores.
 RESTORE_DURATION = Histogram(
@@ -66,6 +136,7 @@ RESTORE_DURATION = Histogram(
     ["namespace"],
     buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
+# Namespace only: a Restore refused before it resolves a point has no policy.
 RESTORE_FAILURES = Counter(
     "aegis_restore_failures_total", "Restores that ended Failed.", ["namespace"]
 )
@@ -109,3 +180,118 @@ def serve(port: int, address: str = "0.0.0.0") -> int | None:
             start_http_server(port, addr=address, registry=REGISTRY)
             _server_port = port
         return _server_port
+
+
+# --- per-policy series: the functions the policy and point code call ------------------------
+
+_POLICY_COUNTERS = (BACKUP_FAILURES, COPY_FAILURES, VERIFICATION_FAILURES)
+
+
+def _time(value: object) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return None
+
+
+def _objective(policy: Mapping[str, Any]) -> int | None:
+    objectives = (policy.get("spec") or {}).get("objectives") or {}
+    value = objectives.get("rpoSeconds")
+    # The raw spec may not have been validated yet (policy_seen runs first): no bool, no text.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def policy_seen(policy: Mapping[str, Any]) -> None:
+    """Create the series of a BackupPolicy (its body) the first time the operator sees it,
+    valid spec or not: failure counters at 0, point counts at 0, the RPO counting from the
+    policy's creation until a Completed point is known. Idempotent: never lowers a counter
+    nor overwrites a known RPO reference."""
+    meta = policy.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    for counter in _POLICY_COUNTERS:
+        counter.labels(namespace, name)
+    # Restores are namespaced and their policy may be unknown; the namespace has a policy.
+    RESTORE_FAILURES.labels(namespace)
+    for phase in POINT_PHASES:
+        RECOVERY_POINTS.labels(namespace, name, phase)
+    created = _time(meta.get("creationTimestamp"))
+    if created is not None and RPO.since(namespace, name) is None:
+        RPO.set_since(namespace, name, created.timestamp())
+    objective = _objective(policy)
+    if objective is not None:
+        RPO_OBJECTIVE.labels(namespace, name).set(objective)
+
+
+def export_policy(policy: Mapping[str, Any], points: list[dict[str, Any]]) -> None:
+    """Set a policy's gauges from its RecoveryPoints (the evidence): counts by phase, the RPO
+    reference (newest Completed point's source time, else the policy's creation), the
+    objective, and the newest Completed point's completion time and size."""
+    policy_seen(policy)
+    meta = policy.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    statuses = [p.get("status") or {} for p in points]
+    # A point the scheduler created but did not start has no phase yet: it is Pending.
+    counts = Tally(s["phase"] if s.get("phase") in POINT_PHASES else "Pending" for s in statuses)
+    for phase in POINT_PHASES:
+        RECOVERY_POINTS.labels(namespace, name, phase).set(counts[phase])
+
+    completed = [s for s in statuses if s.get("phase") == "Completed"]
+    sources = [t for s in completed if (t := _time(s.get("sourceTime")))]
+    created = _time(meta.get("creationTimestamp"))
+    reference = max(sources) if sources else created
+    if reference is not None:
+        RPO.set_since(namespace, name, reference.timestamp())
+
+    objective = _objective(policy)
+    if objective is None:
+        _remove(RPO_OBJECTIVE, namespace, name)
+
+    done = [(t, s) for s in completed if (t := _time(s.get("completionTime")))]
+    if done:
+        when, newest = max(done, key=lambda ts: ts[0])
+        BACKUP_LAST_SUCCESS.labels(namespace, name).set(when.timestamp())
+        if isinstance(newest.get("storedBytes"), int):
+            BACKUP_SIZE.labels(namespace, name).set(newest["storedBytes"])
+    else:
+        _remove(BACKUP_LAST_SUCCESS, namespace, name)
+        _remove(BACKUP_SIZE, namespace, name)
+
+
+def copies_ended(namespace: str, policy: str, copies: list[dict[str, Any]] | None) -> None:
+    """Count the Failed entries of a point's status.copies (call once per point outcome)."""
+    failed = sum(1 for c in copies or [] if c.get("state") == "Failed")
+    COPY_FAILURES.labels(namespace, policy).inc(failed)
+
+
+def verification_ended(namespace: str, policy: str, *, passed: bool) -> None:
+    """Record one verification of a point of `policy` (restore, drill or periodic check)."""
+    counter = VERIFICATION_FAILURES.labels(namespace, policy)
+    if not passed:
+        counter.inc()
+
+
+def forget_policy(namespace: str, policy: str) -> None:
+    """Drop every series of a deleted policy (namespace-wide restore failures stay)."""
+    for metric in (
+        *_POLICY_COUNTERS,
+        RPO_OBJECTIVE,
+        BACKUP_LAST_SUCCESS,
+        BACKUP_SIZE,
+        BACKUP_DURATION,
+    ):
+        _remove(metric, namespace, policy)
+    for phase in POINT_PHASES:
+        _remove(RECOVERY_POINTS, namespace, policy, phase)
+    RPO.forget(namespace, policy)
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

@@ -537,6 +537,10 @@ ALERTS = {
     "AegisRPOBreached": ("critical", {"namespace", "policy"}),
     "AegisBackupFailing": ("warning", {"namespace", "policy"}),
     "AegisNoRecoveryPoint": ("warning", {"namespace", "policy"}),
+    "AegisCopyFailing": ("warning", {"namespace", "policy"}),
+    "AegisRecoveryPointCorrupted": ("warning", {"namespace", "policy"}),
+    "AegisVerificationFailed": ("warning", {"namespace", "policy"}),
+    "AegisRestoreFailed": ("warning", {"namespace"}),
     "AegisPrimaryDown": ("critical", {"namespace", "plan"}),
     "AegisFailoverExecuted": ("warning", {"namespace", "plan"}),
     "AegisAwaitingApproval": ("critical", {"namespace", "plan"}),
@@ -585,7 +589,19 @@ def test_prometheus_rule_has_every_alert_well_formed(render: Render) -> None:
     assert rpo["for"] == "10m"
     assert "[2h]" in alerts["AegisBackupFailing"]["expr"]
     assert "aegis_backup_failures_total" in alerts["AegisBackupFailing"]["expr"]
-    assert alerts["AegisNoRecoveryPoint"]["expr"] == "aegis_recovery_points == 0"
+    # Failed and Corrupted points cannot be restored: only Completed ones count.
+    assert alerts["AegisNoRecoveryPoint"]["expr"] == (
+        'aegis_recovery_points{phase="Completed"} == 0'
+    )
+    assert alerts["AegisRecoveryPointCorrupted"]["expr"] == (
+        'aegis_recovery_points{phase="Corrupted"} > 0'
+    )
+    for alert, counter, by in (
+        ("AegisCopyFailing", "aegis_copy_failures_total", "namespace, policy"),
+        ("AegisVerificationFailed", "aegis_verification_failures_total", "namespace, policy"),
+        ("AegisRestoreFailed", "aegis_restore_failures_total", "namespace"),
+    ):
+        assert alerts[alert]["expr"] == f"sum by ({by}) (increase({counter}[1h])) > 0"
     assert alerts["AegisPrimaryDown"]["expr"] == 'aegis_site_healthy{site="primary"} == 0'
     assert alerts["AegisFailoverExecuted"]["expr"] == (
         "sum by (namespace, plan, result) "

@@ -61,6 +61,11 @@ app.kubernetes.io/part-of: aegis
 {{- default (include "aegis.image" .) .Values.agentImage }}
 {{- end }}
 
+{{/* An alert expression: the failures a counter counted within a window, per owner. */}}
+{{- define "aegis.failuresExpr" -}}
+{{- printf "sum by (%s) (increase(%s[%s])) > 0" .by .metric .window }}
+{{- end }}
+
 {{/* Runbook link of one alert. */}}
 {{- define "aegis.runbook" -}}
 {{- printf "%s#%s" .root.Values.prometheusRule.runbookBaseUrl (lower .alert) }}

@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from aegis import GROUP, VERSION
+from aegis import GROUP, VERSION, metrics
 from aegis.api import BACKUP_POLICY as KIND
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.cloud.s3 import S3Problem
@@ -70,6 +70,7 @@ def reconcile(
     **_: Any,
 ) -> None:
     assert namespace is not None  # every Aegis kind is namespaced
+    metrics.policy_seen(body)  # before any outcome: even an invalid policy's RPO is watched
     spec = accept(KIND, body, patch, logger)
     scheduler = scheduler_for(memo)
     if spec is None:
@@ -152,5 +153,5 @@ def on_delete(body: kopf.Body, memo: Any, namespace: str | None, name: str, **_:
     assert namespace is not None  # every Aegis kind is namespaced
     scheduler_for(memo).forget(namespace, name)
     policies.forget_prepared(namespace, name)
-    policies.forget_metrics(namespace, name)
+    metrics.forget_policy(namespace, name)
     forget(KIND, body)

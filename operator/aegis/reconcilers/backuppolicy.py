@@ -271,44 +271,6 @@ def summarize(
     return status, condition
 
 
-def export_metrics(
-    namespace: str,
-    policy: str,
-    status: dict[str, Any],
-    points: list[dict[str, Any]],
-    spec: BackupPolicySpec,
-) -> None:
-    metrics.RECOVERY_POINTS.labels(namespace, policy).set(status["recoveryPoints"])
-    if status.get("currentRPOSeconds") is not None:
-        metrics.RPO.labels(namespace, policy).set(status["currentRPOSeconds"])
-    if spec.objectives:
-        metrics.RPO_OBJECTIVE.labels(namespace, policy).set(spec.objectives.rpo_seconds)
-    done = parse_time(status.get("lastSuccessfulTime"))
-    if done:
-        metrics.BACKUP_LAST_SUCCESS.labels(namespace, policy).set(done.timestamp())
-        newest = next(
-            p
-            for p in points
-            if (p.get("status") or {}).get("completionTime") == status["lastSuccessfulTime"]
-        )
-        if newest["status"].get("storedBytes") is not None:
-            metrics.BACKUP_SIZE.labels(namespace, policy).set(newest["status"]["storedBytes"])
-
-
-def forget_metrics(namespace: str, policy: str) -> None:
-    for gauge in (
-        metrics.RECOVERY_POINTS,
-        metrics.RPO,
-        metrics.RPO_OBJECTIVE,
-        metrics.BACKUP_LAST_SUCCESS,
-        metrics.BACKUP_SIZE,
-    ):
-        try:
-            gauge.remove(namespace, policy)
-        except KeyError:
-            pass
-
-
 def prune(
     namespace: str,
     policy: str,
@@ -368,7 +330,7 @@ def _refresh(namespace: str, policy: str, settings: Settings, now: dt.datetime) 
         now=now,
     )
     objects.patch_custom_status(BACKUP_POLICY, namespace, policy, status)
-    export_metrics(namespace, policy, status, points, context.spec)
+    metrics.export_policy(context.body, points)
     was = next((c for c in previous.get("conditions") or [] if c.get("type") == "RPOMet"), None)
     if rpo.reason == "RPOBreached" and (was is None or was.get("status") != "False"):
         objects.post_event(context.body, "Warning", "RPOBreached", rpo.message)

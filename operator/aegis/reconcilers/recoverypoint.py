@@ -231,6 +231,7 @@ def _prove(namespace: str, policy_name: str, name: str, settings: Settings) -> b
 def _record_metrics(
     namespace: str, policy: str, point: dict[str, Any], outcome: backup.PointOutcome
 ) -> None:
+    metrics.copies_ended(namespace, policy, outcome.status.get("copies"))
     if outcome.phase == "Completed":
         started = backup.parse_time(outcome.status.get("startTime"))
         ended = backup.parse_time(outcome.status.get("completionTime"))
