@@ -70,7 +70,7 @@ def reconcile(
     **_: Any,
 ) -> None:
     assert namespace is not None  # every Aegis kind is namespaced
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     scheduler = scheduler_for(memo)
     if spec is None:
         scheduler.forget(namespace, name)
@@ -107,7 +107,7 @@ def status_timer(
     """Keep RPO, counts and retention current; re-check references while not Ready (so a
     fixed Secret or bucket is noticed without an edit)."""
     assert namespace is not None  # every Aegis kind is namespaced
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     assert isinstance(spec, BackupPolicySpec)
