@@ -33,6 +33,8 @@ def aegis_operator(
         # PostgreSQL, Redis, moto and the HTTP checks all listen on 127.0.0.1 here; a
         # cluster install keeps loopback closed (docs/tenancy.md).
         "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
+        # The failover e2e runs a `job` step with busybox (the Job runner runs its command).
+        "AEGIS_ALLOWED_JOB_IMAGES": "busybox",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
