@@ -437,3 +437,16 @@ def test_the_job_port_admits_the_template_before_creating() -> None:
         jobs.ensure_job("shop", "orders-custom", template)
     with pytest.raises(NamespaceNotAllowed):
         jobs.ensure_job("kube-system", "orders-custom", template)
+
+
+def test_the_operator_checks_s3_endpoints_before_boto3_or_a_job_gets_them() -> None:
+    from aegis.api.common import S3Location
+    from aegis.reconcilers.recoverypoint import PointBlocked, admit_endpoint
+
+    for endpoint in ("http://169.254.169.254", "http://localhost:9000", "http://[::1]:9000"):
+        with pytest.raises(PointBlocked) as blocked:
+            admit_endpoint(S3Location(bucket="backups", endpoint=endpoint), Settings())
+        assert blocked.value.reason == "EndpointNotAllowed"
+        assert "S3 endpoint" in blocked.value.message
+    admit_endpoint(S3Location(bucket="backups", endpoint="http://10.96.0.10:9000"), Settings())
+    admit_endpoint(S3Location(bucket="backups"), Settings())  # AWS: nothing to check

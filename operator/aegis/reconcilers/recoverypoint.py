@@ -89,10 +89,14 @@ def key_ids(policy: PolicyContext) -> list[str]:
 
 def admit_policy(policy: PolicyContext, settings: Settings) -> None:
     """Raise PointBlocked when the policy reaches outside its namespace (an image, a
-    ServiceAccount or an endpoint the settings do not allow): no Job is built from it."""
+    ServiceAccount or an endpoint the settings do not allow): no Job is built from it. The
+    agent connects to the endpoints by itself, so their names are resolved and checked here,
+    just before its Job is made."""
     error = tenancy.refusal(policy.spec, policy.namespace, settings)
     if error is not None:
         raise PointBlocked(error.reason, f"BackupPolicy {policy.name}: {error.message}")
+    for location in [policy.spec.storage, *(policy.spec.copies or [])]:
+        admit_endpoint(location, settings)
 
 
 def admit_endpoint(location: S3Location, settings: Settings) -> None:
