@@ -450,3 +450,16 @@ def test_the_operator_checks_s3_endpoints_before_boto3_or_a_job_gets_them() -> N
         assert "S3 endpoint" in blocked.value.message
     admit_endpoint(S3Location(bucket="backups", endpoint="http://10.96.0.10:9000"), Settings())
     admit_endpoint(S3Location(bucket="backups"), Settings())  # AWS: nothing to check
+
+
+def test_a_tcp_check_on_a_metadata_address_fails_without_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aegis.api.failoverplan import TcpCheck
+    from aegis.probes.tcp import check_tcp
+
+    opened: list[Any] = []
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **_: opened.append(args))
+    result = check_tcp("imds", TcpCheck(host="169.254.169.254", port=80), 1.0, LOOPBACK)
+    assert not result.ok and "cloud metadata" in result.message
+    assert opened == []

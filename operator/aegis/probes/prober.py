@@ -59,7 +59,7 @@ def run_check(check: HealthCheck, timeout: float, ctx: ProbeContext) -> CheckRes
     if check.http is not None:
         return check_http(check.name, check.http, ctx.secrets, timeout, ctx.endpoints)
     if check.tcp is not None:
-        return check_tcp(check.name, check.tcp, timeout)
+        return check_tcp(check.name, check.tcp, timeout, ctx.endpoints)
     if check.postgres is not None:
         return check_postgres(check.name, check.postgres, ctx.secrets, timeout)
     if check.redis is not None:
