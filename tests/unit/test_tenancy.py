@@ -463,3 +463,25 @@ def test_a_tcp_check_on_a_metadata_address_fails_without_connecting(
     result = check_tcp("imds", TcpCheck(host="169.254.169.254", port=80), 1.0, LOOPBACK)
     assert not result.ok and "cloud metadata" in result.message
     assert opened == []
+
+
+def test_catalog_sync_imports_only_manifests_of_its_own_namespace_and_policy() -> None:
+    import datetime as dt
+
+    from aegis.agent.manifest import EncryptionRecord, Manifest, SourceRecord
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    manifest = Manifest(
+        namespace="shop", policy="orders", recovery_point="orders-1",
+        location="s3://bkt/p/shop/orders/orders-1/payload",
+        manifest="p/shop/orders/orders-1/manifest.json", payload_format="redis-rdb",
+        start_time=t0, completion_time=t0, source_time=t0,
+        source=SourceRecord(kind="Redis"), size_bytes=1, stored_bytes=1, sha256="ab" * 32,
+        compression="Zstd",
+        encryption=EncryptionRecord(algorithm="AES-256-GCM-STREAM", key_id="k1",
+                                    key_wrap="AES-KW", wrapped_key="AAAA", chunk_size=1 << 20,
+                                    nonce_prefix="01020304050607"),
+    )
+    assert tenancy.manifest_belongs(manifest, "shop", "orders")
+    assert not tenancy.manifest_belongs(manifest, "intruder", "orders")
+    assert not tenancy.manifest_belongs(manifest, "shop", "other")

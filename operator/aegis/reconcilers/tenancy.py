@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from aegis.agent.manifest import Manifest
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import JobOptions
 from aegis.api.drdrill import DRDrillSpec
@@ -224,3 +225,10 @@ def job_template(where: str, template: Mapping[str, Any], settings: Settings) ->
         account = pod.get(key)
         if account:
             _service_account(f"{where}.template.spec.{key}", str(account), settings)
+
+
+def manifest_belongs(manifest: Manifest, namespace: str, policy: str) -> bool:
+    """A manifest found under a policy's directory is imported only when it says it is a
+    backup of that namespace's policy: a bucket shared by several namespaces (or a prefix
+    chosen to overlap another's) must not turn their backups into this namespace's points."""
+    return manifest.namespace == namespace and manifest.policy == policy
