@@ -485,3 +485,52 @@ def test_catalog_sync_imports_only_manifests_of_its_own_namespace_and_policy() -
     assert tenancy.manifest_belongs(manifest, "shop", "orders")
     assert not tenancy.manifest_belongs(manifest, "intruder", "orders")
     assert not tenancy.manifest_belongs(manifest, "shop", "other")
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_certificate_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    from aegis.probes import http as http_probe
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=svc.test",
+         "-addext", "subjectAltName=DNS:svc.test"],
+        check=True, capture_output=True,
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://svc.test:{server.server_address[1]}/"
+        resolver = fake_resolver({"svc.test": ["127.0.0.1"]})
+        with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+            guarded_opener(LOOPBACK, resolver=resolver).open(url, timeout=5)
+        # The test certificate as the trust store OpenSSL loads by default.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        http_probe._tls_context.cache_clear()
+        with guarded_opener(LOOPBACK, resolver=resolver).open(url, timeout=5) as response:
+            assert response.status == 200  # the name matched the certificate, not the IP
+    finally:
+        http_probe._tls_context.cache_clear()
+        server.shutdown()
+        server.server_close()
