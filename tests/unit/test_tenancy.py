@@ -534,3 +534,17 @@ def test_https_goes_to_the_checked_address_and_verifies_the_certificate_by_name(
         http_probe._tls_context.cache_clear()
         server.shutdown()
         server.server_close()
+
+
+def test_a_route53_endpoint_is_checked_before_the_client_is_built() -> None:
+    from aegis.api.failoverplan import Route53Step
+    from aegis.reconcilers.failoverplan import guarded_route53
+
+    built: list[Any] = []
+    factory = guarded_route53(lambda step, creds: built.append(step) or "client", STRICT)
+    step = Route53Step(hostedZoneId="Z1", recordName="db.example.com", type="A",
+                       values=["10.0.0.2"], endpoint="http://[fd00:ec2::254]/")
+    with pytest.raises(EndpointRefused, match=r"route53\.endpoint"):
+        factory(step, None)
+    assert built == []
+    assert factory(step.model_copy(update={"endpoint": None}), None) == "client"
