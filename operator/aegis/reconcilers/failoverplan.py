@@ -41,7 +41,8 @@ from aegis.reconcilers.conditions import ConditionUpdate, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
 from aegis.settings import Settings
 from aegis.steps import StepPorts, run_procedure
-from aegis.steps.base import Route53ClientFactory, default_route53_client
+from aegis.steps.base import Route53ClientFactory
+from aegis.steps.route53 import default_route53_client
 
 log = logging.getLogger(__name__)
 
