@@ -207,7 +207,8 @@ def main(argv: list[str]) -> int:
     with ApiServer(crd_dir=ROOT / "crds") as server:
         kubeconfig = server.write_kubeconfig(work / "kubeconfig")
         os.environ.update({"KUBECONFIG": str(kubeconfig), "AEGIS_METRICS_PORT": "0",
-                           "AEGIS_HEALTH_PORT": "0", "AEGIS_LOG_FORMAT": "text"})
+                           "AEGIS_HEALTH_PORT": "0", "AEGIS_LOG_FORMAT": "text",
+                           "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true"})
         aegis_client.reset()
         from kubernetes import client, config
 

@@ -150,6 +150,7 @@ def main(argv: list[str]) -> int:
             "AEGIS_LOG_FORMAT": "text",
             "AEGIS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             "AEGIS_CATALOG_SYNC_SECONDS": "3600",
+            "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
         }
         log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
         operator = subprocess.Popen(

@@ -6,6 +6,23 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aegis.reach import ALLOW_LOOPBACK_ENV, ALLOW_PRIVATE_ENV, EndpointRule
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name}={raw!r}: use true or false")
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -43,7 +60,33 @@ class Settings:
     """Address /metrics and /healthz listen on (AEGIS_METRICS_ADDRESS)."""
     s3_endpoint: str | None = None
     """Default S3 endpoint when a policy names none (AEGIS_S3_ENDPOINT); for test stores."""
+    reachable_namespaces: tuple[str, ...] = ()
+    """Namespaces a FailoverPlan's scale steps and workload checks may name besides its own
+    (AEGIS_REACHABLE_NAMESPACES, comma-separated; `*` is every namespace). Empty: only its own."""
+    allowed_job_images: tuple[str, ...] = ()
+    """Images Jobs may run besides the agent's: `spec.job.image` of policies and restores,
+    the containers of FailoverPlan `job` steps (AEGIS_ALLOWED_JOB_IMAGES, comma-separated;
+    `registry.example.com/tools/*` matches by prefix). Empty: only AEGIS_AGENT_IMAGE, so no
+    `job` step runs."""
+    allowed_service_accounts: tuple[str, ...] = ()
+    """ServiceAccounts Jobs may run as (`spec.job.serviceAccountName`, a `job` step's
+    `serviceAccountName`), in the object's own namespace (AEGIS_ALLOWED_SERVICE_ACCOUNTS,
+    comma-separated; `*` is any). Empty: only the namespace's `default`."""
+    allow_loopback_endpoints: bool = False
+    """Endpoints (S3, HTTP checks, webhooks, Route53) may be loopback addresses
+    (AEGIS_ALLOW_LOOPBACK_ENDPOINTS); for the sandbox and tests, never a cluster."""
+    allow_private_endpoints: bool = True
+    """Endpoints may be private addresses: cluster IPs of in-cluster S3, databases, webhooks
+    (AEGIS_ALLOW_PRIVATE_ENDPOINTS). Link-local and metadata addresses are always refused."""
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoints(self) -> EndpointRule:
+        """The address rule for endpoints named in specs."""
+        return EndpointRule(
+            allow_loopback=self.allow_loopback_endpoints,
+            allow_private=self.allow_private_endpoints,
+        )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,4 +110,9 @@ class Settings:
             status_seconds=_int("AEGIS_STATUS_SECONDS", cls.status_seconds),
             metrics_address=env.get("AEGIS_METRICS_ADDRESS") or cls.metrics_address,
             s3_endpoint=env.get("AEGIS_S3_ENDPOINT") or None,
+            reachable_namespaces=_list("AEGIS_REACHABLE_NAMESPACES"),
+            allowed_job_images=_list("AEGIS_ALLOWED_JOB_IMAGES"),
+            allowed_service_accounts=_list("AEGIS_ALLOWED_SERVICE_ACCOUNTS"),
+            allow_loopback_endpoints=_bool(ALLOW_LOOPBACK_ENV, cls.allow_loopback_endpoints),
+            allow_private_endpoints=_bool(ALLOW_PRIVATE_ENV, cls.allow_private_endpoints),
         )

@@ -30,6 +30,11 @@ def aegis_operator(
         "AEGIS_HEALTH_PORT": "0",
         "AEGIS_LOG_FORMAT": "text",
         "AEGIS_CATALOG_SYNC_SECONDS": "5",
+        # PostgreSQL, Redis, moto and the HTTP checks all listen on 127.0.0.1 here; a
+        # cluster install keeps loopback closed (docs/tenancy.md).
+        "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
+        # The failover e2e runs a `job` step with busybox (the Job runner runs its command).
+        "AEGIS_ALLOWED_JOB_IMAGES": "busybox",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -89,6 +89,8 @@ def operator_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         "AEGIS_METRICS_PORT": str(metrics_port),
         "AEGIS_HEALTH_PORT": "0",
         "AEGIS_LOG_FORMAT": "text",
+        # The policy's source is 127.0.0.1: allowed, so the operator goes on to read Secrets.
+        "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -176,7 +176,9 @@ class S3Location(ApiModel):
     region: str | None = None
     """AWS region of the bucket; absent uses the client default."""
     endpoint: Annotated[str, Field(pattern=r"^https?://")] | None = None
-    """Endpoint URL of an S3-compatible store (MinIO, Ceph, ...); absent means AWS."""
+    """Endpoint URL of an S3-compatible store (MinIO, Ceph, ...); absent means AWS.
+    Link-local and cloud metadata addresses are refused, loopback unless the operator
+    allows it."""
     credentials_secret_ref: SecretRef | None = None
     """Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; absent uses ambient
     credentials (IRSA, instance profile)."""
@@ -232,7 +234,8 @@ class JobOptions(ApiModel):
     """How the Jobs that move data are run. Unset values come from the operator's defaults."""
 
     image: str | None = None
-    """Agent image; absent uses the operator's AEGIS_AGENT_IMAGE."""
+    """Agent image; absent uses the operator's AEGIS_AGENT_IMAGE. Another image is refused
+    (ImageNotAllowed) unless the operator's AEGIS_ALLOWED_JOB_IMAGES lists it."""
     resources: ResourceRequirements | None = None
     """Requests and limits of the agent container."""
     node_selector: dict[str, str] | None = None
@@ -240,7 +243,9 @@ class JobOptions(ApiModel):
     tolerations: list[Toleration] | None = None
     """Tolerations of the Job's pod."""
     service_account_name: ObjectName | None = None
-    """ServiceAccount of the Job's pod (e.g. one annotated for IRSA)."""
+    """ServiceAccount of the Job's pod (e.g. one annotated for IRSA), in the resource's
+    namespace; refused (ServiceAccountNotAllowed) unless the operator's
+    AEGIS_ALLOWED_SERVICE_ACCOUNTS lists it."""
     active_deadline_seconds: PositiveSeconds = 3600
     """Seconds after which a running Job is stopped and fails."""
     backoff_limit: Annotated[int, Field(ge=0, le=20)] = 2

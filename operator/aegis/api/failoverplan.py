@@ -29,7 +29,8 @@ class HttpCheck(ApiModel):
     """An HTTP(S) GET whose status must be one of `expectStatus`."""
 
     url: Annotated[str, Field(pattern=r"^https?://")]
-    """URL to GET."""
+    """URL to GET. Link-local and cloud metadata addresses are refused, loopback unless the
+    operator allows it."""
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] = [200]
     """Status codes counted as healthy."""
     headers_secret_ref: SecretRef | None = None
@@ -69,7 +70,8 @@ class WorkloadCheck(ApiModel):
     name: ObjectName
     """Name of the workload."""
     namespace: ObjectName | None = None
-    """Namespace; absent is the plan's namespace."""
+    """Namespace; absent is the plan's namespace. Another namespace is refused
+    (NamespaceNotAllowed) unless the operator's AEGIS_REACHABLE_NAMESPACES lists it."""
     min_ready: Annotated[int, Field(ge=0)] = 1
     """Ready replicas needed to count as healthy."""
 
@@ -132,7 +134,8 @@ class ScaleStep(ApiModel):
     name: ObjectName
     """Name of the workload."""
     namespace: ObjectName | None = None
-    """Namespace; absent is the plan's namespace."""
+    """Namespace; absent is the plan's namespace. Another namespace is refused
+    (NamespaceNotAllowed) unless the operator's AEGIS_REACHABLE_NAMESPACES lists it."""
     replicas: Annotated[int, Field(ge=0)]
     """Desired replicas."""
     wait_ready: bool = True
@@ -206,7 +209,9 @@ class JobStep(ApiModel):
         dict[str, Any],
         Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
     ]
-    """A batch/v1 Job spec (as in Job.spec)."""
+    """A batch/v1 Job spec (as in Job.spec), created in the plan's namespace. Its images must
+    be listed in the operator's AEGIS_ALLOWED_JOB_IMAGES and a serviceAccountName other than
+    `default` in AEGIS_ALLOWED_SERVICE_ACCOUNTS."""
 
 
 class Step(HasOneOf):

@@ -71,7 +71,7 @@ def reconcile(
 ) -> None:
     assert namespace is not None  # every Aegis kind is namespaced
     metrics.policy_seen(body)  # before any outcome: even an invalid policy's RPO is watched
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     scheduler = scheduler_for(memo)
     if spec is None:
         scheduler.forget(namespace, name)
@@ -108,7 +108,7 @@ def status_timer(
     """Keep RPO, counts and retention current; re-check references while not Ready (so a
     fixed Secret or bucket is noticed without an edit)."""
     assert namespace is not None  # every Aegis kind is namespaced
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     assert isinstance(spec, BackupPolicySpec)

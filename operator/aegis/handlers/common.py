@@ -13,8 +13,10 @@ from pydantic import BaseModel
 
 from aegis import metrics
 from aegis.api import Kind
+from aegis.reconcilers import tenancy
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
+from aegis.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 # What kopf passes as `logger`.
@@ -42,12 +44,18 @@ def patch_conditions(
     return conditions
 
 
-def accept(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: KopfLogger) -> BaseModel | None:
-    """Parse the spec. On success set the acceptance condition True and return the model;
-    on failure set it False with a reason naming the field, post a Warning event once per
-    generation and problem, and return None. Never raises for bad input."""
+def accept(
+    kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, settings: Settings
+) -> BaseModel | None:
+    """Parse the spec and check that it reaches nothing outside its namespace that the
+    operator's settings do not open (`aegis.reconcilers.tenancy`). On success set the
+    acceptance condition True and return the model; on failure set it False with a reason
+    naming the field, post a Warning event once per generation and problem, and return
+    None. Never raises for bad input."""
     namespace, name = body.meta.get("namespace") or "", body.meta.get("name") or ""
     result = parse_spec(kind.spec, body.get("spec"))
+    if not isinstance(result, SpecError):
+        result = tenancy.refusal(result, namespace, settings) or result
     condition = kind.acceptance_condition
     if isinstance(result, SpecError):
         previous = find(body.status.get("conditions"), condition)
@@ -88,8 +96,12 @@ def forget(kind: Kind, body: kopf.Body) -> None:
         )
 
 
-def spec_of(model: type[M], body: kopf.Body) -> M | None:
+def spec_of(model: type[M], body: kopf.Body, settings: Settings) -> M | None:
     """The parsed spec for handlers that run after acceptance (timers, daemons); None when
-    the spec is invalid, which `accept` has already reported."""
+    the spec is invalid or reaches outside its namespace, which `accept` has reported."""
     result = parse_spec(model, body.get("spec"))
-    return None if isinstance(result, SpecError) else result
+    if isinstance(result, SpecError):
+        return None
+    if tenancy.refusal(result, body.meta.get("namespace") or "", settings) is not None:
+        return None
+    return result

@@ -14,8 +14,10 @@ from aegis.handlers.common import KopfLogger, accept, accepted, forget
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="accept")
 @kopf.on.create(GROUP, VERSION, KIND.plural, id="accept")
 @kopf.on.update(GROUP, VERSION, KIND.plural, id="accept")
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, **_: Any) -> None:
-    spec = accept(KIND, body, patch, logger)
+def reconcile(
+    body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: kopf.Memo, **_: Any
+) -> None:
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     accepted(KIND, body, patch, "The drill is accepted.")

@@ -27,6 +27,7 @@ from aegis import GROUP, VERSION
 from aegis.api import FAILOVER_PLAN as KIND
 from aegis.handlers.common import KopfLogger, accept, accepted, forget
 from aegis.reconcilers import failoverplan as plans
+from aegis.settings import Settings
 
 RUNTIME = "failover-runtime"
 WAKEUPS = "failover-wakeups"
@@ -36,7 +37,9 @@ ERROR_RETRY_SECONDS = 5.0
 
 @kopf.on.startup(id="failover-runtime")
 def start_runtime(memo: kopf.Memo, **_: Any) -> None:
-    memo[RUNTIME] = plans.FailoverRuntime()
+    # aegis-configure (registered first) normally has put the settings in memo already.
+    settings = memo.get("settings") or Settings.from_env()
+    memo[RUNTIME] = plans.FailoverRuntime(settings=settings)
     memo[WAKEUPS] = {}
 
 
@@ -50,8 +53,10 @@ def stop_runtime(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="accept")
 @kopf.on.create(GROUP, VERSION, KIND.plural, id="accept")
 @kopf.on.update(GROUP, VERSION, KIND.plural, id="accept")
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, **_: Any) -> None:
-    spec = accept(KIND, body, patch, logger)
+def reconcile(
+    body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: kopf.Memo, **_: Any
+) -> None:
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     accepted(KIND, body, patch, "The plan is accepted; its sites are being probed.")

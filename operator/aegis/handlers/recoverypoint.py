@@ -27,7 +27,7 @@ from aegis.settings import Settings
 def reconcile(
     body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any, reason: str, **_: Any
 ) -> None:
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     assert isinstance(spec, RecoveryPointSpec)

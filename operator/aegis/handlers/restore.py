@@ -25,7 +25,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
     namespace, name = body.metadata["namespace"], body.metadata["name"]
     if body.status.get("phase") in restores.TERMINAL:
         return  # a finished Restore is never run again, operator restarts included
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         # The spec is immutable, so a spec the operator refuses can never run: end it.
         refused = find(patch.status.get("conditions"), KIND.acceptance_condition) or {}

@@ -8,7 +8,7 @@ to one FailoverPlan's namespace. Every call is a blocking API call: use them fro
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import kubernetes
@@ -20,6 +20,7 @@ from aegis.k8s.client import api_client
 from aegis.k8s.jobs import JobState, job_state_of, owner_reference
 from aegis.labels import PLAN_LABEL, TRANSITION_LABEL
 from aegis.probes.workload import WorkloadKind, WorkloadReplicas
+from aegis.reach import namespace_allowed
 
 
 class SecretsOfNamespace:
@@ -64,12 +65,32 @@ def replicas_of(obj: Mapping[str, Any]) -> WorkloadReplicas:
     )
 
 
+class NamespaceNotAllowed(PermissionError):
+    """A plan asked for a workload in a namespace it may not reach."""
+
+
 class Workloads:
     """`WorkloadReader` and `WorkloadScaler` through the apps/v1 API. Replicas are set
     through the scale subresource, as `kubectl scale` does: it needs only the `*/scale`
-    permission and touches nothing else of the spec."""
+    permission and touches nothing else of the spec.
+
+    Bound to a plan's namespace (`home`), it refuses, before any API call, a workload in
+    another namespace unless `reachable` lists it: the spec check refuses such plans
+    already, this is the second line that holds even if a caller skipped it."""
+
+    def __init__(self, home: str | None = None, reachable: Sequence[str] = ()) -> None:
+        self.home = home
+        self.reachable = tuple(reachable)
+
+    def _admit(self, kind: WorkloadKind, namespace: str, name: str) -> None:
+        if self.home is not None and not namespace_allowed(self.home, namespace, self.reachable):
+            raise NamespaceNotAllowed(
+                f"{kind} {namespace}/{name} is outside the plan's namespace {self.home}; "
+                f"AEGIS_REACHABLE_NAMESPACES does not list {namespace}"
+            )
 
     def read_replicas(self, kind: WorkloadKind, namespace: str, name: str) -> WorkloadReplicas:
+        self._admit(kind, namespace, name)
         apps = _apps()
         try:
             if kind == "Deployment":
@@ -83,6 +104,7 @@ class Workloads:
         return replicas_of(_json(obj))
 
     def set_replicas(self, kind: WorkloadKind, namespace: str, name: str, replicas: int) -> None:
+        self._admit(kind, namespace, name)
         apps = _apps()
         body = {"spec": {"replicas": replicas}}
         deployment = kind == "Deployment"
@@ -133,13 +155,28 @@ def job_manifest(
 
 class PlanJobs:
     """`JobLauncher` creating the Jobs of one plan's `job` steps, owned by the plan. The
-    name comes from the step (plan, transition id, step), so create-or-get is idempotent."""
+    name comes from the step (plan, transition id, step), so create-or-get is idempotent.
+    `admit` (the operator passes its image and ServiceAccount rule) raises for a JobSpec
+    that may not run; it is called right before every create."""
 
-    def __init__(self, owner: Mapping[str, Any], transition_id: str | None = None) -> None:
+    def __init__(
+        self,
+        owner: Mapping[str, Any],
+        transition_id: str | None = None,
+        admit: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.owner = owner
         self.transition_id = transition_id
+        self.admit = admit
 
     def ensure_job(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        if namespace != self.owner["metadata"]["namespace"]:
+            raise NamespaceNotAllowed(
+                f"Job {namespace}/{name} is outside the plan's namespace "
+                f"{self.owner['metadata']['namespace']}"
+            )
+        if self.admit is not None:
+            self.admit(spec)
         objects.create_job(namespace, job_manifest(name, spec, self.owner, self.transition_id))
 
     def job_state(self, namespace: str, name: str) -> JobState:

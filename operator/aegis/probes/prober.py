@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aegis.api.failoverplan import HealthCheck, Site
 from aegis.probes.base import CheckResult, SecretReader
@@ -23,6 +23,7 @@ from aegis.probes.postgres import check_postgres
 from aegis.probes.redis import check_redis
 from aegis.probes.tcp import check_tcp
 from aegis.probes.workload import WorkloadReader, check_workload
+from aegis.reach import EndpointRule
 
 # Time a check gets beyond timeoutSeconds to report its own, more precise, failure.
 GRACE_SECONDS = 0.5
@@ -36,6 +37,8 @@ class ProbeContext:
     namespace: str
     secrets: SecretReader | None = None
     workloads: WorkloadReader | None = None
+    endpoints: EndpointRule = field(default_factory=EndpointRule)
+    """Addresses HTTP checks may connect to; the operator passes the one its settings make."""
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class SiteProbe:
 def run_check(check: HealthCheck, timeout: float, ctx: ProbeContext) -> CheckResult:
     """Run one check synchronously; never raises."""
     if check.http is not None:
-        return check_http(check.name, check.http, ctx.secrets, timeout)
+        return check_http(check.name, check.http, ctx.secrets, timeout, ctx.endpoints)
     if check.tcp is not None:
-        return check_tcp(check.name, check.tcp, timeout)
+        return check_tcp(check.name, check.tcp, timeout, ctx.endpoints)
     if check.postgres is not None:
         return check_postgres(check.name, check.postgres, ctx.secrets, timeout)
     if check.redis is not None:

@@ -27,7 +27,7 @@ from aegis.k8s import objects
 from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
 from aegis.labels import PRUNED_ANNOTATION
-from aegis.reconcilers import naming, retention, schedule
+from aegis.reconcilers import naming, retention, schedule, tenancy
 from aegis.reconcilers.backup import parse_time
 from aegis.reconcilers.conditions import ConditionUpdate, is_true, iso, set_conditions
 from aegis.reconcilers.recoverypoint import (
@@ -589,6 +589,8 @@ def catalog_sync(namespace: str, policy: str, settings: Settings) -> list[str]:
         try:
             manifest = s3.read_manifest(client, spec.storage.bucket, key)
         except (s3.S3Problem, ManifestError):
+            continue
+        if not tenancy.manifest_belongs(manifest, namespace, policy):
             continue
         body = {
             "apiVersion": RECOVERY_POINT.api_version,

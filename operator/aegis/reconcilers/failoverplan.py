@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, get_args
 
 from aegis import metrics
@@ -27,16 +28,21 @@ from aegis.api import FAILOVER_PLAN
 from aegis.api.failoverplan import (
     FailoverPlanSpec,
     FailoverPlanStatus,
+    Route53Step,
     SiteStatus,
     Transition,
 )
 from aegis.k8s import objects
 from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
 from aegis.probes.prober import ProbeContext, Prober
-from aegis.reconcilers import failover
+from aegis.reach import EndpointRule
+from aegis.reconcilers import failover, tenancy
 from aegis.reconcilers.conditions import ConditionUpdate, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
+from aegis.settings import Settings
 from aegis.steps import StepPorts, run_procedure
+from aegis.steps.base import Route53ClientFactory
+from aegis.steps.route53 import default_route53_client
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,8 @@ class FailoverRuntime:
     )
     route53: Any = None
     """Optional Route53 client factory (tests of error paths); None uses the default."""
+    settings: Settings = field(default_factory=Settings.from_env)
+    """The operator's settings: what plans may reach (namespaces, images, endpoints)."""
 
     def close(self) -> None:
         self.prober.close()
@@ -277,6 +285,10 @@ def tick(
     parsed = parse_spec(FailoverPlanSpec, body.get("spec"))
     if isinstance(parsed, SpecError):
         return INVALID_SPEC_RETRY_SECONDS  # the accept handler reports it
+    if tenancy.refusal(parsed, namespace, runtime.settings) is not None:
+        # Reaches outside its namespace: nothing is probed or run (the accept handler
+        # reports why); an edit of the plan or of the settings lets it go on.
+        return INVALID_SPEC_RETRY_SECONDS
     spec = parsed
     status = FailoverPlanStatus.model_validate(body.get("status") or {})
     annotations = (body.get("metadata") or {}).get("annotations") or {}
@@ -327,7 +339,13 @@ def probe(
     runtime: FailoverRuntime,
 ) -> FailoverPlanStatus:
     """Probe the due sites (all their checks in parallel) and step their state machines."""
-    context = ProbeContext(namespace, secrets=SecretsOfNamespace(namespace), workloads=Workloads())
+    settings = runtime.settings
+    context = ProbeContext(
+        namespace,
+        secrets=SecretsOfNamespace(namespace),
+        workloads=Workloads(namespace, settings.reachable_namespaces),
+        endpoints=settings.endpoints,
+    )
     probes = runtime.prober.probe_sites(due, context)
     sites = dict(status.sites or {})
     for key, result in probes.items():
@@ -384,6 +402,18 @@ def begin(
     return failover.begin_transition(status, transition, spec.history_limit)
 
 
+def guarded_route53(factory: Route53ClientFactory, rule: EndpointRule) -> Route53ClientFactory:
+    """The factory, refusing a step whose `endpoint` resolves to an address `rule` refuses
+    (boto3 connects by itself, so the check resolves the name just before)."""
+
+    def make(step: Route53Step, credentials: Mapping[str, str] | None) -> Any:
+        if step.endpoint:
+            rule.check_resolved_url("route53.endpoint", step.endpoint)
+        return factory(step, credentials)
+
+    return make
+
+
 def drive(
     spec: FailoverPlanSpec,
     status: FailoverPlanStatus,
@@ -397,11 +427,16 @@ def drive(
     assert transition is not None
     planned = planned_for(transition.kind, spec, status)
     namespace, name = writer.namespace, writer.name
+    settings = runtime.settings
     ports = StepPorts(
         secrets=SecretsOfNamespace(namespace),
-        scaler=Workloads(),
-        jobs=PlanJobs(writer.body, transition.id),
-        **({"route53": runtime.route53} if runtime.route53 is not None else {}),
+        scaler=Workloads(namespace, settings.reachable_namespaces),
+        jobs=PlanJobs(
+            writer.body, transition.id,
+            admit=partial(tenancy.job_template, "job.template", settings=settings),
+        ),
+        route53=guarded_route53(runtime.route53 or default_route53_client, settings.endpoints),
+        endpoints=settings.endpoints,
     )
     failing_over = transition.kind == "Failover"
     source, target = (spec.primary, spec.secondary) if failing_over else (

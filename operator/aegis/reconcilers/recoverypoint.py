@@ -23,7 +23,8 @@ from aegis.cloud import s3
 from aegis.k8s import objects
 from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import build_job, job_outcome
-from aegis.reconcilers import backup
+from aegis.reach import EndpointRefused
+from aegis.reconcilers import backup, tenancy
 from aegis.reconcilers.conditions import ConditionUpdate, iso, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
 from aegis.settings import Settings
@@ -86,7 +87,35 @@ def key_ids(policy: PolicyContext) -> list[str]:
     return sorted(data)
 
 
+def admit_policy(policy: PolicyContext, settings: Settings) -> None:
+    """Raise PointBlocked when the policy reaches outside its namespace (an image, a
+    ServiceAccount or an endpoint the settings do not allow): no Job is built from it. The
+    agent connects to the endpoints by itself, so their names are resolved and checked here,
+    just before its Job is made."""
+    error = tenancy.refusal(policy.spec, policy.namespace, settings)
+    if error is not None:
+        raise PointBlocked(error.reason, f"BackupPolicy {policy.name}: {error.message}")
+    for location in [policy.spec.storage, *(policy.spec.copies or [])]:
+        admit_endpoint(location, settings)
+
+
+def admit_endpoint(location: S3Location, settings: Settings) -> None:
+    """Raise PointBlocked when the location's endpoint resolves to an address the settings
+    refuse; checked before boto3 (which resolves by itself) gets the URL."""
+    if not location.endpoint:
+        return  # AWS, or the operator's own AEGIS_S3_ENDPOINT
+    try:
+        settings.endpoints.check_resolved_url("S3 endpoint", location.endpoint)
+    except EndpointRefused as refused:
+        raise PointBlocked(EndpointRefused.REASON, str(refused)) from None
+    except OSError as error:
+        raise PointBlocked(
+            "S3Unreachable", f"S3 endpoint {location.endpoint}: cannot resolve it ({error})"
+        ) from None
+
+
 def s3_client_for(location: S3Location, namespace: str, settings: Settings) -> Any:
+    admit_endpoint(location, settings)
     credentials = None
     ref = location.credentials_secret_ref
     if ref is not None:
@@ -129,6 +158,7 @@ def backup_job(
     ids of its keys)."""
     namespace = point["metadata"]["namespace"]
     policy = policy or load_policy(namespace, point["spec"]["policyRef"]["name"])
+    admit_policy(policy, settings)
     return build_job(backup.backup_job_request(point, policy.spec, key_ids(policy), settings))
 
 

@@ -31,7 +31,7 @@ from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION
 from aegis.reconcilers import backup, naming
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
-from aegis.reconcilers.recoverypoint import PointBlocked, key_ids, load_policy
+from aegis.reconcilers.recoverypoint import PointBlocked, admit_policy, key_ids, load_policy
 from aegis.settings import Settings
 
 TERMINAL = ("Completed", "Failed")
@@ -457,6 +457,7 @@ def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Sta
         return Started(status["jobName"], False, status.get("recoveryPoint"))
     point = resolve_point(namespace, spec)
     policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+    admit_policy(policy, settings)
     request = restore_job_request(restore, spec, point, policy.spec, key_ids(policy), settings)
     job, created = objects.create_job(namespace, build_job(request))
     # An existing Job (created before a crash, its status never written) restores the point

@@ -287,6 +287,8 @@ def _start_operator(state: SandboxState, sandbox_dir: Path, env: dict[str, str])
         "AEGIS_LOG_FORMAT": "text",
         "AEGIS_CATALOG_SYNC_SECONDS": "30",
         "AEGIS_S3_ENDPOINT": state.moto["endpoint"],
+        # Every server of the sandbox listens on 127.0.0.1 (docs/tenancy.md).
+        "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
     argv = [sys.executable, "-m", "aegis", "operator"]
     proc, tracked = _spawn_logged(argv, "operator", log_path, operator_env)

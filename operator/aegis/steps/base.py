@@ -12,6 +12,7 @@ from aegis.api.failoverplan import Route53Step, Transition
 from aegis.k8s.jobs import JobState
 from aegis.probes.base import SecretReader
 from aegis.probes.workload import WorkloadKind, WorkloadReader
+from aegis.reach import EndpointRule
 
 if TYPE_CHECKING:
     from mypy_boto3_route53 import Route53Client
@@ -77,6 +78,8 @@ class StepPorts:
     route53: Route53ClientFactory | None = None
     """Builds the Route53 client of a step; None: boto3 with the step's region and endpoint
     (the concrete client lives with the Route53 step, not in this ports module)."""
+    endpoints: EndpointRule = field(default_factory=EndpointRule)
+    """Addresses webhooks may be sent to; the operator passes the one its settings make."""
 
 
 def backoff(delay: float, cap: float = 2.0) -> float:

@@ -69,7 +69,7 @@ def execute(planned: PlannedStep, ctx: StepContext, ports: StepPorts) -> StepRes
         if action.route53 is not None:
             return run_route53(action.route53, ctx, ports)
         if action.webhook is not None:
-            return run_webhook(action.webhook, ctx, ports.secrets)
+            return run_webhook(action.webhook, ctx, ports.secrets, ports.endpoints)
         if action.scale is not None:
             return run_scale(action.scale, ctx, ports.scaler)
         if action.job is not None:

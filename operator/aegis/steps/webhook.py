@@ -18,7 +18,8 @@ from typing import Any
 from aegis import GROUP, VERSION
 from aegis.api.failoverplan import Transition, WebhookStep
 from aegis.probes.base import SecretReader, scrub
-from aegis.probes.http import _NoRedirect
+from aegis.probes.http import guarded_opener
+from aegis.reach import EndpointRule
 from aegis.reconcilers.conditions import iso
 from aegis.steps.base import StepContext, StepResult
 
@@ -53,18 +54,27 @@ def transition_payload(ctx: StepContext, now: dt.datetime) -> dict[str, Any]:
 
 
 def send_json(
-    url: str, method: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout: float
+    url: str,
+    method: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout: float,
+    endpoints: EndpointRule | None = None,
 ) -> int:
-    """Send `body`; returns the status code (non-2xx included); raises on no answer."""
+    """Send `body`; returns the status code (non-2xx included); raises on no answer, and
+    EndpointRefused when the host is not one `endpoints` allows (default: the strict rule),
+    before anything is sent."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"{url!r}: only http:// and https:// URLs are called")
+    rule = endpoints or EndpointRule()
+    rule.check_url("webhook.url", url)
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         url, data=json.dumps(body).encode(), method=method,
         headers={"Content-Type": "application/json", "User-Agent": "aegis-webhook/1"},
     )
     for key, value in headers.items():
         request.add_header(key, value)
-    opener = urllib.request.build_opener(_NoRedirect())
+    opener = guarded_opener(rule)
     try:
         with opener.open(request, timeout=timeout) as response:
             response.read(65536)
@@ -74,7 +84,12 @@ def send_json(
         return int(answer.code)
 
 
-def run_webhook(step: WebhookStep, ctx: StepContext, secrets: SecretReader | None) -> StepResult:
+def run_webhook(
+    step: WebhookStep,
+    ctx: StepContext,
+    secrets: SecretReader | None,
+    endpoints: EndpointRule | None = None,
+) -> StepResult:
     known: list[str] = []
     try:
         headers: dict[str, str] = {}
@@ -85,7 +100,9 @@ def run_webhook(step: WebhookStep, ctx: StepContext, secrets: SecretReader | Non
             known.extend(headers.values())
         payload = transition_payload(ctx, dt.datetime.now(dt.UTC))
         headers["Idempotency-Key"] = payload["id"]
-        status = send_json(step.url, step.method, payload, headers, max(0.1, ctx.remaining()))
+        status = send_json(
+            step.url, step.method, payload, headers, max(0.1, ctx.remaining()), endpoints
+        )
         if 200 <= status < 300:
             return StepResult(True, f"{step.method} {step.url}: HTTP {status}",
                               {"httpStatus": str(status)})

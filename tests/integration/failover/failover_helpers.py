@@ -9,6 +9,10 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 from aegis.api.common import SecretKeyRef, SecretRef
+from aegis.reach import EndpointRule
+
+# Every server of these tests listens on 127.0.0.1, which a cluster install refuses.
+LOOPBACK = EndpointRule(allow_loopback=True)
 
 
 class DictSecrets:

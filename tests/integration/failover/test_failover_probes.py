@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from failover_helpers import DictSecrets, Endpoint, Hung
+from failover_helpers import LOOPBACK, DictSecrets, Endpoint, Hung
 
 from aegis.api.failoverplan import HealthCheck, Site
 from aegis.probes import ProbeContext, Prober, run_check
@@ -85,7 +85,8 @@ def http_check(url: str, **kw: Any) -> HealthCheck:
 
 
 def test_http_status_flip_and_headers_from_a_secret(http_endpoint: Endpoint) -> None:
-    ctx = ProbeContext("ns", secrets=DictSecrets({"hdr": {"Authorization": "Bearer s3cr3t"}}))
+    ctx = ProbeContext("ns", secrets=DictSecrets({"hdr": {"Authorization": "Bearer s3cr3t"}}),
+                       endpoints=LOOPBACK)
     check = http_check(http_endpoint.url, headersSecretRef={"name": "hdr"})
     ok = run_check(check, 2, ctx)
     assert ok.ok and ok.message == "HTTP 200"
@@ -104,7 +105,7 @@ def closed_port() -> int:
 
 def test_tcp_open_and_closed_ports(http_endpoint: Endpoint) -> None:
     port = http_endpoint.server.server_address[1]
-    ctx = ProbeContext("ns")
+    ctx = ProbeContext("ns", endpoints=LOOPBACK)
     opened = HealthCheck.model_validate({"name": "t", "tcp": {"host": "127.0.0.1", "port": port}})
     assert run_check(opened, 2, ctx).ok
     shut = HealthCheck.model_validate({"name": "t", "tcp": {"host": "127.0.0.1",
@@ -127,7 +128,7 @@ def test_a_hung_server_fails_at_the_timeout_without_delaying_another_plan(
     try:
         slow_site = site("slow", f"http://127.0.0.1:{hung_server.port}/health", timeout=1)
         fast_site = site("fast", http_endpoint.url, timeout=1)
-        ctx = ProbeContext("ns")
+        ctx = ProbeContext("ns", endpoints=LOOPBACK)
         slow: dict[str, Any] = {}
 
         def probe_slow() -> None:
@@ -166,7 +167,7 @@ def test_probe_sites_runs_both_sites_in_parallel(http_endpoint: Endpoint) -> Non
     try:
         sites = {"primary": site("eu", http_endpoint.url), "secondary": site("us",
                                                                            http_endpoint.url)}
-        probes = prober.probe_sites(sites, ProbeContext("ns"))
+        probes = prober.probe_sites(sites, ProbeContext("ns", endpoints=LOOPBACK))
         assert {k: p.results[0].ok for k, p in probes.items()} == {"primary": True,
                                                                     "secondary": True}
         assert probes["primary"].site == "eu"

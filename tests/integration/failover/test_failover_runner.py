@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from failover_helpers import DictSecrets, Endpoint, Hung
+from failover_helpers import LOOPBACK, DictSecrets, Endpoint, Hung
 from test_failover_route53_moto import get, make_zone, put
 
 from aegis.api.failoverplan import Step, StepStatus, Transition
@@ -41,7 +41,7 @@ def ports(moto: MotoServer, pg: PostgresServer | None = None) -> StepPorts:
         "aws": {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
         "hook": {"Authorization": "Bearer hook-token-1"},
         "pg": {"user": pg.user, "password": pg.password} if pg else {},
-    }))
+    }), endpoints=LOOPBACK)
 
 
 class Saves:
