@@ -54,6 +54,14 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
              "{{namespace}}/{{policy}} verifications"),
         ], "Failed backup attempts, failed copies to spec.copies buckets and failed verifications "
            "over the dashboard's time range."),
+        ("Copy and verification failures", "timeseries", "short", [
+            (f"sum by (namespace, policy) (increase(aegis_copy_failures_total{{{NS}}}[$__range]))",
+             "{{namespace}}/{{policy}} copies"),
+            (f"sum by (namespace, policy) "
+             f"(increase(aegis_verification_failures_total{{{NS}}}[$__range]))",
+             "{{namespace}}/{{policy}} verifications"),
+        ], "Copies to other buckets that failed, and points that failed an integrity check "
+           "(restore or verification) over the time range."),
         ("Recovery points by phase", "timeseries", "short", [
             (f"sum by (namespace, policy, phase) (aegis_recovery_points{{{NS}}})",
              "{{namespace}}/{{policy}} {{phase}}"),
