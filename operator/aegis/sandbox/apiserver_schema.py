@@ -34,6 +34,8 @@ DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 CelHook = Callable[[Any, Any, Schema, str], list[FieldCause]]
 
 
@@ -60,7 +62,9 @@ def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
-        return "integer"
+        # The real server decodes JSON integers into int64; a wider one becomes a float64,
+        # so `type: integer` refuses it even where the schema sets no maximum.
+        return "integer" if INT64_MIN <= value <= INT64_MAX else "number"
     if isinstance(value, float):
         return "number"
     if isinstance(value, str):
@@ -302,9 +306,11 @@ def _validate_combinator(
                               f"Invalid value: {go_repr(value)}: {where} in body must validate "
                               "at least one schema (anyOf)"))
     elif key == "oneOf" and passing != 1:
-        out.append(FieldCause(path, "FieldValueInvalid",
-                              f"Invalid value: {go_repr(value)}: {where} in body must validate "
-                              "one and only one schema (oneOf)"))
+        # kube-apiserver's own wording, field-less path included (issue 10, point 5).
+        found = "Found none valid" if passing == 0 else f"Found {passing} valid alternatives"
+        out.append(FieldCause("<nil>", "FieldValueInvalid",
+                              f'Invalid value: "": "{where}" must validate one and only one '
+                              f"schema (oneOf). {found}"))
 
 
 @lru_cache(maxsize=512)
