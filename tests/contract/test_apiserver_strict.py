@@ -134,6 +134,46 @@ def test_duplicate_fields_are_refused_by_strict(k8s_api: Any, namespace: str) ->
     assert 'duplicate field \\"data.k\\"' in _warnings(answer.headers)
 
 
+DEPLOYMENT_WITH_PROBLEMS = """{"apiVersion": "apps/v1", "kind": "Deployment",
+ "metadata": {"name": "dup-deploy", "name": "dup-deploy", "unknownMeta": "x"},
+ "spec": {"unknown1": "v", "paused": true, "paused": false, "replicas": 0,
+  "selector": {"matchLabels": {"app": "a"}},
+  "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [
+   {"name": "c", "image": "busybox:1.36", "unknownNested": "v",
+    "imagePullPolicy": "Always", "imagePullPolicy": "Never"}]}}}}"""
+
+
+def test_strict_problems_are_listed_in_the_real_servers_order(k8s_api: Any,
+                                                              namespace: str) -> None:
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    answer = raw_bytes(k8s_api, "POST", path, DEPLOYMENT_WITH_PROBLEMS.encode(),
+                       query={"fieldValidation": "Strict"})
+    assert answer.status == 400, answer.body
+    assert answer.body["message"] == (
+        'Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: '
+        'duplicate field "metadata.name", unknown field "metadata.unknownMeta", '
+        'unknown field "spec.unknown1", duplicate field "spec.paused", '
+        'unknown field "spec.template.spec.containers[0].unknownNested", '
+        'duplicate field "spec.template.spec.containers[0].imagePullPolicy"')
+
+    valid = json.loads(DEPLOYMENT_WITH_PROBLEMS)  # the last duplicate wins, unknowns dropped
+    created = raw(k8s_api, "POST", path, valid, query={"fieldValidation": "Ignore"})
+    assert created.status == 201, created.body
+    assert created.body["spec"]["paused"] is False
+    patch = ('{"spec": {"unknown1": "v", "paused": true, "paused": false, "template": {"spec": '
+             '{"containers": [{"name": "c", "image": "busybox:1.36", "unknownNested": "v", '
+             '"imagePullPolicy": "Always", "imagePullPolicy": "Never"}]}}}}')
+    answer = raw_bytes(k8s_api, "PATCH", f"{path}/dup-deploy", patch.encode(),
+                       query={"fieldValidation": "Strict"},
+                       content_type="application/merge-patch+json")
+    assert answer.status == 400, answer.body
+    assert answer.body["message"].endswith(
+        'strict decoding error: duplicate field "spec.paused", '
+        'duplicate field "spec.template.spec.containers[0].imagePullPolicy", '
+        'unknown field "spec.template.spec.containers[0].unknownNested", '
+        'unknown field "spec.unknown1"')
+
+
 def test_an_unsupported_field_validation_value_is_refused(k8s_api: Any,
                                                          widgets: WidgetApi) -> None:
     answer = raw(k8s_api, "POST", widgets.path(), widget("odd"),
@@ -432,3 +472,115 @@ def test_a_cel_one_of_failure_is_the_only_message(k8s_api: Any, namespace: str) 
         'BackupPolicy.dr.aegis.dev "two-sources" is invalid: spec.source: Invalid value: '
         '"object": BackupSource: set exactly one of postgres, redis')
     assert [c["field"] for c in status["details"]["causes"]] == ["spec.source"]
+
+
+# ---------------------------------------------------------------------------- server-side apply
+
+APPLY = "application/apply-patch+yaml"
+
+
+def _apply(k8s_api: Any, path: str, body: Any, manager: str, **query: str) -> Any:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return raw_bytes(k8s_api, "PATCH", path, text.encode(), content_type=APPLY,
+                     query={"fieldManager": manager, **query})
+
+
+def _managers(obj: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(e["manager"], e["operation"]): e["fieldsV1"]
+            for e in obj["metadata"].get("managedFields") or []}
+
+
+def test_apply_creates_then_merges_and_records_managed_fields(k8s_api: Any,
+                                                             widgets: WidgetApi) -> None:
+    yaml_text = ("apiVersion: contract.aegis.dev/v1\nkind: Widget\nmetadata:\n  name: applied\n"
+                 "  labels:\n    team: a\nspec:\n  size: 2\n  mode: Fast\n")
+    answer = _apply(k8s_api, widgets.path("applied"), yaml_text, "argocd")
+    assert answer.status == 201, answer.body
+    assert answer.body["spec"]["size"] == 2 and answer.body["spec"]["color"] == "blue"
+    fields = _managers(answer.body)[("argocd", "Apply")]
+    assert "f:size" in fields["f:spec"] and "f:mode" in fields["f:spec"]
+    assert "f:team" in fields["f:metadata"]["f:labels"]
+
+    again = _apply(k8s_api, widgets.path("applied"), yaml_text, "argocd")
+    assert again.status == 200
+    assert again.body["metadata"]["resourceVersion"] == answer.body["metadata"][
+        "resourceVersion"]  # applying the same configuration changes nothing
+
+    # A second manager applies another field: both are kept, each owns its own.
+    other = _apply(k8s_api, widgets.path("applied"), {
+        "apiVersion": "contract.aegis.dev/v1", "kind": "Widget",
+        "metadata": {"name": "applied"}, "spec": {"tags": ["x"]}}, "flux")
+    assert other.status == 200, other.body
+    assert other.body["spec"]["tags"] == ["x"] and other.body["spec"]["size"] == 2
+    assert "f:tags" in _managers(other.body)[("flux", "Apply")]["f:spec"]
+
+    # A field the manager stops applying is removed; labels it owns go too.
+    smaller = _apply(k8s_api, widgets.path("applied"), {
+        "apiVersion": "contract.aegis.dev/v1", "kind": "Widget",
+        "metadata": {"name": "applied"}, "spec": {"size": 2, "mode": "Fast"}}, "argocd")
+    assert smaller.status == 200
+    assert "team" not in (smaller.body["metadata"].get("labels") or {})
+    assert smaller.body["spec"]["tags"] == ["x"]
+
+
+def test_apply_conflicts_with_another_manager_unless_forced(k8s_api: Any,
+                                                           widgets: WidgetApi) -> None:
+    config = {"apiVersion": "contract.aegis.dev/v1", "kind": "Widget",
+              "metadata": {"name": "contested"}, "spec": {"size": 2, "mode": "Fast"}}
+    assert _apply(k8s_api, widgets.path("contested"), config, "argocd").status == 201
+    changed = {**config, "spec": {"size": 5, "mode": "Fast"}}
+    answer = _apply(k8s_api, widgets.path("contested"), changed, "flux")
+    assert answer.status == 409, answer.body
+    assert answer.body["reason"] == "Conflict"
+    assert answer.body["message"] == (
+        'Apply failed with 1 conflict: conflict with "argocd": .spec.size')
+    assert answer.body["details"]["causes"] == [
+        {"reason": "FieldManagerConflict", "message": 'conflict with "argocd"',
+         "field": ".spec.size"}]
+    assert widgets.get("contested")["spec"]["size"] == 2
+
+    # The same value is no conflict: ownership is shared.
+    assert _apply(k8s_api, widgets.path("contested"), config, "flux").status == 200
+
+    forced = _apply(k8s_api, widgets.path("contested"), changed, "flux", force="true")
+    assert forced.status == 200, forced.body
+    assert forced.body["spec"]["size"] == 5
+    managers = _managers(forced.body)
+    assert "f:size" in managers[("flux", "Apply")]["f:spec"]
+    assert "f:size" not in managers[("argocd", "Apply")].get("f:spec", {})
+
+
+def test_apply_conflicts_with_an_update_manager(k8s_api: Any, namespace: str) -> None:
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    created = raw(k8s_api, "POST", path, {"metadata": {"name": "cm"}, "data": {"k": "v"}},
+                  query={"fieldManager": "operator"})
+    assert created.status == 201
+    entry = created.body["metadata"]["managedFields"][0]
+    assert entry["manager"] == "operator" and entry["operation"] == "Update"
+    assert "f:k" in entry["fieldsV1"]["f:data"]
+    answer = _apply(k8s_api, f"{path}/cm", {"apiVersion": "v1", "kind": "ConfigMap",
+                                            "metadata": {"name": "cm"}, "data": {"k": "w"}},
+                    "gitops")
+    assert answer.status == 409
+    assert answer.body["message"].startswith(
+        'Apply failed with 1 conflict: conflict with "operator" using v1 at ')
+    assert answer.body["message"].endswith(": .data.k")
+
+
+def test_apply_of_secrets_and_its_option_checks(k8s_api: Any, namespace: str) -> None:
+    path = f"/api/v1/namespaces/{namespace}/secrets/creds"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+              "stringData": {"password": "hunter2"}}
+    answer = _apply(k8s_api, path, secret, "argocd")
+    assert answer.status == 201, answer.body
+    assert answer.body["data"]["password"] == "aHVudGVyMg=="
+    missing_manager = raw_bytes(k8s_api, "PATCH", path, json.dumps(secret).encode(),
+                                content_type=APPLY)
+    assert missing_manager.status == 422
+    assert "fieldManager: Required value: is required for apply patch" in (
+        missing_manager.body["message"])
+    forced_merge = raw(k8s_api, "PATCH", path, {"data": {}}, query={"force": "true"},
+                       headers={"Content-Type": "application/merge-patch+json"})
+    assert forced_merge.status == 422
+    assert "force: Forbidden: may not be specified for non-apply patch" in (
+        forced_merge.body["message"])

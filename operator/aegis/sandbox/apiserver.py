@@ -266,7 +266,7 @@ class KubeApiHandler(kmock.RawHandler):
         options = WriteOptions()
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             options = parse_write_options(method, request.params, request.data, request.body,
-                                          raw.content_type)
+                                          raw.content_type, raw.headers.get("User-Agent", ""))
         if method == "GET" and name is None:
             return self._list(request, info, namespace)
         if method == "GET" and name is not None:
@@ -289,10 +289,17 @@ class KubeApiHandler(kmock.RawHandler):
                 info, namespace, name, request.data, api_path.subresource, options)), options)
         if method == "PATCH" and name is not None:
             content_type = raw.content_type
-            if content_type == APPLY_PATCH or content_type not in PATCH_TYPES:
+            if content_type == APPLY_PATCH and api_path.subresource is None:
+                try:
+                    config = yaml.safe_load(request.body.decode() or "null")
+                except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                    raise errors.bad_request(f"error decoding YAML: {exc}") from exc
+                obj, created = self.store.apply(info, namespace, name, config, options)
+                return _warned(_json_response(obj, 201 if created else 200), options)
+            if content_type not in PATCH_TYPES:
                 raise errors.unsupported_media_type(
                     f"the body of the request was in an unknown format - accepted media types "
-                    f"include: {JSON_PATCH}, {MERGE_PATCH}"
+                    f"include: {JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}"
                     + ("" if info.custom else f", {STRATEGIC_MERGE_PATCH}"))
             if request.data is None:
                 raise errors.bad_request("the body of the request is not valid JSON")

@@ -302,7 +302,8 @@ def prepare_job_create(job: JsonDict) -> list[FieldCause]:
         labels.setdefault(key, value)
     # The user's matchLabels are kept and the controller-uid added; validation then refuses a
     # selector that the generated labels alone would not satisfy.
-    given = spec.get("selector") if isinstance(spec.get("selector"), dict) else {}
+    raw_selector = spec.get("selector")
+    given: JsonDict = raw_selector if isinstance(raw_selector, dict) else {}
     match = {**(given.get("matchLabels") or {})}
     match.setdefault("batch.kubernetes.io/controller-uid", uid)
     selector = {**given, "matchLabels": match}

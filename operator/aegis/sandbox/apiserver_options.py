@@ -36,13 +36,25 @@ class WriteOptions:
     dry_run: bool = False
     field_manager: str = ""
     force: bool = False
+    applied: bool = False  # a server-side apply: managedFields are computed by the apply
     warnings: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    # Where each path of the request body was met, for the real server's ordering of
+    # problems in a typed create/update (document order); else duplicates, then sorted.
+    order: dict[str, int] = field(default_factory=dict)
+    document_order: bool = False
 
     def check_fields(self, kind: str, version: str, unknown: list[str]) -> None:
         """Refuse (Strict), warn (Warn) or accept (Ignore) unknown and duplicate fields."""
-        problems = [f'unknown field "{p}"' for p in unknown]
-        problems += [f'duplicate field "{p}"' for p in self.duplicates]
+        if self.document_order:
+            found = [(self.order.get(p, len(self.order)), f'unknown field "{p}"')
+                     for p in unknown]
+            found += [(self.order.get(f"dup:{p}", len(self.order)), f'duplicate field "{p}"')
+                      for p in self.duplicates]
+            problems = [text for _, text in sorted(found)]
+        else:
+            problems = [f'duplicate field "{p}"' for p in self.duplicates]
+            problems += [f'unknown field "{p}"' for p in sorted(unknown)]
         if not problems:
             return
         if self.field_validation == STRICT:
@@ -66,7 +78,7 @@ def _options_invalid(kind: str, causes: list[FieldCause]) -> ApiError:
 
 
 def parse_write_options(method: str, params: Mapping[str, str], body: Any, raw_body: bytes,
-                        content_type: str) -> WriteOptions:
+                        content_type: str, user_agent: str = "") -> WriteOptions:
     """The options of a POST/PUT/PATCH/DELETE, validated as the real server validates them
     (422 `CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: ...`)."""
     kind = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions",
@@ -96,7 +108,8 @@ def parse_write_options(method: str, params: Mapping[str, str], body: Any, raw_b
     if len(manager) > FIELD_MANAGER_MAX:
         causes.append(FieldCause("fieldManager", "FieldValueTooLong",
                                  f"Too long: may not be more than {FIELD_MANAGER_MAX} bytes"))
-    options.field_manager = manager
+    # Without fieldManager the real server names the manager after the User-Agent.
+    options.field_manager = manager or (user_agent.split("/")[0] or "unknown")[:128]
     force = params.get("force")
     if method == "PATCH":
         if content_type != APPLY_PATCH and force is not None:
@@ -108,14 +121,17 @@ def parse_write_options(method: str, params: Mapping[str, str], body: Any, raw_b
     options.force = str(force).lower() in ("true", "1")
     if causes:
         raise _options_invalid(kind, causes)
-    if method in ("POST", "PUT") and raw_body:
-        options.duplicates = duplicate_fields(raw_body)
+    if method in ("POST", "PUT") or content_type.endswith("merge-patch+json"):
+        options.duplicates, options.order = duplicate_fields(raw_body)
+        options.document_order = method in ("POST", "PUT")
     return options
 
 
-def duplicate_fields(raw_body: bytes) -> list[str]:
-    """Paths of keys given twice in one JSON object (`spec.size`), in document order."""
+def duplicate_fields(raw_body: bytes) -> tuple[list[str], dict[str, int]]:
+    """Paths of keys given twice in one JSON object (`spec.size`), in document order, and
+    the position of every path (duplicates as `dup:<path>`) in the document."""
     paths: list[str] = []
+    order: dict[str, int] = {}
 
     class Node(dict[str, Any]):
         dups: list[str]
@@ -131,16 +147,21 @@ def duplicate_fields(raw_body: bytes) -> list[str]:
 
     def walk(value: Any, path: str) -> None:
         if isinstance(value, Node):
-            for key in value.dups:
-                paths.append(f"{path}.{key}" if path else key)
             for key, item in value.items():
-                walk(item, f"{path}.{key}" if path else key)
+                here = f"{path}.{key}" if path else key
+                order.setdefault(here, len(order))
+                if key in value.dups:
+                    paths.append(here)
+                    order[f"dup:{here}"] = len(order)
+                walk(item, here)
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 walk(item, f"{path}[{index}]")
 
+    if not raw_body:
+        return [], {}
     try:
         walk(json.loads(raw_body, object_pairs_hook=hook), "")
     except ValueError:
-        return []
-    return paths
+        return [], {}
+    return paths, order

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from aegis.sandbox import apiserver_apply as ssa
 from aegis.sandbox import apiserver_builtins as builtins
 from aegis.sandbox import apiserver_errors as errors
 from aegis.sandbox.apiserver_cel import evaluate_rules
@@ -258,7 +259,8 @@ class Store:
         for server_field in ("uid", "creationTimestamp", "deletionTimestamp",
                              "deletionGracePeriodSeconds", "generation", "selfLink",
                              "managedFields"):
-            meta.pop(server_field, None)
+            if not (server_field == "managedFields" and options.applied):
+                meta.pop(server_field, None)
         if info.has_status:
             obj.pop("status", None)
         # Set before admission, as the real BeforeCreate does: the Job selector names the uid.
@@ -271,6 +273,9 @@ class Store:
         if info.tracks_generation:
             meta["generation"] = 1
         _initialise_builtin(info, obj)
+        if not options.applied:
+            ssa.record_update(None, obj, options.field_manager or "unknown", info.api_version,
+                              _list_kinds(info), "")
         if options.dry_run:
             return self._as_version(info, obj)  # as if stored: no resourceVersion, no event
         stored = self._commit(info, obj, None)
@@ -414,6 +419,35 @@ class Store:
                                                        subresource, options))
         return self._update(info, current, candidate, subresource, options)
 
+    def apply(
+        self, info: ResourceInfo, namespace: str | None, name: str, config: Any,
+        options: WriteOptions,
+    ) -> tuple[JsonDict, bool]:
+        """Server-side apply (`application/apply-patch+yaml`): (the object, whether created)."""
+        if not isinstance(config, dict):
+            raise errors.bad_request("the body of the request must be a YAML or JSON object")
+        if info.is_events_v1:
+            raise errors.unsupported_media_type(
+                "server-side apply through events.k8s.io/v1 is not supported by the Aegis API "
+                "emulator; apply the core/v1 Event")
+        if not config.get("kind") or not config.get("apiVersion"):
+            raise errors.bad_request(f"Object 'Kind' is missing in '{json.dumps(config)}'")
+        _check_type_meta(info, copy.deepcopy(config))
+        raw_meta = config.get("metadata")
+        config_meta: JsonDict = raw_meta if isinstance(raw_meta, dict) else {}
+        if config_meta.get("name") not in (None, name):
+            raise errors.bad_request(f"the name of the object ({config_meta.get('name')}) does "
+                                     f"not match the name on the URL ({name})")
+        options.applied = True
+        current = self._objects[info.storage_key].get((namespace or "", name))
+        view = self._as_version(info, current) if current is not None else None
+        merged = ssa.apply(view, config, options.field_manager, info.api_version,
+                           _list_kinds(info), force=options.force, has_status=info.has_status)
+        merged.setdefault("metadata", {})["name"] = name
+        if current is None:
+            return self.create(info, namespace, merged, options), True
+        return self._update(info, current, merged, None, options), False
+
     def _current(self, info: ResourceInfo, namespace: str | None, name: str) -> JsonDict:
         obj = self._objects[info.storage_key].get((namespace or "", name))
         if obj is None:
@@ -450,7 +484,10 @@ class Store:
         new["apiVersion"] = current.get("apiVersion", info.api_version)
         new["kind"] = info.kind
         new = self._admit(info, new, old=current, options=options)
-        if new == current:
+        if not options.applied:
+            ssa.record_update(current, new, options.field_manager or "unknown", info.api_version,
+                              _list_kinds(info), subresource or "")
+        if _same(new, current):
             return self._as_version(info, current)  # a no-op write changes nothing, as in etcd
         old_meta = current["metadata"]
         meta = new["metadata"]
@@ -613,6 +650,24 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _list_kinds(info: ResourceInfo) -> ssa.ListKinds:
+    return ssa.ListKinds(info.custom, info.schema)
+
+
+def _same(new: JsonDict, old: JsonDict) -> bool:
+    """Equal but for the times in managedFields (which alone never make a write)."""
+    if new == old:
+        return True
+
+    def untimed(obj: JsonDict) -> JsonDict:
+        meta = obj.get("metadata") or {}
+        entries = [{k: v for k, v in e.items() if k != "time"}
+                   for e in meta.get("managedFields") or []]
+        return {**obj, "metadata": {**meta, "managedFields": entries}}
+
+    return untimed(new) == untimed(old)
 
 
 def as_version(info: ResourceInfo, obj: JsonDict) -> JsonDict:
