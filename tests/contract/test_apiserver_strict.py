@@ -584,3 +584,22 @@ def test_apply_of_secrets_and_its_option_checks(k8s_api: Any, namespace: str) ->
     assert forced_merge.status == 422
     assert "force: Forbidden: may not be specified for non-apply patch" in (
         forced_merge.body["message"])
+
+
+def test_kubectl_server_side_apply_of_an_aegis_object(kubectl: Any, namespace: str) -> None:
+    policy = backup_policy("gitops")
+    applied = kubectl("apply", "--server-side", "--validate=false", "--field-manager=argocd",
+                      "-n", namespace, "-f", "-", input=policy)
+    assert applied.returncode == 0, applied.stderr
+    assert "serverside-applied" in applied.stdout
+    policy["spec"]["schedule"] = "0 3 * * *"
+    contested = kubectl("apply", "--server-side", "--validate=false", "--field-manager=flux",
+                        "-n", namespace, "-f", "-", input=policy)
+    assert contested.returncode != 0
+    assert 'conflict with "argocd"' in contested.stderr and ".spec.schedule" in contested.stderr
+    forced = kubectl("apply", "--server-side", "--validate=false", "--field-manager=flux",
+                     "--force-conflicts", "-n", namespace, "-f", "-", input=policy)
+    assert forced.returncode == 0, forced.stderr
+    shown = kubectl("get", "bp", "gitops", "-n", namespace, "-o",
+                    "jsonpath={.spec.schedule}", check=True).stdout
+    assert shown == "0 3 * * *"
