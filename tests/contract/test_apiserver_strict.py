@@ -310,6 +310,20 @@ def test_events_k8s_io_creates_are_core_events(k8s_api: Any, namespace: str,
     assert raw(k8s_api, "POST", path, incomplete).status == 422
 
 
+def test_an_event_about_another_namespaces_object_is_refused(core: client.CoreV1Api,
+                                                             namespace: str) -> None:
+    with pytest.raises(ApiException) as caught:
+        core.create_namespaced_event(namespace, {
+            "metadata": {"name": "leak"},
+            "involvedObject": {"kind": "Deployment", "name": "coredns",
+                               "namespace": "kube-system", "apiVersion": "apps/v1"},
+            "reason": "Scaled", "message": "scaled to 0", "type": "Normal"})
+    assert caught.value.status == 422
+    assert _status(caught.value)["message"] == (
+        'Event "leak" is invalid: involvedObject.namespace: Invalid value: "kube-system": '
+        "does not match event.namespace")
+
+
 # ---------------------------------------------------------------------------- Jobs and Pods
 
 
@@ -401,6 +415,20 @@ def test_invalid_jobs_are_refused_with_the_real_messages(k8s_api: Any, namespace
     assert "`selector` not auto-generated" in _refusal(batch, namespace, job)
 
     assert batch.list_namespaced_job(namespace).items == []
+
+
+def test_a_jobs_template_and_selector_are_immutable(k8s_api: Any, namespace: str) -> None:
+    batch = client.BatchV1Api(k8s_api)
+    batch.create_namespaced_job(namespace, _job("fixed"))
+    with pytest.raises(ApiException) as caught:
+        batch.patch_namespaced_job("fixed", namespace, {"spec": {"template": {"spec": {
+            "containers": [{"name": "agent", "image": "busybox:1.37"}]}}}})
+    assert caught.value.status == 422
+    assert "spec.template: Invalid value: " in _status(caught.value)["message"]
+    assert "field is immutable" in _status(caught.value)["message"]
+    labelled = batch.patch_namespaced_job("fixed", namespace,
+                                          {"metadata": {"labels": {"tier": "backup"}}})
+    assert labelled.metadata.labels["tier"] == "backup"
 
 
 # ---------------------------------------------------------------------------- ServiceAccounts

@@ -278,6 +278,30 @@ def validate_job(job: JsonDict) -> list[FieldCause]:
     return out
 
 
+def validate_job_update(job: JsonDict, old: JsonDict) -> list[FieldCause]:
+    """`ValidateJobSpecUpdate`: the selector and the pod template are immutable (a suspended
+    Job that never started may change its template's scheduling fields and metadata)."""
+    spec, old_spec = job.get("spec") or {}, old.get("spec") or {}
+    out: list[FieldCause] = []
+    if spec.get("selector") != old_spec.get("selector"):
+        out.append(FieldCause("spec.selector", "FieldValueInvalid",
+                              f"Invalid value: {go_repr(spec.get('selector'))}: field is "
+                              "immutable"))
+    template, old_template = spec.get("template") or {}, old_spec.get("template") or {}
+    if template != old_template:
+        mutable = ("nodeSelector", "tolerations", "schedulingGates", "affinity")
+        never_started = not (old.get("status") or {}).get("startTime")
+        if old_spec.get("suspend") and never_started:
+            strip = {k: v for k, v in (template.get("spec") or {}).items() if k not in mutable}
+            old_strip = {k: v for k, v in (old_template.get("spec") or {}).items()
+                         if k not in mutable}
+            if strip == old_strip:
+                return out
+        out.append(FieldCause("spec.template", "FieldValueInvalid",
+                              f"Invalid value: {go_repr(template)}: field is immutable"))
+    return out
+
+
 def prepare_job_create(job: JsonDict) -> list[FieldCause]:
     """The Job strategy's create preparation: the generated `controller-uid` selector and
     template labels (unless `manualSelector: true`), and the defaults Aegis depends on."""
@@ -379,6 +403,37 @@ def event_from_events_v1(new: JsonDict) -> JsonDict:
     return out
 
 
+def validate_core_event(event: JsonDict) -> list[FieldCause]:
+    """`legacyValidateEvent`: what every Event create passes, whichever API it came through.
+    An event about an object of another namespace is refused: it cannot leak across."""
+    out: list[FieldCause] = []
+    namespace = (event.get("metadata") or {}).get("namespace", "")
+    involved_ns = (event.get("involvedObject") or {}).get("namespace") or ""
+    mismatch = FieldCause("involvedObject.namespace", "FieldValueInvalid",
+                          f"Invalid value: {go_repr(involved_ns)}: does not match "
+                          "event.namespace")
+    if not event.get("eventTime"):
+        if (not involved_ns and namespace not in ("", "default")) or (
+                involved_ns and involved_ns != namespace):
+            out.append(mismatch)
+        return out
+    if not involved_ns and namespace not in ("default", "kube-system"):
+        out.append(mismatch)
+    for key, limit in (("reportingComponent", 0), ("reportingInstance", 128),
+                       ("action", 128), ("reason", 128)):
+        value = event.get(key) or ""
+        if not value:
+            out.append(FieldCause(key, "FieldValueRequired", "Required value"))
+        elif limit and len(value) > limit:
+            out.append(FieldCause(key, "FieldValueInvalid",
+                                  f'Invalid value: "": can have at most {limit} characters'))
+    message = event.get("message")
+    if isinstance(message, str) and len(message) > 4096:
+        out.append(FieldCause("message", "FieldValueInvalid",
+                              'Invalid value: "": can have at most 4096 characters'))
+    return out
+
+
 def validate_events_v1(event: JsonDict) -> list[FieldCause]:
     """The create checks of an `events.k8s.io/v1` Event (ValidateEventCreate for v1)."""
     out: list[FieldCause] = []
@@ -390,6 +445,11 @@ def validate_events_v1(event: JsonDict) -> list[FieldCause]:
     if event.get("type") not in ("Normal", "Warning"):
         out.append(FieldCause("type", "FieldValueInvalid",
                               f'Invalid value: "": has invalid value: {event.get("type") or ""}'))
+    for key in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount",
+                "deprecatedSource"):
+        if event.get(key):
+            out.append(FieldCause(key, "FieldValueInvalid",
+                                  'Invalid value: "": needs to be unset'))
     note = event.get("note")
     if isinstance(note, str) and len(note) > 1024:
         out.append(FieldCause("note", "FieldValueInvalid",

@@ -350,7 +350,11 @@ class Store:
         if info.storage_key == ("batch", "jobs"):
             if old is None:
                 causes += builtins.prepare_job_create(obj)
+            else:
+                causes += builtins.validate_job_update(obj, old)
             causes += builtins.validate_job(obj)
+        elif info.storage_key == EVENTS and old is None:
+            causes += builtins.validate_core_event(obj)
         elif info.storage_key == ("", "pods"):
             if old is None:
                 self._admit_pod(obj)
