@@ -197,6 +197,13 @@ def test_integers_outside_int64_are_refused(widgets: WidgetApi, value: int) -> N
            'of type integer: "number"' in message
 
 
+def test_a_float_with_a_fraction_is_not_an_integer(widgets: WidgetApi) -> None:
+    with pytest.raises(ApiException) as caught:
+        widgets.create(widget("fraction", items=[{"name": "a", "value": 1.5}]))
+    assert caught.value.status == 422
+    assert 'must be of type integer: "number"' in _status(caught.value)["message"]
+
+
 def test_int64_bounds_are_accepted(widgets: WidgetApi) -> None:
     body = widget("int64", items=[{"name": "a", "value": 2**63 - 1},
                                   {"name": "b", "value": -(2**63)}])

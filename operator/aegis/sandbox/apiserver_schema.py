@@ -35,6 +35,7 @@ LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_JSON_INTEGER_FLOAT = float(2**53)
 
 CelHook = Callable[[Any, Any, Schema, str], list[FieldCause]]
 
@@ -81,6 +82,9 @@ def _type_ok(schema: Schema, value: Any) -> bool:
     if expected is None:
         return True
     actual = _type_name(value)
+    if expected == "integer" and isinstance(value, float):
+        # kube-openapi accepts a float with no fraction up to 2^53 as an integer (`3.0`).
+        return value.is_integer() and abs(value) <= MAX_JSON_INTEGER_FLOAT
     return actual == expected or (expected == "number" and actual == "integer")
 
 
