@@ -287,6 +287,10 @@ def test_core_events_are_seen_through_events_k8s_io(k8s_api: Any, namespace: str
     assert seen["deprecatedSource"] == {"component": "aegis"}
     assert seen["deprecatedFirstTimestamp"] == "2026-01-01T00:00:00Z"
     assert "message" not in seen and "involvedObject" not in seen
+    table = raw(k8s_api, "GET", f"{path}/ev1",
+                headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}).body
+    assert table["kind"] == "Table"
+    assert {"hello", "Tested", "configmap/cm"} <= set(table["rows"][0]["cells"])
     listed = raw(k8s_api, "GET", path, query={"fieldSelector": "regarding.name=cm"}).body
     assert [e["metadata"]["name"] for e in listed["items"]] == ["ev1"]
     assert raw(k8s_api, "GET", path, query={"fieldSelector": "regarding.name=other"}
