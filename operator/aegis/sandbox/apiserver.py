@@ -156,6 +156,9 @@ class KubeApiHandler(kmock.RawHandler):
         self.bookmark_interval = bookmark_interval
         self.server_address = "127.0.0.1:0"
         self._watch_tasks: set[asyncio.Task[Any]] = set()
+        # Every unknown/duplicate field a write lost (Warn or Ignore): a real server drops them
+        # too, so a test can assert that nothing Aegis writes is silently pruned.
+        self.dropped_fields: list[str] = []
         if crd_dir is not None:
             for crd in load_crds(crd_dir):
                 self.store.create(self._info_or_404("apiextensions.k8s.io", "v1",
@@ -267,6 +270,8 @@ class KubeApiHandler(kmock.RawHandler):
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             options = parse_write_options(method, request.params, request.data, request.body,
                                           raw.content_type, raw.headers.get("User-Agent", ""))
+            options.on_drop = lambda problem: self.dropped_fields.append(
+                f"{method} {raw.path}: {problem}")
         if method == "GET" and name is None:
             return self._list(request, info, namespace)
         if method == "GET" and name is not None:

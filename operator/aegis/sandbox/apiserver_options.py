@@ -12,7 +12,7 @@ request with 400 `... strict decoding error: unknown field "spec.x", unknown fie
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ class WriteOptions:
     # problems in a typed create/update (document order); else duplicates, then sorted.
     order: dict[str, int] = field(default_factory=dict)
     document_order: bool = False
+    on_drop: Callable[[str], None] | None = None  # told of every field dropped (Warn/Ignore)
 
     def check_fields(self, kind: str, version: str, unknown: list[str]) -> None:
         """Refuse (Strict), warn (Warn) or accept (Ignore) unknown and duplicate fields."""
@@ -60,6 +61,9 @@ class WriteOptions:
         if self.field_validation == STRICT:
             raise errors.bad_request(f'{kind} in version "{version}" cannot be handled as a '
                                      f"{kind}: strict decoding error: {', '.join(problems)}")
+        if self.on_drop is not None:
+            for problem in problems:
+                self.on_drop(problem)
         if self.field_validation == WARN:
             self.warnings.extend(p for p in problems if p not in self.warnings)
         self.duplicates = []  # reported once, whatever decides next

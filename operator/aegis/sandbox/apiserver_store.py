@@ -274,8 +274,8 @@ class Store:
             meta["generation"] = 1
         _initialise_builtin(info, obj)
         if not options.applied:
-            ssa.record_update(None, obj, options.field_manager or "unknown", info.api_version,
-                              _list_kinds(info), "")
+            ssa.record_update(None, obj, options.field_manager or "kube-apiserver",
+                              info.api_version, _list_kinds(info), "")
         if options.dry_run:
             return self._as_version(info, obj)  # as if stored: no resourceVersion, no event
         stored = self._commit(info, obj, None)
@@ -290,7 +290,8 @@ class Store:
         cluster it appears a moment after the namespace; here at once)."""
         if (namespace, "default") in self._objects[SERVICE_ACCOUNTS]:
             return
-        self.create(self._info(SERVICE_ACCOUNTS), namespace, {"metadata": {"name": "default"}})
+        self.create(self._info(SERVICE_ACCOUNTS), namespace, {"metadata": {"name": "default"}},
+                    WriteOptions(field_manager="kube-controller-manager"))
 
     def _events_v1_in(self, info: ResourceInfo, body: JsonDict) -> JsonDict:
         """An events.k8s.io/v1 body validated as that API does, in the stored core shape."""
@@ -489,8 +490,8 @@ class Store:
         new["kind"] = info.kind
         new = self._admit(info, new, old=current, options=options)
         if not options.applied:
-            ssa.record_update(current, new, options.field_manager or "unknown", info.api_version,
-                              _list_kinds(info), subresource or "")
+            ssa.record_update(current, new, options.field_manager or "kube-apiserver",
+                              info.api_version, _list_kinds(info), subresource or "")
         if _same(new, current):
             return self._as_version(info, current)  # a no-op write changes nothing, as in etcd
         old_meta = current["metadata"]
