@@ -642,3 +642,28 @@ def test_kubectl_server_side_apply_of_an_aegis_object(kubectl: Any, namespace: s
     shown = kubectl("get", "bp", "gitops", "-n", namespace, "-o",
                     "jsonpath={.spec.schedule}", check=True).stdout
     assert shown == "0 3 * * *"
+
+
+def test_apply_merges_keyed_lists_by_their_merge_key(k8s_api: Any, namespace: str) -> None:
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/keyed"
+    base = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "keyed"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "k"}},
+                     "template": {"metadata": {"labels": {"app": "k"}}, "spec": {
+                         "containers": [{"name": "a", "image": "busybox:1.36",
+                                         "env": [{"name": "X", "value": "1"}]}]}}}}
+    assert _apply(k8s_api, path, base, "team-a").status == 201
+    sidecar_env = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "keyed"},
+                   "spec": {"template": {"spec": {"containers": [
+                       {"name": "a", "env": [{"name": "Y", "value": "2"}]}]}}}}
+    merged = _apply(k8s_api, path, sidecar_env, "team-b")
+    assert merged.status == 200, merged.body
+    (container,) = merged.body["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "busybox:1.36"
+    assert [e["name"] for e in container["env"]] == ["X", "Y"]
+
+    without_x = json.loads(json.dumps(base))
+    del without_x["spec"]["template"]["spec"]["containers"][0]["env"]
+    after = _apply(k8s_api, path, without_x, "team-a")
+    assert after.status == 200, after.body
+    (container,) = after.body["spec"]["template"]["spec"]["containers"]
+    assert [e["name"] for e in container["env"]] == ["Y"]

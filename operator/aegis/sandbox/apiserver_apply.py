@@ -396,7 +396,14 @@ def _remove(obj: JsonDict, path: Path) -> None:
         parents.append((node, key, element))
         node = node[key]
     container, key, _ = parents.pop()
-    del container[key]
+    if parents and parents[-1][2].startswith("k:") and key in json.loads(parents[-1][2][2:]):
+        # A key field goes with its element, once nothing but keys is left in it.
+        if set(container) - set(json.loads(parents[-1][2][2:])):
+            return
+        parent, index, _ = parents.pop()
+        del parent[index]
+    else:
+        del container[key]
     while parents:
         container, key, element = parents.pop()
         child = container[key]
