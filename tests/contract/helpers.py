@@ -136,6 +136,26 @@ def raw(api: Any, method: str, path: str, body: Any = None, *,
     return RawResponse(status, parsed, response_headers)
 
 
+def raw_bytes(api: Any, method: str, path: str, data: bytes, *,
+              query: dict[str, str] | None = None,
+              content_type: str = "application/json") -> RawResponse:
+    """A request whose body is sent byte for byte (the client would re-encode a str body),
+    through the ApiClient's own connection pool and credentials."""
+    from urllib.parse import urlencode
+
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    auth = api.configuration.auth_settings().get("BearerToken") or {}
+    if auth.get("value"):
+        headers[auth["key"]] = auth["value"]
+    url = api.configuration.host + path + (f"?{urlencode(query)}" if query else "")
+    response = api.rest_client.pool_manager.request(method, url, body=data, headers=headers)
+    try:
+        parsed = json.loads(response.data) if response.data else None
+    except ValueError:
+        parsed = response.data.decode()
+    return RawResponse(response.status, parsed, dict(response.headers))
+
+
 def watch_events(api: Any, path: str, query: dict[str, str], *,
                  until: Callable[[list[dict[str, Any]]], bool] | None = None,
                  timeout: float = 20.0) -> tuple[list[dict[str, Any]], float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from aegis.sandbox.apiserver import parse_api_path
@@ -78,3 +80,20 @@ def test_api_paths_including_the_namespace_list() -> None:
     assert cr is not None and (cr.namespace, cr.plural, cr.name, cr.subresource) == (
         "n", "backuppolicies", "p", "status")
     assert parse_api_path("/metrics") is None
+
+
+def test_the_emulator_records_every_field_a_write_lost(tmp_path: Path) -> None:
+    """What the e2e suite's `nothing_written_is_pruned` check reads (emulator only)."""
+    from kubernetes import client, config
+
+    from aegis.sandbox.apiserver import ApiServer
+
+    with ApiServer() as server:
+        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+        core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        core.create_namespaced_config_map("default", {
+            "metadata": {"name": "c", "typo": 1}, "data": {"k": "v"}, "dataa": {}})
+        assert server.call(lambda: list(server.handler.dropped_fields)) == [
+            'POST /api/v1/namespaces/default/configmaps: unknown field "metadata.typo"',
+            'POST /api/v1/namespaces/default/configmaps: unknown field "dataa"',
+        ]

@@ -76,6 +76,21 @@ def statuses_read_well_by_gitops_tools(request: pytest.FixtureRequest) -> Iterat
     assert not problems, "\n".join(problems)
 
 
+@pytest.fixture(autouse=True)
+def nothing_written_is_pruned(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No write of an e2e test (the operator's status, events, Jobs, Secrets ...) carries a
+    field the API server drops: a real server prunes unknown fields silently (Warn), so a
+    status field missing from the CRD schema would vanish on a cluster without an error."""
+    emulator = request.getfixturevalue("k8s_emulator")
+    if emulator is None:
+        yield
+        return
+    before = emulator.call(lambda: len(emulator.handler.dropped_fields))
+    yield
+    dropped = emulator.call(lambda: list(emulator.handler.dropped_fields)[before:])
+    assert not dropped, "fields the API server dropped:\n" + "\n".join(dropped)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def dashboard_metrics_scraped_after_the_run() -> Iterator[None]:
     """After the e2e run, /metrics of the operator (one endpoint per process) serves every

@@ -195,7 +195,11 @@ def test_deleting_a_running_job_kills_its_process(
     tracked = attempt.tracked
     wait_until("the process to be killed", lambda: not tracked.is_alive())
     assert attempt.outcome == "Deleted"
-    assert "killed: Deleted" in job_runner.log_path(namespace, "to-delete").read_text()
+    # The runner writes the line just after the kill returns: wait for it, not for luck.
+    wait_until(
+        "the kill to be logged",
+        lambda: "killed: Deleted" in job_runner.log_path(namespace, "to-delete").read_text(),
+    )
 
 
 def test_missing_secret_fails_the_attempt_with_a_clear_message(
@@ -217,6 +221,34 @@ def test_missing_secret_fails_the_attempt_with_a_clear_message(
     assert [a.outcome for a in job_runner.attempts(namespace, "no-secret")] == [
         "CreateContainerConfigError"
     ]
+
+
+def test_a_job_naming_a_missing_service_account_runs_once_it_exists(
+    k8s_api: Any, namespace: str, job_runner: JobRunner
+) -> None:
+    """As on a cluster, where the Job controller's Pod creates are refused (403) until the
+    ServiceAccount exists: nothing runs and no failure is counted meanwhile."""
+    body = job_body("needs-sa", ["true"], backoffLimit=0)
+    body["spec"]["template"]["spec"]["serviceAccountName"] = "backup-runner"
+    create_job(k8s_api, namespace, body)
+    wait_until(
+        "the FailedCreate note",
+        lambda: "FailedCreate" in _read(job_runner.log_path(namespace, "needs-sa")),
+    )
+    assert job_runner.attempts(namespace, "needs-sa") == []
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "backup-runner"}})
+
+    job = wait_for_job(k8s_api, namespace, "needs-sa")
+
+    assert "Complete" in conditions_of(job)
+    assert job["status"].get("failed", 0) == 0
+    pods = core.list_namespaced_pod(namespace, label_selector="job-name=needs-sa").items
+    assert [p.spec.service_account_name for p in pods] == ["backup-runner"]
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def test_suspended_job_waits_until_resumed(

@@ -64,19 +64,15 @@ def exactly_one(model: BaseModel, fields: tuple[str, ...], field: str | None = N
     raise ValueError(f"{field}: {problem}" if field else problem)
 
 
-def one_of_required(fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """A structural `oneOf` of `required` clauses: exactly one of `fields` is present. Unlike
-    CEL it is enforced by every API server version and by plain JSON-schema validators."""
-    return [{"required": [f]} for f in fields]
-
-
-def cel(*rules: dict[str, str], one_of: tuple[str, ...] = ()) -> JsonDict:
+def cel(*rules: dict[str, str]) -> JsonDict:
     """`json_schema_extra` carrying CEL rules, which the generated CRD enforces at the API
-    server (each model re-checks them, for clusters or emulators that skip CEL), and
-    optionally the structural `oneOf` twin of an exactly-one rule."""
+    server (each model re-checks them, for clusters or emulators that skip CEL).
+
+    No structural `oneOf` twin is generated for exactly-one rules: a failing `oneOf` makes
+    kube-apiserver print `<nil>: Invalid value: "": ... Found 2 valid alternatives` before
+    the CEL message, and every server the chart supports (kubeVersion >=1.25, CEL on by
+    default since 1.25, GA in 1.29) enforces the CEL rule, whose message says what to do."""
     extra: dict[str, Any] = {"x-kubernetes-validations": list(rules)}
-    if one_of:
-        extra["oneOf"] = one_of_required(one_of)
     return cast(JsonDict, extra)
 
 
@@ -288,7 +284,6 @@ def _add_one_of_rule(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     if fields:
         camel = tuple(to_camel(f) for f in fields)
         schema.setdefault("x-kubernetes-validations", []).append(one_of_rule(camel, cls.__name__))
-        schema["oneOf"] = one_of_required(camel)
 
 
 class HasOneOf(ApiModel):

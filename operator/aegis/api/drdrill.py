@@ -28,7 +28,6 @@ class RestoreDrill(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
             one_of_rule(("policyRef", "recoveryPointRef"), "restore"),
-            one_of=("policyRef", "recoveryPointRef"),
         )
     )
 

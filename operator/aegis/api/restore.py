@@ -52,7 +52,6 @@ class RestoreSpec(ApiModel):
         json_schema_extra=cel(
             IMMUTABLE_SPEC,
             one_of_rule(("recoveryPointRef", "policyRef"), "RestoreSpec"),
-            one_of=("recoveryPointRef", "policyRef"),
         )
     )
 

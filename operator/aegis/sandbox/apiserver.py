@@ -33,6 +33,7 @@ import yaml
 
 from aegis.sandbox import apiserver_errors as errors
 from aegis.sandbox.apiserver_errors import ApiError
+from aegis.sandbox.apiserver_options import WriteOptions, parse_write_options
 from aegis.sandbox.apiserver_patch import (
     APPLY_PATCH,
     JSON_PATCH,
@@ -46,7 +47,7 @@ from aegis.sandbox.apiserver_select import (
     parse_field_selector,
     parse_label_selector,
 )
-from aegis.sandbox.apiserver_store import DeleteOptions, Store, WatchEvent
+from aegis.sandbox.apiserver_store import DeleteOptions, Store, WatchEvent, as_version
 from aegis.sandbox.apiserver_table import build_table
 from aegis.sandbox.apiserver_tls import ServingCertificate, make_serving_certificate
 
@@ -117,13 +118,21 @@ def _selector(request: kmock.Request, info: ResourceInfo) -> Selector:
     try:
         return Selector(
             labels=parse_label_selector(request.params.get("labelSelector")),
-            fields=parse_field_selector(request.params.get("fieldSelector"), info.storage_key),
+            fields=parse_field_selector(request.params.get("fieldSelector"),
+                                            (info.group, info.plural)),
         )
     except SelectorError as exc:
         raise errors.bad_request(str(exc)) from exc
 
 
-def _delete_options(request: kmock.Request) -> DeleteOptions:
+def _warned(response: aiohttp.web.Response, options: WriteOptions) -> aiohttp.web.Response:
+    """One `Warning` header per unknown/duplicate field, as the real server sends them."""
+    for value in options.warning_headers():
+        response.headers.add("Warning", value)
+    return response
+
+
+def _delete_options(request: kmock.Request, dry_run: bool = False) -> DeleteOptions:
     body = request.data if isinstance(request.data, dict) else {}
     preconditions = body.get("preconditions") or {}
     propagation = (request.params.get("propagationPolicy") or body.get("propagationPolicy")
@@ -132,7 +141,7 @@ def _delete_options(request: kmock.Request) -> DeleteOptions:
         raise errors.bad_request(f"propagationPolicy: Unsupported value: {propagation!r}")
     return DeleteOptions(propagation=propagation,
                          precondition_uid=preconditions.get("uid"),
-                         precondition_rv=preconditions.get("resourceVersion"))
+                         precondition_rv=preconditions.get("resourceVersion"), dry_run=dry_run)
 
 
 class KubeApiHandler(kmock.RawHandler):
@@ -147,6 +156,9 @@ class KubeApiHandler(kmock.RawHandler):
         self.bookmark_interval = bookmark_interval
         self.server_address = "127.0.0.1:0"
         self._watch_tasks: set[asyncio.Task[Any]] = set()
+        # Every unknown/duplicate field a write lost (Warn or Ignore): a real server drops them
+        # too, so a test can assert that nothing Aegis writes is silently pruned.
+        self.dropped_fields: list[str] = []
         if crd_dir is not None:
             for crd in load_crds(crd_dir):
                 self.store.create(self._info_or_404("apiextensions.k8s.io", "v1",
@@ -254,9 +266,12 @@ class KubeApiHandler(kmock.RawHandler):
                     *selector.fields,
                     *parse_field_selector(f"metadata.name={name}", info.storage_key)))
             return await self._watch(request, raw, info, namespace, selector)
-        if method != "GET" and request.params.get("dryRun"):
-            # Refused rather than ignored: ignoring it would write what the client meant to test.
-            raise errors.bad_request("dryRun is not supported by the Aegis API emulator")
+        options = WriteOptions()
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            options = parse_write_options(method, request.params, request.data, request.body,
+                                          raw.content_type, raw.headers.get("User-Agent", ""))
+            options.on_drop = lambda problem: self.dropped_fields.append(
+                f"{method} {raw.path}: {problem}")
         if method == "GET" and name is None:
             return self._list(request, info, namespace)
         if method == "GET" and name is not None:
@@ -271,28 +286,38 @@ class KubeApiHandler(kmock.RawHandler):
             return _json_response(obj)
         if method == "POST" and name is None:
             self._check_content_type(raw)
-            return _json_response(self.store.create(info, namespace, request.data), 201)
+            return _warned(_json_response(self.store.create(info, namespace, request.data,
+                                                            options), 201), options)
         if method == "PUT" and name is not None:
             self._check_content_type(raw)
-            return _json_response(self.store.replace(info, namespace, name, request.data,
-                                                     api_path.subresource))
+            return _warned(_json_response(self.store.replace(
+                info, namespace, name, request.data, api_path.subresource, options)), options)
         if method == "PATCH" and name is not None:
             content_type = raw.content_type
-            if content_type == APPLY_PATCH or content_type not in PATCH_TYPES:
+            if content_type == APPLY_PATCH and api_path.subresource is None:
+                try:
+                    config = yaml.safe_load(request.body.decode() or "null")
+                except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                    raise errors.bad_request(f"error decoding YAML: {exc}") from exc
+                obj, created = self.store.apply(info, namespace, name, config, options)
+                return _warned(_json_response(obj, 201 if created else 200), options)
+            if content_type not in PATCH_TYPES:
                 raise errors.unsupported_media_type(
                     f"the body of the request was in an unknown format - accepted media types "
-                    f"include: {JSON_PATCH}, {MERGE_PATCH}"
+                    f"include: {JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}"
                     + ("" if info.custom else f", {STRATEGIC_MERGE_PATCH}"))
             if request.data is None:
                 raise errors.bad_request("the body of the request is not valid JSON")
-            return _json_response(self.store.patch(info, namespace, name, content_type,
-                                                   request.data, api_path.subresource))
+            return _warned(_json_response(self.store.patch(
+                info, namespace, name, content_type, request.data, api_path.subresource,
+                options)), options)
         if method == "DELETE" and name is not None:
-            obj, _gone = self.store.delete(info, namespace, name, _delete_options(request))
+            obj, _gone = self.store.delete(info, namespace, name,
+                                           _delete_options(request, options.dry_run))
             return _json_response(obj)
         if method == "DELETE":
             deleted = self.store.delete_collection(info, namespace, _selector(request, info),
-                                                   _delete_options(request))
+                                                   _delete_options(request, options.dry_run))
             return _json_response({"kind": f"{info.kind}List", "apiVersion": info.api_version,
                                    "metadata": {"resourceVersion": str(self.store.rv)},
                                    "items": deleted})
@@ -440,9 +465,7 @@ class KubeApiHandler(kmock.RawHandler):
             kind = event.type
         else:
             return None
-        if obj.get("apiVersion") != info.api_version:
-            obj = {**obj, "apiVersion": info.api_version}
-        return {"type": kind, "object": obj}
+        return {"type": kind, "object": as_version(info, obj)}
 
     @staticmethod
     def _bookmark(info: ResourceInfo, rv: int, initial_events_end: bool) -> JsonDict:

@@ -44,8 +44,16 @@ class ResourceInfo:
 
     @property
     def storage_key(self) -> tuple[str, str]:
-        """All served versions of a kind share one storage, as in etcd (no conversion needed)."""
+        """All served versions of a kind share one storage, as in etcd (no conversion needed).
+        `events.k8s.io/v1` Events are core Events seen through another API, as on the real
+        server: one storage, converted on the way in and out (apiserver_builtins)."""
+        if self.group == "events.k8s.io" and self.plural == "events":
+            return ("", "events")
         return (self.group, self.plural)
+
+    @property
+    def is_events_v1(self) -> bool:
+        return self.group == "events.k8s.io" and self.plural == "events"
 
     @property
     def has_status(self) -> bool:

@@ -34,6 +34,9 @@ DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_JSON_INTEGER_FLOAT = float(2**53)
+
 CelHook = Callable[[Any, Any, Schema, str], list[FieldCause]]
 
 
@@ -60,7 +63,9 @@ def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
-        return "integer"
+        # The real server decodes JSON integers into int64; a wider one becomes a float64,
+        # so `type: integer` refuses it even where the schema sets no maximum.
+        return "integer" if INT64_MIN <= value <= INT64_MAX else "number"
     if isinstance(value, float):
         return "number"
     if isinstance(value, str):
@@ -77,6 +82,9 @@ def _type_ok(schema: Schema, value: Any) -> bool:
     if expected is None:
         return True
     actual = _type_name(value)
+    if expected == "integer" and isinstance(value, float):
+        # kube-openapi accepts a float with no fraction up to 2^53 as an integer (`3.0`).
+        return value.is_integer() and abs(value) <= MAX_JSON_INTEGER_FLOAT
     return actual == expected or (expected == "number" and actual == "integer")
 
 
@@ -87,10 +95,10 @@ def prune_and_default(value: Any, schema: Schema | None) -> Any:
     """Drop fields the schema does not know and fill in defaults; returns a new value."""
     if schema is None:
         return value
-    return _prune_default(value, schema)
+    return _prune_default(value, schema, "", None)
 
 
-def _prune_default(value: Any, schema: Schema) -> Any:
+def _prune_default(value: Any, schema: Schema, path: str, dropped: list[str] | None) -> Any:
     if isinstance(value, dict):
         props: dict[str, Schema] = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
@@ -101,32 +109,40 @@ def _prune_default(value: Any, schema: Schema) -> Any:
                 sub = props[key]
                 if item is None and not sub.get("nullable") and "default" in sub:
                     continue  # nulls are pruned before defaulting, then defaulted
-                result[key] = _prune_default(item, sub)
+                result[key] = _prune_default(item, sub, _join(path, key), dropped)
             elif isinstance(additional, dict):
-                result[key] = _prune_default(item, additional)
+                result[key] = _prune_default(item, additional, _join(path, key), dropped)
             elif preserve or additional is True:
                 result[key] = item
+            elif dropped is not None:
+                dropped.append(_join(path, key))
         for key, sub in props.items():
             if key not in result and "default" in sub:
-                result[key] = _prune_default(copy.deepcopy(sub["default"]), sub)
+                result[key] = _prune_default(copy.deepcopy(sub["default"]), sub, "", None)
         return result
     if isinstance(value, list):
         items = schema.get("items")
         if isinstance(items, dict):
-            return [_prune_default(item, items) for item in value]
+            return [_prune_default(item, items, f"{path}[{index}]", dropped)
+                    for index, item in enumerate(value)]
     return value
 
 
-def prune_custom_object(obj: JsonDict, schema: Schema | None) -> JsonDict:
-    """Prune/default a whole custom object; apiVersion, kind and metadata are always kept."""
-    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k in OBJECT_META_FIELDS}
+def prune_custom_object(obj: JsonDict, schema: Schema | None,
+                        dropped: list[str] | None = None) -> JsonDict:
+    """Prune/default a whole custom object; apiVersion, kind and metadata are always kept.
+    The paths of pruned fields (`spec.x`, `metadata.y`) are appended to `dropped`."""
+    raw_meta = obj.get("metadata") or {}
+    meta = {k: v for k, v in raw_meta.items() if k in OBJECT_META_FIELDS}
+    if dropped is not None:
+        dropped.extend(f"metadata.{k}" for k in raw_meta if k not in OBJECT_META_FIELDS)
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     if schema is not None:
         body_schema = dict(schema)
         props = {k: v for k, v in (schema.get("properties") or {}).items()
                  if k not in ("apiVersion", "kind", "metadata")}
         body_schema["properties"] = props
-        body = _prune_default(body, body_schema)
+        body = _prune_default(body, body_schema, "", dropped)
     result: JsonDict = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
                         "metadata": meta}
     result.update(body)
@@ -302,9 +318,11 @@ def _validate_combinator(
                               f"Invalid value: {go_repr(value)}: {where} in body must validate "
                               "at least one schema (anyOf)"))
     elif key == "oneOf" and passing != 1:
-        out.append(FieldCause(path, "FieldValueInvalid",
-                              f"Invalid value: {go_repr(value)}: {where} in body must validate "
-                              "one and only one schema (oneOf)"))
+        # kube-apiserver's own wording, field-less path included (issue 10, point 5).
+        found = "Found none valid" if passing == 0 else f"Found {passing} valid alternatives"
+        out.append(FieldCause("<nil>", "FieldValueInvalid",
+                              f'Invalid value: "": "{where}" must validate one and only one '
+                              f"schema (oneOf). {found}"))
 
 
 @lru_cache(maxsize=512)

@@ -127,6 +127,11 @@ KIND_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("batch", "jobs"): ("status.successful",),
 }
 _FIELD_ALIASES = {"source": "source.component"}
+# events.k8s.io/v1 Events are stored as core Events: their field labels read the core fields.
+_EVENTS_V1_ALIASES = {"reportingController": "reportingComponent",
+                      **{f"regarding.{k}": f"involvedObject.{k}" for k in (
+                          "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion",
+                          "fieldPath")}}
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,9 @@ def parse_field_selector(
         field, op, value = match.groups()
         if field not in allowed:
             raise SelectorError(f'field label not supported: {field}')
-        getter = _path_getter(_FIELD_ALIASES.get(field, field))
+        aliases = _EVENTS_V1_ALIASES if storage_key == ("events.k8s.io", "events") else (
+            _FIELD_ALIASES)
+        getter = _path_getter(aliases.get(field, field))
         requirements.append(FieldRequirement(field, op == "!=", value, getter))
     return tuple(requirements)
 

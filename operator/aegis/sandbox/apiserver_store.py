@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from aegis.sandbox import apiserver_apply as ssa
+from aegis.sandbox import apiserver_builtins as builtins
 from aegis.sandbox import apiserver_errors as errors
 from aegis.sandbox.apiserver_cel import evaluate_rules
 from aegis.sandbox.apiserver_errors import ApiError, FieldCause
+from aegis.sandbox.apiserver_options import WriteOptions
 from aegis.sandbox.apiserver_patch import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -44,6 +47,8 @@ ObjectKey = tuple[str, str]  # (namespace or "", name)
 FullKey = tuple[StorageKey, str, str]
 
 NAMESPACES: StorageKey = ("", "namespaces")
+SERVICE_ACCOUNTS: StorageKey = ("", "serviceaccounts")
+EVENTS: StorageKey = ("", "events")
 CRDS: StorageKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -69,6 +74,7 @@ class DeleteOptions:
     propagation: str = "Background"  # Background | Foreground | Orphan
     precondition_uid: str | None = None
     precondition_rv: str | None = None
+    dry_run: bool = False
 
 
 class Store:
@@ -139,9 +145,7 @@ class Store:
         return items, str(self.rv), next_token
 
     def _as_version(self, info: ResourceInfo, obj: JsonDict) -> JsonDict:
-        if obj.get("apiVersion") == info.api_version:
-            return obj
-        return {**obj, "apiVersion": info.api_version}
+        return as_version(info, obj)
 
     # ------------------------------------------------------------------ watch plumbing
 
@@ -217,9 +221,15 @@ class Store:
 
     # ------------------------------------------------------------------ create
 
-    def create(self, info: ResourceInfo, namespace: str | None, body: Any) -> JsonDict:
+    def create(self, info: ResourceInfo, namespace: str | None, body: Any,
+               options: WriteOptions | None = None) -> JsonDict:
+        options = options or WriteOptions()
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
+        if info.is_events_v1:
+            core = self._events_v1_in(info, body)
+            return self._as_version(info, self.create(self._info(EVENTS), namespace, core,
+                                                      options))
         obj = copy.deepcopy(body)
         _check_type_meta(info, obj)
         meta = obj.setdefault("metadata", {})
@@ -249,22 +259,69 @@ class Store:
         for server_field in ("uid", "creationTimestamp", "deletionTimestamp",
                              "deletionGracePeriodSeconds", "generation", "selfLink",
                              "managedFields"):
-            meta.pop(server_field, None)
+            if not (server_field == "managedFields" and options.applied):
+                meta.pop(server_field, None)
         if info.has_status:
             obj.pop("status", None)
-        obj = self._admit(info, obj, old=None)
+        # Set before admission, as the real BeforeCreate does: the Job selector names the uid.
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        obj = self._admit(info, obj, old=None, options=options)
         meta = obj["metadata"]
         if (meta.get("namespace", ""), name) in self._objects[info.storage_key]:
             raise errors.already_exists(info, name)
-        meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_rfc3339()
         if info.tracks_generation:
             meta["generation"] = 1
         _initialise_builtin(info, obj)
+        if not options.applied:
+            ssa.record_update(None, obj, options.field_manager or "kube-apiserver",
+                              info.api_version, _list_kinds(info), "")
+        if options.dry_run:
+            return self._as_version(info, obj)  # as if stored: no resourceVersion, no event
         stored = self._commit(info, obj, None)
         if info.storage_key == CRDS:
             self._register_crd(stored)
+        if info.storage_key == NAMESPACES:
+            self._create_default_service_account(stored["metadata"]["name"])
         return self._as_version(info, stored)
+
+    def _create_default_service_account(self, namespace: str) -> None:
+        """The ServiceAccount controller's `default` account of every namespace (on a real
+        cluster it appears a moment after the namespace; here at once)."""
+        if (namespace, "default") in self._objects[SERVICE_ACCOUNTS]:
+            return
+        self.create(self._info(SERVICE_ACCOUNTS), namespace, {"metadata": {"name": "default"}},
+                    WriteOptions(field_manager="kube-controller-manager"))
+
+    def _events_v1_in(self, info: ResourceInfo, body: JsonDict) -> JsonDict:
+        """An events.k8s.io/v1 body validated as that API does, in the stored core shape."""
+        _check_type_meta(info, copy.deepcopy(body))
+        causes = builtins.validate_events_v1(body)
+        if causes:
+            name = str((body.get("metadata") or {}).get("name") or "")
+            raise errors.invalid(info, name, causes)
+        return builtins.event_from_events_v1(copy.deepcopy(body))
+
+    def _admit_pod(self, pod: JsonDict) -> None:
+        """The ServiceAccount admission plugin: a default account, a refusal (403) when the
+        named account does not exist, and the projected API token volume."""
+        meta, spec = pod["metadata"], pod.get("spec")
+        if not isinstance(spec, dict):
+            return
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = spec["serviceAccount"] = account
+        found = self._objects[SERVICE_ACCOUNTS].get((meta["namespace"], account))
+        if found is None:
+            info = self._info(("", "pods"))
+            raise errors.forbidden(
+                info, str(meta.get("name") or ""),
+                f'pods "{meta.get("name") or ""}" is forbidden: error looking up service '
+                f'account {meta["namespace"]}/{account}: serviceaccount "{account}" not found')
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            automount = found.get("automountServiceAccountToken")
+        if automount is not False:
+            builtins.service_account_volume(pod)
 
     def _check_namespace_open(self, info: ResourceInfo, namespace: str, name: str) -> None:
         ns = self._objects[NAMESPACES].get(("", namespace))
@@ -276,14 +333,34 @@ class Store:
                 f'{info.group_resource} "{name}" is forbidden: unable to create new content in '
                 f"namespace {namespace} because it is being terminated")
 
-    def _admit(self, info: ResourceInfo, obj: JsonDict, old: JsonDict | None) -> JsonDict:
+    def _admit(self, info: ResourceInfo, obj: JsonDict, old: JsonDict | None,
+               options: WriteOptions | None = None) -> JsonDict:
         """Prune, default and validate, as the real server does on every create and update."""
         name = str(obj.get("metadata", {}).get("name") or "")
+        dropped: list[str] = []
+        if info.custom:
+            obj = prune_custom_object(obj, info.schema, dropped)
+        else:
+            dropped = builtins.strip_unknown(info.kind, obj)
+            builtins.check_quantities(info.kind, info.version, obj)
+        if options is not None:
+            options.check_fields(info.kind, info.version, dropped)
         causes: list[FieldCause] = validate_metadata(
             obj["metadata"], namespaced=info.namespaced,
             is_namespace=info.storage_key == NAMESPACES)
+        if info.storage_key == ("batch", "jobs"):
+            if old is None:
+                causes += builtins.prepare_job_create(obj)
+            else:
+                causes += builtins.validate_job_update(obj, old)
+            causes += builtins.validate_job(obj)
+        elif info.storage_key == EVENTS and old is None:
+            causes += builtins.validate_core_event(obj)
+        elif info.storage_key == ("", "pods"):
+            if old is None:
+                self._admit_pod(obj)
+            causes += builtins.validate_pod_spec(obj.get("spec"), "spec", template=False)
         if info.custom:
-            obj = prune_custom_object(obj, info.schema)
             if info.schema is not None:
                 body_schema = {**info.schema, "properties": {
                     k: v for k, v in (info.schema.get("properties") or {}).items()
@@ -306,10 +383,14 @@ class Store:
 
     def replace(
         self, info: ResourceInfo, namespace: str | None, name: str, body: Any,
-        subresource: str | None,
+        subresource: str | None, options: WriteOptions | None = None,
     ) -> JsonDict:
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
+        if info.is_events_v1:
+            core = self._events_v1_in(info, body)
+            return self._as_version(info, self.replace(self._info(EVENTS), namespace, name, core,
+                                                       subresource, options))
         current = self._current(info, namespace, name)
         body_meta = body.get("metadata") or {}
         if body_meta.get("name") not in (None, name):
@@ -317,11 +398,11 @@ class Store:
                                      f"not match the name on the URL ({name})")
         candidate = copy.deepcopy(body)
         candidate.setdefault("metadata", {})
-        return self._update(info, current, candidate, subresource)
+        return self._update(info, current, candidate, subresource, options)
 
     def patch(
         self, info: ResourceInfo, namespace: str | None, name: str, content_type: str,
-        patch: Any, subresource: str | None,
+        patch: Any, subresource: str | None, options: WriteOptions | None = None,
     ) -> JsonDict:
         if content_type == STRATEGIC_MERGE_PATCH and info.custom:
             raise errors.unsupported_media_type(
@@ -337,7 +418,40 @@ class Store:
         candidate = copy.deepcopy(candidate)
         if not isinstance(candidate.get("metadata"), dict):
             candidate["metadata"] = {}
-        return self._update(info, current, candidate, subresource)
+        if info.is_events_v1:
+            core = self._events_v1_in(info, candidate)
+            return self._as_version(info, self._update(self._info(EVENTS), current, core,
+                                                       subresource, options))
+        return self._update(info, current, candidate, subresource, options)
+
+    def apply(
+        self, info: ResourceInfo, namespace: str | None, name: str, config: Any,
+        options: WriteOptions,
+    ) -> tuple[JsonDict, bool]:
+        """Server-side apply (`application/apply-patch+yaml`): (the object, whether created)."""
+        if not isinstance(config, dict):
+            raise errors.bad_request("the body of the request must be a YAML or JSON object")
+        if info.is_events_v1:
+            raise errors.unsupported_media_type(
+                "server-side apply through events.k8s.io/v1 is not supported by the Aegis API "
+                "emulator; apply the core/v1 Event")
+        if not config.get("kind") or not config.get("apiVersion"):
+            raise errors.bad_request(f"Object 'Kind' is missing in '{json.dumps(config)}'")
+        _check_type_meta(info, copy.deepcopy(config))
+        raw_meta = config.get("metadata")
+        config_meta: JsonDict = raw_meta if isinstance(raw_meta, dict) else {}
+        if config_meta.get("name") not in (None, name):
+            raise errors.bad_request(f"the name of the object ({config_meta.get('name')}) does "
+                                     f"not match the name on the URL ({name})")
+        options.applied = True
+        current = self._objects[info.storage_key].get((namespace or "", name))
+        view = self._as_version(info, current) if current is not None else None
+        merged = ssa.apply(view, config, options.field_manager, info.api_version,
+                           _list_kinds(info), force=options.force, has_status=info.has_status)
+        merged.setdefault("metadata", {})["name"] = name
+        if current is None:
+            return self.create(info, namespace, merged, options), True
+        return self._update(info, current, merged, None, options), False
 
     def _current(self, info: ResourceInfo, namespace: str | None, name: str) -> JsonDict:
         obj = self._objects[info.storage_key].get((namespace or "", name))
@@ -347,8 +461,9 @@ class Store:
 
     def _update(
         self, info: ResourceInfo, current: JsonDict, candidate: JsonDict,
-        subresource: str | None,
+        subresource: str | None, options: WriteOptions | None = None,
     ) -> JsonDict:
+        options = options or WriteOptions()
         name = current["metadata"]["name"]
         wanted_rv = candidate["metadata"].get("resourceVersion")
         if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
@@ -373,8 +488,11 @@ class Store:
             new["metadata"] = _merge_server_metadata(current["metadata"], new["metadata"])
         new["apiVersion"] = current.get("apiVersion", info.api_version)
         new["kind"] = info.kind
-        new = self._admit(info, new, old=current)
-        if new == current:
+        new = self._admit(info, new, old=current, options=options)
+        if not options.applied:
+            ssa.record_update(current, new, options.field_manager or "kube-apiserver",
+                              info.api_version, _list_kinds(info), subresource or "")
+        if _same(new, current):
             return self._as_version(info, current)  # a no-op write changes nothing, as in etcd
         old_meta = current["metadata"]
         meta = new["metadata"]
@@ -387,6 +505,8 @@ class Store:
                     f"found new finalizers {json.dumps(sorted(added))}")])
         if info.tracks_generation and _spec_changed(info, current, new):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        if options.dry_run:
+            return self._as_version(info, new)  # as if stored: same resourceVersion, no event
         stored = self._commit(info, new, current)
         if info.storage_key == CRDS:
             self._register_crd(stored)
@@ -410,6 +530,12 @@ class Store:
                            f", UID in object meta: {meta['uid']}")
         if options.precondition_rv and options.precondition_rv != meta["resourceVersion"]:
             raise errors.conflict(info, name)
+        if options.dry_run:
+            if meta.get("finalizers") and not meta.get("deletionTimestamp"):
+                marked = {**current, "metadata": {**meta, "deletionTimestamp": now_rfc3339(),
+                                                  "deletionGracePeriodSeconds": 0}}
+                return self._as_version(info, marked), False
+            return self._as_version(info, current), not meta.get("finalizers")
         if options.propagation == "Orphan":
             self._orphan_dependents(str(meta["uid"]))
         elif options.propagation == "Foreground":
@@ -529,6 +655,33 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _list_kinds(info: ResourceInfo) -> ssa.ListKinds:
+    return ssa.ListKinds(info.custom, info.schema)
+
+
+def _same(new: JsonDict, old: JsonDict) -> bool:
+    """Equal but for the times in managedFields (which alone never make a write)."""
+    if new == old:
+        return True
+
+    def untimed(obj: JsonDict) -> JsonDict:
+        meta = obj.get("metadata") or {}
+        entries = [{k: v for k, v in e.items() if k != "time"}
+                   for e in meta.get("managedFields") or []]
+        return {**obj, "metadata": {**meta, "managedFields": entries}}
+
+    return untimed(new) == untimed(old)
+
+
+def as_version(info: ResourceInfo, obj: JsonDict) -> JsonDict:
+    """A stored object as the API version of `info` shows it."""
+    if info.is_events_v1:
+        return builtins.event_to_events_v1(obj)
+    if obj.get("apiVersion") == info.api_version:
+        return obj
+    return {**obj, "apiVersion": info.api_version}
 
 
 def _check_type_meta(info: ResourceInfo, obj: JsonDict) -> None:

@@ -227,12 +227,13 @@ def _cells(info: ResourceInfo, obj: JsonDict, now: datetime.datetime) -> list[An
     if info.custom and info.printer_columns:
         return [meta.get("name", ""), *_custom_cells(info, obj, now)]
     if info.storage_key == ("", "events"):
-        involved = obj.get("involvedObject") or {}
-        last = (obj.get("lastTimestamp") or obj.get("eventTime")
-                or meta.get("creationTimestamp"))
+        v1 = info.is_events_v1  # the same events, seen with events.k8s.io/v1 field names
+        involved = obj.get("regarding" if v1 else "involvedObject") or {}
+        last = (obj.get("deprecatedLastTimestamp" if v1 else "lastTimestamp")
+                or obj.get("eventTime") or meta.get("creationTimestamp"))
         return [age(last, now), obj.get("type", ""), obj.get("reason", ""),
                 f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
-                obj.get("message", "")]
+                obj.get("note" if v1 else "message", "")]
     if info.storage_key == ("", "namespaces"):
         return [meta.get("name", ""), (obj.get("status") or {}).get("phase", ""),
                 age(meta.get("creationTimestamp"), now)]

@@ -458,6 +458,7 @@ class JobRunner:
         message: str,
         started: datetime,
         finished: datetime,
+        automount_token: bool | None = None,
     ) -> None:
         """Create the attempt's Pod with its container's terminated state, as the Job
         controller and the kubelet would, so that readers of pod status (the operator reads
@@ -490,6 +491,14 @@ class JobRunner:
             },
             "spec": {
                 "restartPolicy": "Never",
+                # The template's account: the API server's ServiceAccount admission checks it
+                # and mounts its token unless the template opted out.
+                "serviceAccountName": pod.service_account,
+                **(
+                    {"automountServiceAccountToken": automount_token}
+                    if automount_token is not None
+                    else {}
+                ),
                 "containers": [
                     {
                         "name": container.get("name") or "main",
@@ -624,6 +633,7 @@ class _JobRun(threading.Thread):
         self.status = JobStatus.from_api(job.get("status"))
         self._changed = threading.Condition()
         self._cancel_reason: str | None = None
+        self._failed_create_noted = False
         self.ended_by: str | None = None
         """Why the run stopped early (Deleted, RunnerStopped), or None."""
 
@@ -689,6 +699,14 @@ class _JobRun(threading.Thread):
             remaining = self._deadline()
             if remaining is not None and remaining <= 0:
                 return self._fail("DeadlineExceeded")
+            if not self._service_account_exists():
+                # The Job controller's Pod create is refused (403) while the ServiceAccount
+                # is missing: nothing runs, no attempt is counted, it retries.
+                if self.status.start_time is None:
+                    self.status.start_time = datetime.now(UTC)
+                    self._publish()
+                self._pause(self.runner.retry_delay_seconds)
+                continue
             self._acquire_slot()
             try:
                 outcome = self._run_attempt()
@@ -707,6 +725,33 @@ class _JobRun(threading.Thread):
             self._publish()
             if outcome != "Succeeded":
                 self._pause(self.runner.retry_delay_seconds)
+
+    def _service_account_exists(self) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        pod_spec = ((self.spec.get("template") or {}).get("spec")) or {}
+        account = pod_spec.get("serviceAccountName") or pod_spec.get("serviceAccount")
+        if not account or account == "default":
+            return True  # every namespace has its default account
+        try:
+            self.runner.core.read_namespaced_service_account(account, self.namespace,
+                                                             _request_timeout=30)
+        except ApiException as error:
+            if error.status == 404:
+                self._note_failed_create(account)
+                return False
+            raise
+        return True
+
+    def _note_failed_create(self, account: str) -> None:
+        if self._failed_create_noted:
+            return
+        self._failed_create_noted = True
+        log_path = self.runner.log_path(self.namespace, self.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        _append_log(log_path,
+                    f"FailedCreate: Error creating: pods is forbidden: error looking up service "
+                    f"account {self.namespace}/{account}: serviceaccount \"{account}\" not found")
 
     def _wait_while_suspended(self) -> None:
         announced = False
@@ -846,6 +891,7 @@ class _JobRun(threading.Thread):
                 message.strip(),
                 attempt_started,
                 datetime.now(UTC),
+                automount_token=pod_spec.get("automountServiceAccountToken"),
             )
         return outcome
 
