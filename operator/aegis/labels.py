@@ -40,3 +40,6 @@ FAILOVER_ANNOTATION: Final = f"{GROUP}/failover"
 """On a FailoverPlan: asks for a manual failover."""
 FAILBACK_ANNOTATION: Final = f"{GROUP}/failback"
 """On a FailoverPlan: asks for a failback."""
+ACCEPT_DATA_LOSS_ANNOTATION: Final = f"{GROUP}/accept-data-loss"
+"""On a FailoverPlan, with the failover or approve annotation: accepts promoting a secondary
+that lags beyond the plan's limits (value: the reason, recorded in the transition)."""

@@ -168,6 +168,30 @@ FAILOVER_STATE = Gauge(
     ["namespace", "plan", "state"],
 )
 
+# --- Failover safety (issue 13): replication lag and blocked failovers. ---------------
+REPLICATION_LAG_BYTES = Gauge(
+    "aegis_replication_lag_bytes",
+    "Bytes the site's replica lacks of the serving site's last observed position.",
+    ["namespace", "plan", "site"],
+)
+REPLICATION_LAG_SECONDS = Gauge(
+    "aegis_replication_lag_seconds",
+    "Data-loss window of promoting the site's replica now, in seconds.",
+    ["namespace", "plan", "site"],
+)
+REPLICATION_STALE = Gauge(
+    "aegis_replication_stale",
+    "1 when the site's replica lags beyond the plan's maxLagBytes/maxLagSeconds or its lag "
+    "is unknown.",
+    ["namespace", "plan", "site"],
+)
+FAILOVER_BLOCKED = Gauge(
+    "aegis_failover_blocked",
+    "1 while the primary is down and failover is blocked because the secondary is stale.",
+    ["namespace", "plan"],
+)
+# --- end failover safety ---------------------------------------------------------------
+
 _server_lock = threading.Lock()
 _server_port: int | None = None
 

@@ -126,6 +126,42 @@ class PostgresPromoteStep(ApiModel):
     takes no writes if it comes back (best effort)."""
 
 
+class PostgresSwitchoverStep(ApiModel):
+    """A planned switchover with zero data loss (the failback procedure): check that
+    `target` is a standby streaming from `primary` on its timeline and caught up within the
+    plan's lag limits; fence `primary` (read-only, client sessions ended); wait until
+    `target` has replayed the fenced primary's final WAL position; promote `target` and check
+    it takes writes. `primary` stays fenced. A failed precondition refuses the step before
+    anything changes; a catch-up that does not finish in time unfences `primary` again."""
+
+    target: PostgresTarget
+    """The standby to promote (the old primary, re-attached by your tooling)."""
+    primary: PostgresTarget
+    """The current primary, fenced and left fenced."""
+
+
+class RedisPromoteStep(ApiModel):
+    """Promote a Redis replica with REPLICAOF NO ONE and verify its role and a write."""
+
+    target: RedisTarget
+    """The replica to promote."""
+    fence_primary: RedisTarget | None = None
+    """The old master: if reachable, make it refuse writes (min-replicas-to-write set beyond
+    its replica count; best effort) and let the replica catch up to its final offset."""
+
+
+class RedisSwitchoverStep(ApiModel):
+    """A planned Redis switchover with zero data loss: check that `target` is a replica of
+    `primary` (same replication id, link up) within the lag limits; fence `primary`; wait
+    until `target` has processed its final offset; REPLICAOF NO ONE; verify. `primary`
+    stays fenced; a catch-up that does not finish in time unfences it."""
+
+    target: RedisTarget
+    """The replica to promote (the old master, re-attached as a replica)."""
+    primary: RedisTarget
+    """The current master, fenced and left fenced."""
+
+
 class ScaleStep(ApiModel):
     """Scale a workload and wait until its replicas are ready."""
 
@@ -217,7 +253,10 @@ class JobStep(ApiModel):
 class Step(HasOneOf):
     """One step of a failover or failback procedure."""
 
-    ONE_OF = ("postgres_promote", "scale", "route53", "webhook", "job")
+    ONE_OF = (
+        "postgres_promote", "postgres_switchover", "redis_promote", "redis_switchover", "scale",
+        "route53", "webhook", "job",
+    )
 
     name: StepName
     """Unique name of the step."""
@@ -229,6 +268,12 @@ class Step(HasOneOf):
     """Steps that must finish first; absent: the previous step in the list."""
     postgres_promote: PostgresPromoteStep | None = None
     """Promote a PostgreSQL standby."""
+    postgres_switchover: PostgresSwitchoverStep | None = None
+    """Switch over to a caught-up PostgreSQL standby with zero data loss (failback)."""
+    redis_promote: RedisPromoteStep | None = None
+    """Promote a Redis replica."""
+    redis_switchover: RedisSwitchoverStep | None = None
+    """Switch over to a caught-up Redis replica with zero data loss (failback)."""
     scale: ScaleStep | None = None
     """Scale a workload."""
     route53: Route53Step | None = None
@@ -259,6 +304,17 @@ class Approval(ApiModel):
     """Wait for approval even in Automatic mode."""
 
 
+class PlanObjectives(ApiModel):
+    """What the team promises for this service."""
+
+    rpo_seconds: Annotated[int, Field(ge=1)] | None = None
+    """The data-loss window promised; the default of maxLagSeconds."""
+
+
+DEFAULT_MAX_LAG_SECONDS = 60
+DEFAULT_MAX_LAG_BYTES = 1024 * 1024
+
+
 class FailoverPlanSpec(ApiModel):
     """Two sites, the rules for leaving the primary, and the procedure."""
 
@@ -278,6 +334,23 @@ class FailoverPlanSpec(ApiModel):
     """Human approval."""
     history_limit: Annotated[int, Field(ge=0, le=100)] = 10
     """Transitions kept in status.history."""
+    objectives: PlanObjectives | None = None
+    """The RPO objective; maxLagSeconds defaults to it."""
+    max_lag_seconds: Annotated[int, Field(ge=0)] | None = None
+    """A replica whose newest data is older than this (relative to the source's last observed
+    position) is stale: no automatic failover onto it, and a manual one needs the
+    dr.aegis.dev/accept-data-loss annotation. Absent: objectives.rpoSeconds, else 60."""
+    max_lag_bytes: Annotated[int, Field(ge=0)] = DEFAULT_MAX_LAG_BYTES
+    """A replica lacking more than this many bytes of the source's WAL (PostgreSQL) or
+    replication stream (Redis) is stale. Default 1 MiB, as Patroni's maximum_lag_on_failover."""
+
+    @property
+    def lag_seconds_limit(self) -> int:
+        if self.max_lag_seconds is not None:
+            return self.max_lag_seconds
+        if self.objectives is not None and self.objectives.rpo_seconds is not None:
+            return self.objectives.rpo_seconds
+        return DEFAULT_MAX_LAG_SECONDS
 
     @model_validator(mode="after")
     def _steps_are_ordered(self) -> FailoverPlanSpec:
@@ -299,6 +372,39 @@ class CheckStatus(StatusModel):
     """Why it failed."""
 
 
+class SiteReplication(StatusModel):
+    """Replication of a site's database as its first postgres/redis check saw it, and for the
+    site that does not serve, how far behind the serving one it is."""
+
+    kind: Literal["postgres", "redis"]
+    """Which database the position belongs to."""
+    role: Literal["primary", "replica"]
+    """primary (takes writes, or fenced) or replica (PostgreSQL standby, Redis replica)."""
+    position: int | None = None
+    """Primary: current write position; replica: last received position (bytes: a
+    PostgreSQL LSN as a number, a Redis replication offset)."""
+    position_time: dt.datetime | None = None
+    """When `position` was read."""
+    streaming: bool | None = None
+    """Replica: the link to its source is up."""
+    last_message_age_seconds: float | None = None
+    """Replica: seconds since the last message from its source."""
+    read_only: bool | None = None
+    """Primary: refuses writes (fenced)."""
+    complete_as_of_time: dt.datetime | None = None
+    """Replica: the newest time at which the serving site's position is known to have been
+    received by this replica: every write before it is here."""
+    lag_bytes: int | None = None
+    """Replica: the serving site's last observed position minus this replica's position."""
+    lag_seconds: float | None = None
+    """Replica: the serving site's last observation time minus completeAsOfTime (0 when
+    nothing is missing): the data-loss window a promotion now would have."""
+    stale: bool | None = None
+    """Replica: lag beyond maxLagBytes / maxLagSeconds, or unknown."""
+    message: str | None = None
+    """The lag in words."""
+
+
 class SiteStatus(StatusModel):
     """Observed health of a site."""
 
@@ -316,6 +422,8 @@ class SiteStatus(StatusModel):
     """Time of the latest probe."""
     checks: list[CheckStatus] | None = None
     """Latest result of each check."""
+    replication: SiteReplication | None = None
+    """Replication of the site's database and, when it does not serve, its lag."""
 
 
 class StepStatus(StatusModel):
@@ -358,6 +466,14 @@ class Transition(StatusModel):
     """Measured replay lag of the standby just before promotion (the data-loss window)."""
     lag_bytes: int | None = None
     """Measured WAL bytes not yet replayed just before promotion."""
+    expected_lag_bytes: int | None = None
+    """The target's lag when the transition was decided (from the probes)."""
+    expected_lag_seconds: float | None = None
+    """The target's data-loss window in seconds when the transition was decided."""
+    data_loss_accepted: str | None = None
+    """The dr.aegis.dev/accept-data-loss acknowledgement that let it run onto a stale target."""
+    write_outage_seconds: float | None = None
+    """Switchover: from fencing the old primary to the new one verified writable."""
     result: Literal["Running", "Succeeded", "Failed"] | None = None
     """Outcome."""
     steps: list[StepStatus] | None = None
@@ -375,7 +491,8 @@ class FailoverPlanStatus(StatusModel):
     """Which site serves."""
     state: (
         Literal[
-            "Monitoring", "AwaitingApproval", "FailingOver", "FailedOver", "FailingBack", "Failed"
+            "Monitoring", "AwaitingApproval", "Blocked", "FailingOver", "FailedOver",
+            "FailingBack", "Failed",
         ]
         | None
     ) = None

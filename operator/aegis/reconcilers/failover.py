@@ -21,6 +21,13 @@ random token. Triggers by annotation: `dr.aegis.dev/failover=<reason>` (a human 
 skips cooldown and approval, but still needs a healthy secondary unless the value is
 `force` or `force:<reason>`), `dr.aegis.dev/approve=<token>`, `dr.aegis.dev/failback=<reason>`
 (needs a healthy primary; no force).
+
+Replication gating (issue 13): `next_replication()` compares the database position of the
+serving site with the other site's; a replica lagging beyond maxLagBytes/maxLagSeconds (or
+whose lag is unknown) is stale. No automatic failover onto a stale secondary (state
+Blocked, reason SecondaryLagging, a Warning event); a manual trigger or an approval onto it
+needs `dr.aegis.dev/accept-data-loss=<reason>`, which is recorded in the transition with
+the expected loss.
 """
 
 from __future__ import annotations
@@ -37,16 +44,19 @@ from aegis.api.failoverplan import (
     FailoverPlanStatus,
     Route53Step,
     Site,
+    SiteReplication,
     SiteStatus,
     Step,
     StepStatus,
     Transition,
 )
+from aegis.labels import ACCEPT_DATA_LOSS_ANNOTATION as ACCEPT_DATA_LOSS
 from aegis.labels import APPROVE_ANNOTATION as APPROVE
 from aegis.labels import FAILBACK_ANNOTATION as FAILBACK
 from aegis.labels import FAILOVER_ANNOTATION as FAILOVER
 
-__all__ = ["APPROVE", "FAILBACK", "FAILOVER"]  # the annotations, for readers of this module
+# the annotations, for readers of this module
+__all__ = ["ACCEPT_DATA_LOSS", "APPROVE", "FAILBACK", "FAILOVER"]
 from aegis.probes.base import CheckResult
 from aegis.probes.prober import SiteProbe
 from aegis.reconcilers.conditions import ConditionUpdate, iso
@@ -157,9 +167,154 @@ def site_condition(key: SiteKey, site: Site, status: SiteStatus | None) -> Condi
     return ConditionUpdate(type_, "False", "Down", f"{site.name} down since {since}: {why}")
 
 
+# --------------------------------------------------------------------------- replication
+
+
+def observed_replication(probe: SiteProbe) -> SiteReplication | None:
+    """The replication state the site's first database check reported in this probe."""
+    for result in probe.results:
+        seen = result.replication
+        if seen is not None:
+            return SiteReplication(
+                kind=seen.kind, role=seen.role, position=seen.position, position_time=probe.time,
+                streaming=seen.streaming if seen.role == "replica" else None,
+                last_message_age_seconds=seen.last_message_age_seconds,
+                read_only=seen.read_only if seen.role == "primary" else None,
+            )
+    return None
+
+
+def _other(key: SiteKey) -> SiteKey:
+    return "secondary" if key == "primary" else "primary"
+
+
+def replica_lag(
+    spec: FailoverPlanSpec,
+    source: SiteReplication | None,
+    source_before: SiteReplication | None,
+    replica: SiteReplication,
+    source_name: str,
+) -> SiteReplication:
+    """`replica` with its lag behind `source` (the serving site's latest observation, kept
+    while the source is unreachable) and staleness.
+
+    completeAsOfTime moves forward to the time of a source observation (this one or the one
+    before) whose position the replica has reached: every write before then is on the
+    replica. lagSeconds is the source's last observation time minus it, so a source that
+    died keeps the window it had when last seen instead of aging with the outage."""
+    limit_b, limit_s = spec.max_lag_bytes, spec.lag_seconds_limit
+    limits = f"limits {limit_b} bytes / {limit_s}s"
+    if replica.role != "replica":
+        return replica.model_copy(update={
+            "lag_bytes": None, "lag_seconds": None, "stale": None,
+            "message": "a primary itself, not replicating from the serving site",
+        })
+    if source is None or source.kind != replica.kind or source.role != "primary":
+        return replica.model_copy(update={
+            "lag_bytes": None, "lag_seconds": None, "stale": True,
+            "message": f"lag unknown: no {replica.kind} primary position observed on "
+            f"{source_name}",
+        })
+    complete = replica.complete_as_of_time
+    for sample in (source_before, source):
+        if (sample is not None and sample.position is not None and sample.position_time
+                and replica.position is not None and replica.position >= sample.position
+                and sample.kind == replica.kind
+                and (complete is None or sample.position_time > complete)):
+            complete = sample.position_time
+    if source.position is None or replica.position is None:
+        return replica.model_copy(update={
+            "complete_as_of_time": complete, "lag_bytes": None, "lag_seconds": None,
+            "stale": True, "message": "lag unknown: a position could not be read",
+        })
+    lag_bytes = max(0, source.position - replica.position)
+    lag_seconds: float | None = 0.0
+    if lag_bytes:
+        if complete is None or source.position_time is None:
+            lag_seconds = None
+        else:
+            lag_seconds = round(max(0.0, (source.position_time - complete).total_seconds()), 3)
+    stale = lag_bytes > limit_b or lag_seconds is None or lag_seconds > limit_s
+    link = "streaming" if replica.streaming else "NOT streaming"
+    window = "unknown" if lag_seconds is None else f"{lag_seconds:g}s"
+    message = (f"{lag_bytes} bytes / {window} behind {source_name} ({link}; {limits})")
+    return replica.model_copy(update={
+        "complete_as_of_time": complete, "lag_bytes": lag_bytes, "lag_seconds": lag_seconds,
+        "stale": stale, "message": message,
+    })
+
+
+def next_replication(
+    spec: FailoverPlanSpec,
+    active: SiteKey,
+    previous: Mapping[str, SiteStatus],
+    current: Mapping[str, SiteStatus],
+    probes: Mapping[str, SiteProbe],
+) -> dict[str, SiteStatus]:
+    """`current` site statuses with `replication` set: each probed site's new observation
+    (or its last one while unreachable), and for the site that does not serve (`active` is
+    the serving one), its lag behind the serving site."""
+    sites = dict(current)
+    before: dict[str, SiteReplication | None] = {}
+    for key in ("primary", "secondary"):
+        old = previous.get(key)
+        old_rep = old.replication if old else None
+        before[key] = old_rep
+        status = sites.get(key)
+        if status is None:
+            continue
+        seen = observed_replication(probes[key]) if key in probes else None
+        if seen is None:
+            rep = old_rep
+        elif old_rep is not None and old_rep.role == seen.role and old_rep.kind == seen.kind:
+            rep = seen.model_copy(update={"complete_as_of_time": old_rep.complete_as_of_time})
+        else:
+            rep = seen
+        sites[key] = status.model_copy(update={"replication": rep})
+    replica_key = _other(active)
+    replica_status = sites.get(replica_key)
+    if replica_status is not None and replica_status.replication is not None:
+        source_status = sites.get(active)
+        source = source_status.replication if source_status else None
+        name = spec.secondary.name if active == "secondary" else spec.primary.name
+        lagged = replica_lag(spec, source, before[active], replica_status.replication, name)
+        sites[replica_key] = replica_status.model_copy(update={"replication": lagged})
+    source_status = sites.get(active)
+    if source_status is not None and source_status.replication is not None:
+        sites[active] = source_status.model_copy(update={"replication": source_status.replication
+                                                         .model_copy(update={
+                                                             "lag_bytes": None,
+                                                             "lag_seconds": None,
+                                                             "stale": None,
+                                                             "complete_as_of_time": None,
+                                                             "message": "serving site"})})
+    return sites
+
+
+def lag_problem(spec: FailoverPlanSpec, status: FailoverPlanStatus, key: SiteKey) -> str | None:
+    """Why promoting `key` would lose more data than the limits allow, or None."""
+    site = _site(status, key)
+    rep = site.replication if site else None
+    if rep is None or rep.role != "replica" or rep.stale is not True:
+        return None
+    name = spec.secondary.name if key == "secondary" else spec.primary.name
+    return f"{name} is stale: {rep.message}"
+
+
+def _lag_of(status: FailoverPlanStatus, key: SiteKey) -> tuple[int | None, float | None]:
+    site = _site(status, key)
+    rep = site.replication if site else None
+    if rep is None or rep.role != "replica":
+        return None, None
+    return rep.lag_bytes, rep.lag_seconds
+
+
 # --------------------------------------------------------------------------- decision
 
-Action = Literal["none", "recommend", "withdraw", "start_failover", "start_failback", "continue"]
+Action = Literal[
+    "none", "recommend", "withdraw", "block", "unblock", "start_failover", "start_failback",
+    "continue",
+]
 
 
 @dataclass(frozen=True)
@@ -186,6 +341,10 @@ class Decision:
     detected_time: dt.datetime | None = None
     resume: bool = False
     """Start the transition from the failed one: finished steps are not repeated."""
+    expected_lag_bytes: int | None = None
+    expected_lag_seconds: float | None = None
+    data_loss_accepted: str | None = None
+    """The acknowledgement that let a failover run onto a stale secondary."""
 
     @property
     def condition(self) -> ConditionUpdate:
@@ -268,7 +427,7 @@ def decide(
     failed_over = status.active_site == "secondary"
 
     if state in ("FailingOver", "FailingBack"):
-        for name in (FAILOVER, APPROVE, FAILBACK):
+        for name in (FAILOVER, APPROVE, FAILBACK, ACCEPT_DATA_LOSS):
             if name in annotations:
                 t.refuse(name, "TriggerIgnored", f"{name} ignored: {state} is in progress")
         return Decision(
@@ -285,10 +444,12 @@ def decide(
             t.refuse(FAILOVER, "SecondaryUnhealthy",
                      f"manual failover refused: {_secondary_problem(spec, status)}; set "
                      f"{FAILOVER}=force:<reason> to fail over anyway")
+        elif (lagging := _unaccepted_lag(spec, status, annotations)) is not None:
+            t.refuse(FAILOVER, "SecondaryLagging", f"manual failover refused: {lagging}")
         else:
             return _start_failover(
                 f"Manual: {reason}" + (" (forced)" if force else ""), status, t, FAILOVER,
-                resume=failed_kind == "Failover",
+                resume=failed_kind == "Failover", annotations=annotations,
             )
 
     if APPROVE in annotations and FAILOVER not in t.consume:
@@ -302,22 +463,36 @@ def decide(
         elif not _healthy(status, "secondary"):
             t.refuse(APPROVE, "SecondaryUnhealthy",
                      f"approval refused: {_secondary_problem(spec, status)}")
+        elif (lagging := _unaccepted_lag(spec, status, annotations)) is not None:
+            t.refuse(APPROVE, "SecondaryLagging", f"approval refused: {lagging}")
         else:
             t.events.append(Event("Normal", "FailoverApproved", "failover approved by token"))
             return _start_failover(
-                "Approved: " + _down_message(spec, status), status, t, APPROVE, resume=False
+                "Approved: " + _down_message(spec, status), status, t, APPROVE, resume=False,
+                annotations=annotations,
             )
 
     if FAILBACK in annotations and not t.consume:
         reason = parse_trigger(annotations[FAILBACK])[0]
         can_fail_back = failed_over or failed_kind is not None
+        # A switchover step checks its own preconditions (the old primary is then a caught-up
+        # replica, which a writable check rightly reports as not serving).
+        switchover = any(s.postgres_switchover or s.redis_switchover
+                         for s in spec.failback_steps or [])
         if not can_fail_back:
             t.refuse(FAILBACK, "NotFailedOver",
                      f"failback refused: {spec.primary.name} already serves")
-        elif not _healthy(status, "primary"):
+        elif not switchover and not _healthy(status, "primary"):
             why = failing_checks(_site(status, "primary")) or "not healthy"
             t.refuse(FAILBACK, "PrimaryUnhealthy",
                      f"failback refused: {spec.primary.name}: {why}; fix it first")
+        elif not spec.failback_steps and promotes_database(spec):
+            t.refuse(FAILBACK, "DivergedPrimary",
+                     f"failback refused: the failover promoted the database on "
+                     f"{spec.secondary.name}, so the old primary on {spec.primary.name} lacks "
+                     "every write since; the default failback (Route53 records set back) would "
+                     "send traffic to it. Re-attach it as a replica and add failbackSteps with "
+                     "postgresSwitchover/redisSwitchover before the DNS steps")
         else:
             t.consume.append(FAILBACK)
             return Decision(
@@ -327,6 +502,13 @@ def decide(
                 resume=failed_kind == "Failback",
             )
 
+    if ACCEPT_DATA_LOSS in annotations:
+        # an acknowledgement counts for the trigger it came with, never for a later one
+        if FAILOVER in annotations or APPROVE in annotations:
+            t.consume.append(ACCEPT_DATA_LOSS)
+        else:
+            t.refuse(ACCEPT_DATA_LOSS, "TriggerIgnored", f"{ACCEPT_DATA_LOSS} ignored: it "
+                     f"only counts together with {FAILOVER} or {APPROVE}")
     return _automatic(spec, status, state, failed_kind, now, t, new_token)
 
 
@@ -336,19 +518,44 @@ def _down_message(spec: FailoverPlanSpec, status: FailoverPlanStatus) -> str:
     return f"{spec.primary.name} down since {since}: {failing_checks(site) or 'checks failing'}"
 
 
+def promotes_database(spec: FailoverPlanSpec) -> bool:
+    return any(s.postgres_promote or s.redis_promote for s in spec.steps)
+
+
+def _unaccepted_lag(
+    spec: FailoverPlanSpec, status: FailoverPlanStatus, annotations: Mapping[str, str]
+) -> str | None:
+    """Why a human trigger onto the secondary must acknowledge data loss, or None."""
+    problem = lag_problem(spec, status, "secondary")
+    if problem is None or annotations.get(ACCEPT_DATA_LOSS, "").strip():
+        return None
+    return (f"{problem}; promoting it loses that data. To accept the loss, annotate "
+            f"{ACCEPT_DATA_LOSS}=<reason> together with the trigger")
+
+
 def _start_failover(
     reason: str, status: FailoverPlanStatus, t: _Triggers, annotation: str | None, *,
-    resume: bool,
+    resume: bool, annotations: Mapping[str, str] | None = None,
 ) -> Decision:
     if annotation is not None:
         t.consume.append(annotation)
+    accepted = (annotations or {}).get(ACCEPT_DATA_LOSS, "").strip() or None
+    if annotations is not None and ACCEPT_DATA_LOSS in annotations:
+        t.consume.append(ACCEPT_DATA_LOSS)
+    lag_bytes, lag_seconds = _lag_of(status, "secondary")
     primary = _site(status, "primary")
     detected = primary.down_since if primary else None
+    events = [*t.events, Event("Warning", "FailoverStarted", reason)]
+    if accepted is not None:
+        events.append(Event("Warning", "DataLossAccepted",
+                            f"failover onto a replica {lag_bytes} bytes / {lag_seconds}s behind, "
+                            f"accepted: {accepted}"))
     return Decision(
         "start_failover", "FailoverStarted", reason, recommended=True,
-        events=(*t.events, Event("Warning", "FailoverStarted", reason)),
+        events=tuple(events),
         consume=tuple(t.consume), transition_reason=reason, detected_time=detected,
-        resume=resume,
+        resume=resume, expected_lag_bytes=lag_bytes, expected_lag_seconds=lag_seconds,
+        data_loss_accepted=accepted,
     )
 
 
@@ -368,6 +575,12 @@ def _automatic(
             return Decision(
                 "withdraw", reason, f"recommendation withdrawn: {message}",
                 events=(*t.events, Event("Normal", "RecommendationWithdrawn", message)),
+                consume=tuple(t.consume),
+            )
+        if state == "Blocked":
+            return Decision(
+                "unblock", reason, f"no longer blocked: {message}",
+                events=(*t.events, Event("Normal", "FailoverUnblocked", message)),
                 consume=tuple(t.consume),
             )
         return Decision("none", reason, message, events=tuple(t.events), consume=tuple(t.consume))
@@ -395,6 +608,18 @@ def _automatic(
     if not _healthy(status, "secondary"):
         return none("SecondaryUnhealthy", f"primary down but no failover: "
                     f"{_secondary_problem(spec, status)}")
+    lagging = lag_problem(spec, status, "secondary")
+    if lagging is not None:
+        message = (f"primary down but failover blocked: {lagging}; promoting it would lose that "
+                   f"data. Wait for it to catch up, or fail over by hand with {FAILOVER}="
+                   f"<reason> and {ACCEPT_DATA_LOSS}=<reason>")
+        events = list(t.events)
+        if state != "Blocked":
+            events.append(Event("Warning", "FailoverBlocked", message))
+        if awaiting:
+            events.append(Event("Normal", "RecommendationWithdrawn", message))
+        return Decision("block", "SecondaryLagging", message, events=tuple(events),
+                        consume=tuple(t.consume))
     until = cooldown_until(spec, status)
     if until is not None and now < until:
         return none("InCooldown", f"primary down but in cooldown until {iso(until)} "

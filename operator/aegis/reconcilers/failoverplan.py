@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 STATES: tuple[str, ...] = get_args(get_args(FailoverPlanStatus.model_fields["state"].annotation)[0])
 RUNNING_STATES = ("FailingOver", "FailingBack")
-TRIGGERS = (failover.FAILOVER, failover.APPROVE, failover.FAILBACK)
+TRIGGERS = (failover.FAILOVER, failover.APPROVE, failover.FAILBACK, failover.ACCEPT_DATA_LOSS)
 # A plan whose spec is refused is looked at again this often (an edit also wakes it).
 INVALID_SPEC_RETRY_SECONDS = 30.0
 # Upper bound on the sleep between ticks, so a changed periodSeconds is picked up soon.
@@ -131,6 +131,14 @@ def ready_condition(spec: FailoverPlanSpec, status: FailoverPlanStatus) -> Condi
             f"{last.kind.lower()} failed at step {', '.join(failed) or '?'}; fix the cause, then "
             f"retry with {failover.FAILOVER if last.kind == 'Failover' else failover.FAILBACK}"
             "=<reason> or roll back with " + failover.FAILBACK + "=<reason>",
+        )
+    if state == "Blocked":
+        secondary = (status.sites or {}).get("secondary")
+        lag = secondary.replication.message if secondary and secondary.replication else None
+        return ConditionUpdate(
+            "Ready", "False", "FailoverBlocked",
+            f"{spec.primary.name} is down and {spec.secondary.name} is too far behind to be "
+            f"promoted without losing data: {lag or 'lag unknown'}",
         )
     site = spec.secondary if status.active_site == "secondary" else spec.primary
     messages = {
@@ -216,6 +224,20 @@ def record_site_metrics(
 ) -> None:
     if status.healthy is not None:
         metrics.SITE_HEALTHY.labels(namespace, name, key).set(1 if status.healthy else 0)
+    rep = status.replication
+    if rep is not None and rep.role == "replica" and rep.stale is not None:
+        metrics.REPLICATION_STALE.labels(namespace, name, key).set(1 if rep.stale else 0)
+        if rep.lag_bytes is not None:
+            metrics.REPLICATION_LAG_BYTES.labels(namespace, name, key).set(rep.lag_bytes)
+        if rep.lag_seconds is not None:
+            metrics.REPLICATION_LAG_SECONDS.labels(namespace, name, key).set(rep.lag_seconds)
+    else:  # the serving site (or no database check): no lag to export
+        for gauge in (metrics.REPLICATION_STALE, metrics.REPLICATION_LAG_BYTES,
+                      metrics.REPLICATION_LAG_SECONDS):
+            try:
+                gauge.remove(namespace, name, key)
+            except KeyError:
+                pass
     for check in status.checks or []:
         if check.latency_ms is not None:
             metrics.PROBE_LATENCY.labels(namespace, name, key).observe(check.latency_ms / 1000)
@@ -235,6 +257,7 @@ def init_counters(namespace: str, name: str) -> None:
 
 def record_state(namespace: str, name: str, state: str | None) -> None:
     init_counters(namespace, name)
+    metrics.FAILOVER_BLOCKED.labels(namespace, name).set(1 if state == "Blocked" else 0)
     for candidate in STATES:
         metrics.FAILOVER_STATE.labels(namespace, name, candidate).set(
             1 if candidate == (state or "Monitoring") else 0
@@ -243,7 +266,14 @@ def record_state(namespace: str, name: str, state: str | None) -> None:
 
 def forget_metrics(namespace: str, name: str) -> None:
     """Drop the plan's series when it is deleted."""
+    try:
+        metrics.FAILOVER_BLOCKED.remove(namespace, name)
+    except KeyError:
+        pass
     for gauge, values in (
+        (metrics.REPLICATION_STALE, ("primary", "secondary")),
+        (metrics.REPLICATION_LAG_BYTES, ("primary", "secondary")),
+        (metrics.REPLICATION_LAG_SECONDS, ("primary", "secondary")),
         (metrics.SITE_HEALTHY, ("primary", "secondary")),
         (metrics.PROBE_LATENCY, ("primary", "secondary")),
         (metrics.FAILOVER_STATE, STATES),
@@ -347,9 +377,13 @@ def probe(
         endpoints=settings.endpoints,
     )
     probes = runtime.prober.probe_sites(due, context)
-    sites = dict(status.sites or {})
+    previous = dict(status.sites or {})
+    sites = dict(previous)
     for key, result in probes.items():
         sites[key] = failover.next_site_status(due[key], sites.get(key), result)
+    active: failover.SiteKey = "secondary" if status.active_site == "secondary" else "primary"
+    sites = failover.next_replication(spec, active, previous, sites, probes)
+    for key in sites:
         record_site_metrics(namespace, name, key, sites[key])
     return status.model_copy(update={"sites": sites})
 
@@ -361,6 +395,10 @@ def apply_decision(status: FailoverPlanStatus, decision: failover.Decision) -> F
         )
     if decision.action == "withdraw":
         return status.model_copy(update={"state": "Monitoring", "approval_token": None})
+    if decision.action == "block":
+        return status.model_copy(update={"state": "Blocked", "approval_token": None})
+    if decision.action == "unblock":
+        return status.model_copy(update={"state": "Monitoring"})
     return status
 
 
@@ -399,6 +437,12 @@ def begin(
         kind, decision.transition_reason or decision.message, planned, now,
         detected_time=decision.detected_time, resume_from=resume_from,
     )
+    if kind == "Failover":
+        transition = transition.model_copy(update={
+            "expected_lag_bytes": decision.expected_lag_bytes,
+            "expected_lag_seconds": decision.expected_lag_seconds,
+            "data_loss_accepted": decision.data_loss_accepted,
+        })
     return failover.begin_transition(status, transition, spec.history_limit)
 
 
