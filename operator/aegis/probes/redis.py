@@ -8,8 +8,8 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aegis.api.failoverplan import RedisCheck
 from aegis.api.common import RedisTarget
+from aegis.api.failoverplan import RedisCheck
 from aegis.probes.base import CheckResult, Replication, SecretReader, timed
 
 

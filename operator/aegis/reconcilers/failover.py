@@ -857,6 +857,8 @@ def mark_skipped(transition: Transition, names: Sequence[str], why: str) -> Tran
 LAG_BYTES = "lagBytes"
 LAG_SECONDS = "lagSeconds"
 """Output keys of postgresPromote: the standby's replay lag measured just before promotion."""
+WRITE_OUTAGE = "writeOutageSeconds"
+"""Output key of a switchover: from fencing the old primary to the new one taking writes."""
 
 
 def finish_transition(
@@ -866,8 +868,11 @@ def finish_transition(
     measured) of a transition whose steps are all settled."""
     lag_bytes: list[int] = []
     lag_seconds: list[float] = []
+    outages: list[float] = []
     for step in transition.steps or []:
         outputs = step.outputs or {}
+        if WRITE_OUTAGE in outputs:
+            outages.append(float(outputs[WRITE_OUTAGE]))
         if LAG_BYTES in outputs:
             lag_bytes.append(int(outputs[LAG_BYTES]))
         if LAG_SECONDS in outputs:
@@ -879,6 +884,7 @@ def finish_transition(
         "duration_seconds": round((now - start).total_seconds(), 3),
         "lag_bytes": max(lag_bytes) if lag_bytes else transition.lag_bytes,
         "rpo_seconds": max(lag_seconds) if lag_seconds else transition.rpo_seconds,
+        "write_outage_seconds": max(outages) if outages else transition.write_outage_seconds,
     })
 
 

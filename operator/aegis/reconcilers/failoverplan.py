@@ -493,6 +493,7 @@ def drive(
     final = run_procedure(
         planned, transition, plan=name, namespace=namespace, from_site=source.name,
         to_site=target.name, ports=ports, save=save, clock=clock,
+        max_lag_bytes=spec.max_lag_bytes,
     )
     status = failover.end_transition(base, final)
     now = clock()

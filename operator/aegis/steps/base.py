@@ -43,6 +43,8 @@ class StepContext:
     save_outputs: Callable[[Mapping[str, str]], None] = lambda _outputs: None
     """Persist outputs now, before the step goes on (e.g. the record before it is changed)."""
     attempt: int = 1
+    max_lag_bytes: int | None = None
+    """The plan's maxLagBytes: a switchover's catch-up precondition."""
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

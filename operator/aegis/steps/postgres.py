@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from aegis.api.failoverplan import PostgresPromoteStep
+from aegis.api.failoverplan import PostgresPromoteStep, PostgresSwitchoverStep
 from aegis.probes.base import SecretReader, scrub
 from aegis.probes.postgres import PgEndpoint, in_recovery, pg_connect
-from aegis.reconcilers.failover import LAG_BYTES, LAG_SECONDS
+from aegis.reconcilers.failover import LAG_BYTES, LAG_SECONDS, WRITE_OUTAGE
 from aegis.steps.base import StepContext, StepResult
 
 FENCE_TIMEOUT_SECONDS = 2.0
@@ -212,6 +212,158 @@ def _promote(
     if fence is not None:
         parts.append(fence.message)
     return StepResult(True, "; ".join(parts), outputs)
+
+
+# --------------------------------------------------------------------------- switchover
+
+
+def _timeline(conn: Conn) -> int:
+    row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+    assert row is not None
+    return int(str(row[0])[:8], 16)
+
+
+def switchover_preconditions(standby: Conn, primary: Conn, where: str, source: str,
+                             max_lag_bytes: int | None) -> tuple[str | None, str]:
+    """(why not, what was checked). The standby must be in recovery, its WAL receiver
+    streaming on the primary's current timeline, and no more than `max_lag_bytes` behind.
+    A fenced or diverged server (not in recovery) fails the first check."""
+    if in_recovery(primary):
+        return f"{source} (the current primary) is itself in recovery", ""
+    row = standby.execute(
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on',"
+        " (SELECT status FROM pg_stat_wal_receiver LIMIT 1),"
+        " (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1),"
+        " pg_last_wal_receive_lsn()::text"
+    ).fetchone()
+    assert row is not None
+    recovering, read_only, receiver, tli, received = row
+    if not recovering:
+        if read_only:
+            return (f"{where} is a read-only (fenced) primary, not a standby of {source}: "
+                    "re-attach it as a standby first (pg_rewind, CloudNativePG, Patroni)"), ""
+        return (f"{where} is a writable primary: it has diverged from {source} (two "
+                "primaries); re-attach it as a standby of the current primary first"), ""
+    if receiver != "streaming":
+        return f"{where} is a standby but its WAL receiver is {receiver or 'not running'}", ""
+    timeline = _timeline(primary)
+    if tli is not None and int(str(tli)) != timeline:
+        return (f"{where} streams timeline {tli} but {source} writes timeline {timeline}: "
+                "diverged"), ""
+    lag_row = primary.execute(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (received,)
+    ).fetchone()
+    lag = max(0, int(float(str(lag_row[0])))) if lag_row and lag_row[0] is not None else None
+    checked = (f"{where} in recovery, streaming timeline {timeline} from {source}, "
+               f"{_show(lag)} bytes behind")
+    if lag is None:
+        return f"{where}: received position unknown", checked
+    if max_lag_bytes is not None and lag > max_lag_bytes:
+        return (f"{where} is {lag} bytes behind {source} (maxLagBytes {max_lag_bytes}): "
+                "let it catch up first"), checked
+    return None, checked
+
+
+def unfence_endpoint(endpoint: PgEndpoint, timeout: float) -> str:
+    """Roll a fence back: writes are taken again. Never raises."""
+    try:
+        with pg_connect(endpoint, timeout) as conn:
+            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            conn.execute("SELECT pg_reload_conf()")
+        return f"{endpoint.where} unfenced"
+    except psycopg.Error as exc:
+        return f"unfence of {endpoint.where} FAILED: {_first_line(exc)}"
+
+
+def run_postgres_switchover(
+    step: PostgresSwitchoverStep, ctx: StepContext, secrets: SecretReader | None
+) -> StepResult:
+    """See PostgresSwitchoverStep. Refuses before any change when a precondition fails;
+    after the fence, a catch-up that does not finish rolls the fence back."""
+    if secrets is None:
+        return StepResult(False, "postgresSwitchover: no Secret reader to resolve credentials")
+    known: list[str] = []
+    outputs: dict[str, str] = {}
+    try:
+        standby = PgEndpoint.resolve(step.target, secrets)
+        known.append(standby.password)
+        primary = PgEndpoint.resolve(step.primary, secrets)
+        known.append(primary.password)
+        result = _switchover(standby, primary, ctx, outputs)
+        return StepResult(result.ok, scrub(result.message, known), result.outputs)
+    except Exception as exc:  # an executor reports, it never raises
+        text = f"postgresSwitchover failed: {type(exc).__name__}: {_first_line(exc)}"
+        return StepResult(False, scrub(text, known), outputs)
+
+
+def _switchover(
+    standby: PgEndpoint, primary: PgEndpoint, ctx: StepContext, outputs: dict[str, str]
+) -> StepResult:
+    timeout = max(0.1, min(FENCE_TIMEOUT_SECONDS * 2, ctx.remaining()))
+    if "finalLsn" in ctx.prior_outputs:
+        # resumed after the fence: the checks below were passed then; finish the job
+        outputs.update(ctx.prior_outputs)
+        with pg_connect(standby, timeout) as conn:
+            if not in_recovery(conn):
+                why = verify_writable(standby, timeout)
+                if why is None:
+                    return StepResult(True, f"{standby.where} already promoted by an earlier "
+                                      "attempt", outputs)
+        fenced_at = time.monotonic()
+        return _promote_caught_up(standby, primary, ctx, outputs, outputs["finalLsn"],
+                                  fenced_at)
+    with pg_connect(standby, timeout) as s_conn, pg_connect(primary, timeout) as p_conn:
+        why, checked = switchover_preconditions(s_conn, p_conn, standby.where, primary.where,
+                                                ctx.max_lag_bytes)
+    if why is not None:
+        return StepResult(False, f"switchover refused, nothing changed: {why}", outputs)
+    outputs["preconditions"] = checked
+    fenced_at = time.monotonic()
+    fence = fence_primary(primary, timeout)
+    if not fence.fenced or fence.final_lsn is None:
+        undo = unfence_endpoint(primary, timeout)
+        return StepResult(False, f"switchover refused: {fence.message}; {undo}", outputs)
+    outputs["fence"] = fence.message
+    outputs["finalLsn"] = fence.final_lsn
+    ctx.save_outputs(dict(outputs))
+    return _promote_caught_up(standby, primary, ctx, outputs, fence.final_lsn, fenced_at)
+
+
+def _promote_caught_up(
+    standby: PgEndpoint, primary: PgEndpoint, ctx: StepContext, outputs: dict[str, str],
+    final_lsn: str, fenced_at: float,
+) -> StepResult:
+    with pg_connect(standby, max(0.1, ctx.remaining())) as conn:
+        # keep a few seconds of the step for promote and verify
+        budget = max(0.5, ctx.remaining() - 5.0)
+        if not catch_up(conn, final_lsn, budget):
+            lag = measure_lag(conn, final_lsn)
+            undo = unfence_endpoint(primary, FENCE_TIMEOUT_SECONDS)
+            outputs["rolledBack"] = undo
+            return StepResult(False, (
+                f"switchover rolled back: {standby.where} did not replay up to the fenced "
+                f"primary's final position {final_lsn} within {budget:.1f}s "
+                f"({_show(lag.bytes)} bytes short); {undo}"), outputs)
+        lag = measure_lag(conn, final_lsn)
+        outputs.update(lag.outputs())
+        ctx.save_outputs(dict(outputs))
+        wait = max(1, int(ctx.remaining()))
+        row = conn.execute(
+            "SELECT pg_promote(wait => true, wait_seconds => %s)", (wait,)
+        ).fetchone()
+        if not (row and row[0]):
+            return StepResult(False, f"{standby.where}: pg_promote did not finish within "
+                              f"{wait}s; {primary.where} stays fenced", outputs)
+        unfence(conn)
+    why = verify_writable(standby, max(0.1, ctx.remaining()))
+    if why is not None:
+        return StepResult(False, f"{standby.where} promoted but {why}", outputs)
+    outage = time.monotonic() - fenced_at
+    outputs[WRITE_OUTAGE] = f"{outage:.3f}"
+    return StepResult(True, (
+        f"switched over to {standby.where}: replayed up to {final_lsn} ({_show(lag.bytes)} "
+        f"bytes lost), writable; writes were refused for {outage:.2f}s; {primary.where} stays "
+        "fenced"), outputs)
 
 
 def _first_line(exc: BaseException) -> str:

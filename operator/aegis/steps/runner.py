@@ -43,7 +43,8 @@ from aegis.reconcilers.failover import (
 )
 from aegis.steps.base import StepContext, StepPorts, StepResult
 from aegis.steps.job import run_job
-from aegis.steps.postgres import run_postgres_promote
+from aegis.steps.postgres import run_postgres_promote, run_postgres_switchover
+from aegis.steps.redis import run_redis_promote, run_redis_switchover
 from aegis.steps.route53 import run_route53, run_route53_restore
 from aegis.steps.scale import run_scale
 from aegis.steps.webhook import run_webhook
@@ -66,6 +67,12 @@ def execute(planned: PlannedStep, ctx: StepContext, ports: StepPorts) -> StepRes
             return run_route53_restore(action, ctx, ports)
         if action.postgres_promote is not None:
             return run_postgres_promote(action.postgres_promote, ctx, ports.secrets)
+        if action.postgres_switchover is not None:
+            return run_postgres_switchover(action.postgres_switchover, ctx, ports.secrets)
+        if action.redis_promote is not None:
+            return run_redis_promote(action.redis_promote, ctx, ports.secrets)
+        if action.redis_switchover is not None:
+            return run_redis_switchover(action.redis_switchover, ctx, ports.secrets)
         if action.route53 is not None:
             return run_route53(action.route53, ctx, ports)
         if action.webhook is not None:
@@ -76,8 +83,9 @@ def execute(planned: PlannedStep, ctx: StepContext, ports: StepPorts) -> StepRes
             return run_job(action.job, ctx, ports.jobs)
     except Exception as exc:  # executors report their own errors; this is a last resort
         return StepResult(False, f"{type(exc).__name__} in step {planned.name}")
-    return StepResult(False, f"step {planned.name} sets none of postgresPromote, scale, "
-                      "route53, webhook, job")
+    return StepResult(False, f"step {planned.name} sets none of postgresPromote, "
+                      "postgresSwitchover, redisPromote, redisSwitchover, scale, route53, "
+                      "webhook, job")
 
 
 class _Board:
@@ -119,6 +127,7 @@ def run_procedure(
     ports: StepPorts,
     save: Callable[[Transition], None],
     clock: Clock = utcnow,
+    max_lag_bytes: int | None = None,
 ) -> Transition:
     """Drive `transition` until every step is settled; returns it finished."""
     board = _Board(transition, save)
@@ -140,7 +149,8 @@ def run_procedure(
         if not wave:
             break
         board.update(partial(_all_running, wave=wave, now=clock()))
-        for name, result in _run_wave(wave, board, plan, namespace, from_site, to_site, ports):
+        for name, result in _run_wave(wave, board, plan, namespace, from_site, to_site, ports,
+                                      max_lag_bytes):
             board.update(partial(
                 mark_finished, name=name, ok=result.ok, message=result.message, now=clock(),
                 outputs=result.outputs))
@@ -163,6 +173,7 @@ def _run_wave(
     from_site: str,
     to_site: str,
     ports: StepPorts,
+    max_lag_bytes: int | None = None,
 ) -> list[tuple[str, StepResult]]:
     snapshot = board.transition
     started = time.monotonic()
@@ -177,7 +188,7 @@ def _run_wave(
             plan=plan, namespace=namespace, step=step.name, transition=snapshot,
             from_site=from_site, to_site=to_site, deadline=started + step.timeout_seconds,
             prior_outputs=dict(status.outputs or {}), save_outputs=persist,
-            attempt=status.attempts or 1,
+            attempt=status.attempts or 1, max_lag_bytes=max_lag_bytes,
         ))
     pool = ThreadPoolExecutor(len(wave), thread_name_prefix="aegis-step")
     try:
