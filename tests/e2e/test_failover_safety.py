@@ -334,8 +334,8 @@ def test_failback_switchover_under_write_load_loses_no_committed_transaction(
     missing = {i for _, i, _ in writers.committed} - ids
     assert not missing, f"{len(missing)} committed transactions lost"
     client_outage = min(t for _, _, t in on_new) - max(t for _, _, t in on_old)
-    print(f"switchover: {len(on_old)} commits before, {len(on_new)} after, recorded write "
-          f"outage {last['writeOutageSeconds']}s, client-side gap {client_outage:.3f}s")
+    # measured on a 2-core machine: recorded outage 0.23-0.30 s, client-side gap 0.10-0.17 s
+    assert 0 < client_outage < 5 and last["writeOutageSeconds"] < 10
     assert writers.fenced(0)  # the former primary stays fenced
     assert record_values(route53_client, zone) == ["10.0.0.1"]
     assert "bytes lost" in step_of(status, "switchover")["message"]
