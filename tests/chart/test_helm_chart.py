@@ -544,6 +544,8 @@ ALERTS = {
     "AegisPrimaryDown": ("critical", {"namespace", "plan"}),
     "AegisFailoverExecuted": ("warning", {"namespace", "plan"}),
     "AegisAwaitingApproval": ("critical", {"namespace", "plan"}),
+    "AegisFailoverBlocked": ("critical", {"namespace", "plan"}),
+    "AegisReplicaStale": ("warning", {"namespace", "plan", "site"}),
     "AegisOperatorDown": ("critical", set()),
 }
 PROM_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
