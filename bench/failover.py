@@ -12,6 +12,15 @@ Per run, with periodSeconds 1, timeoutSeconds 1 and failureThreshold 3 (issue 7)
 - lag at promotion: the standby's replay lag the postgresPromote step measured just before
   pg_promote (status.lastTransition.rpoSeconds / lagBytes), while pgbench was writing.
 Targets: stop → INSYNC ≤ 8 s, lag ≤ 1 s.
+
+    .venv/bin/python bench/failover.py --switchover [--runs N]   # failback switchover (issue 13)
+
+Per switchover run: the serving primary under pgbench load with a streaming standby on the
+home site (the topology after a failover and a re-attach); the plan fails back with
+postgresSwitchover then route53. Reported: the write outage the step recorded (fence →
+new primary verified writable), bytes lost, and the transactions pgbench saw committed
+(`number of transactions actually processed`) against the rows of pgbench_history on the
+new primary (pgbench's tpcb-like transaction inserts one per commit). Target: 0 lost.
 """
 
 from __future__ import annotations
@@ -189,11 +198,131 @@ def one_run(index: int, api: Any, moto: Any, smoke: bool) -> dict[str, float]:
         core.delete_namespace(namespace)
 
 
+def switchover_run(index: int, api: Any, moto: Any, smoke: bool) -> dict[str, float]:
+    import re
+
+    from kubernetes import client
+
+    from aegis.sandbox.servers import PostgresServer
+
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    current = PostgresServer.start()
+    home = current.start_standby()
+    load: subprocess.Popen[bytes] | None = None
+    try:
+        env = {**os.environ, "PGPASSWORD": current.password}
+        conn = ["-h", current.host, "-p", str(current.port), "-U", current.user]
+        subprocess.run([str(PGBENCH), "-i", "-q", "-s", "1" if smoke else "10", *conn,
+                        "postgres"], env=env, check=True, capture_output=True)
+        aws = moto.aws_env()
+        for name, data in (("pg", {"user": current.user, "password": current.password}),
+                           ("aws", {k: aws[k] for k in ("AWS_ACCESS_KEY_ID",
+                                                        "AWS_SECRET_ACCESS_KEY")})):
+            core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": {
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        route53 = moto.route53_client()
+        zone = route53.create_hosted_zone(
+            Name="example.com.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+        zone = zone.split("/")[-1]
+
+        def dns(name: str, value: str) -> dict[str, Any]:
+            return {"name": name, "timeoutSeconds": 30, "route53": {
+                "hostedZoneId": zone, "recordName": RECORD, "type": "A", "ttl": 30,
+                "values": [value], "endpoint": moto.endpoint,
+                "credentialsSecretRef": {"name": "aws"}}}
+
+        def site(name: str, server: Any) -> dict[str, Any]:
+            return {"name": name, "checks": [{"name": "db", "postgres": pg_target(server)}],
+                    "periodSeconds": 1, "timeoutSeconds": 1}
+
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "failoverplans", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "FailoverPlan",
+            "metadata": {"name": "bench"}, "spec": {
+                "mode": "Manual", "primary": site("eu", home), "secondary": site("us", current),
+                "steps": [dns("dns", "10.0.0.2")],
+                "failbackSteps": [
+                    {"name": "switchover", "timeoutSeconds": 60, "postgresSwitchover": {
+                        "target": pg_target(home), "primary": pg_target(current)}},
+                    dns("dns-back", "10.0.0.1")]}})
+
+        def plan_status() -> dict[str, Any]:
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                      "failoverplans", "bench")
+            return dict(obj.get("status") or {})
+
+        def annotate(key: str, value: str) -> None:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "failoverplans",
+                                                  "bench", {"metadata": {"annotations": {
+                                                      key: value}}})
+
+        wait("sites probed", lambda: (plan_status().get("sites") or {}).get(
+            "secondary", {}).get("healthy"), 60, 0.2)
+        annotate("dr.aegis.dev/failover", "bench: traffic on us")
+        wait("FailedOver", lambda: plan_status().get("state") == "FailedOver", 60, 0.1)
+        wait("home standby lag known", lambda: (plan_status().get("sites") or {}).get(
+            "primary", {}).get("replication", {}).get("stale") is False, 60, 0.2)
+        clients = "2" if smoke else "8"
+        load = subprocess.Popen(
+            [str(PGBENCH), "-n", "-c", clients, "-j", "2", "-T", "600", *conn, "postgres"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.0 if smoke else 3.0)
+        if load.poll() is not None:
+            raise RuntimeError("pgbench exited before the switchover")
+        annotate("dr.aegis.dev/failback", "bench: planned return")
+        status = wait("failback settled", lambda: (s := plan_status()).get("state") in (
+            "Monitoring", "Failed") and s, 120, 0.05)
+        out, _ = load.communicate(timeout=60)  # every client aborts once the primary is fenced
+        last = status["lastTransition"]
+        if last["result"] != "Succeeded":
+            raise RuntimeError(f"switchover failed: {last}")
+        found = re.search(rb"number of transactions actually processed: (\d+)", out)
+        if found is None:
+            raise RuntimeError(f"pgbench printed no count: {out[-500:]!r}")
+        committed = int(found.group(1))
+        with home.connect() as db:
+            row = db.execute("SELECT count(*) FROM pgbench_history").fetchone()
+        present = int(row[0]) if row else 0
+        result = {"outage": float(last["writeOutageSeconds"]),
+                  "lag_bytes": float(last["lagBytes"]), "committed": committed,
+                  "present": present, "lost": max(0, committed - present),
+                  "procedure": float(last["durationSeconds"])}
+        print(f"run {index}: write outage {result['outage']:.3f}s, bytes lost "
+              f"{int(result['lag_bytes'])}, pgbench committed {committed}, on the new primary "
+              f"{present} (lost {int(result['lost'])}), failback took "
+              f"{result['procedure']:.2f}s", file=sys.__stdout__, flush=True)
+        return result
+    finally:
+        if load is not None and load.poll() is None:
+            load.kill()
+            load.wait()
+        home.stop()
+        current.stop()
+        core.delete_namespace(namespace)
+
+
+def report_switchover(results: list[dict[str, float]]) -> int:
+    outage = [r["outage"] for r in results]
+    print()
+    print(f"switchover runs: {len(results)}")
+    print(f"write outage (fence → new primary writable): median {statistics.median(outage):.3f}s,"
+          f" max {max(outage):.3f}s")
+    lost = sum(r["lost"] for r in results)
+    print(f"committed transactions lost: {int(lost)} of {int(sum(r['committed'] for r in results))}"
+          f"; bytes lost max {int(max(r['lag_bytes'] for r in results))}")
+    ok = lost == 0 and max(r["lag_bytes"] for r in results) == 0
+    print("targets met" if ok else "TARGET MISSED")
+    return 0 if ok else 1
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="one run, light load")
+    parser.add_argument("--switchover", action="store_true",
+                        help="measure the failback switchover instead of the failover")
     args = parser.parse_args(argv)
     runs = 1 if args.smoke else args.runs
 
@@ -220,12 +349,15 @@ def main(argv: list[str]) -> int:
         try:
             with KopfRunner(["run", "--all-namespaces", "--standalone", "-m",
                              "aegis.handlers"], timeout=600) as runner:
+                run = switchover_run if args.switchover else one_run
                 for index in range(1, runs + 1):
-                    results.append(one_run(index, api, moto, args.smoke))
+                    results.append(run(index, api, moto, args.smoke))
             if runner.exception is not None:
                 raise runner.exception
         finally:
             moto.stop()
+    if args.switchover:
+        return report_switchover(results)
     insync = [r["insync"] for r in results]
     lag = [r["lag_seconds"] for r in results]
     lag_bytes = [r["lag_bytes"] for r in results]
