@@ -5,7 +5,7 @@ status     the plan's state, active site, each site's checks, the last transitio
 approve    approve the recommended failover: reads the token from status.approvalToken
            (or --token) and sets the dr.aegis.dev/approve annotation
 trigger    manual failover: dr.aegis.dev/failover=<--reason> (--force: even onto a
-           secondary that is not healthy)
+           secondary that is not healthy; --accept-data-loss REASON: even onto a stale one)
 failback   dr.aegis.dev/failback=<--reason>
 
 The operator acts on an annotation within a moment and removes it; `status` shows the result.
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aegis import GROUP, VERSION
+from aegis.labels import ACCEPT_DATA_LOSS_ANNOTATION as ACCEPT_DATA_LOSS
 from aegis.labels import APPROVE_ANNOTATION as APPROVE
 from aegis.labels import FAILBACK_ANNOTATION as FAILBACK
 from aegis.labels import FAILOVER_ANNOTATION as FAILOVER
@@ -50,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
         if verb == "trigger":
             sub.add_argument("--force", action="store_true",
                              help="fail over even when the secondary is not healthy")
+        if verb in ("trigger", "approve"):
+            sub.add_argument("--accept-data-loss", metavar="REASON", default=None,
+                             help="promote the secondary even though it lags beyond the plan's "
+                             "limits; the reason is recorded in the transition")
     return root
 
 
@@ -81,8 +86,12 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {annotation}", file=sys.stderr)
         return 1
     key, value = annotation
+    annotations = {key: value}
+    accepted = getattr(args, "accept_data_loss", None)
+    if accepted:
+        annotations[ACCEPT_DATA_LOSS] = " ".join(str(accepted).split())
     api.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, args.plan, {"metadata": {"annotations": {key: value}}}
+        GROUP, VERSION, namespace, PLURAL, args.plan, {"metadata": {"annotations": annotations}}
     )
     what = {"approve": "approval sent", "trigger": "failover requested",
             "failback": "failback requested"}[args.verb]
@@ -163,6 +172,12 @@ def render_status(plan: dict[str, Any], now: dt.datetime) -> str:
             f"{key:<10}    {names[key]}: {health}, {site.get('consecutiveFailures', 0)} failed "
             f"probe(s) in a row, last probe {_ago(site.get('lastProbeTime'), now)}"
         )
+        rep = site.get("replication") or {}
+        if rep:
+            lines.append(f"    replication: {rep.get('kind')} {rep.get('role')} at "
+                         f"{rep.get('position')}"
+                         + (f"; {rep['message']}" if rep.get("message") else "")
+                         + ("  STALE" if rep.get("stale") else ""))
         checks = site.get("checks") or []
         if checks:
             lines.extend(_table([["CHECK", "OK", "LATENCY", "MESSAGE"]] + [
@@ -190,7 +205,12 @@ def render_status(plan: dict[str, Any], now: dt.datetime) -> str:
     if last.get("rpoSeconds") is not None:
         measured += (f"  measured RPO {float(last['rpoSeconds']):.3f}s "
                      f"({last.get('lagBytes', 0)} bytes)")
+    if last.get("writeOutageSeconds") is not None:
+        measured += f"  write outage {float(last['writeOutageSeconds']):.3f}s"
     lines.append(measured)
+    if last.get("dataLossAccepted"):
+        lines.append(f"  data loss accepted: {last['dataLossAccepted']} (expected "
+                     f"{last.get('expectedLagBytes')} bytes / {last.get('expectedLagSeconds')}s)")
     steps = last.get("steps") or []
     if steps:
         lines.extend(_table([["STEP", "STATE", "TOOK", "ATTEMPTS", "MESSAGE"]] + [

@@ -151,3 +151,30 @@ def test_render_status_shows_sites_steps_and_hides_the_token() -> None:
     assert "secondary     us: Unknown" in text
     assert any(line.split()[:4] == ["restore-dns", "Succeeded", "1.50s", "1"]
                for line in text.splitlines())
+
+
+def test_render_status_shows_replication_lag_outage_and_accepted_loss() -> None:
+    plan: dict[str, Any] = {
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {"mode": "Automatic", "primary": {"name": "eu"}, "secondary": {"name": "us"}},
+        "status": {
+            "state": "Blocked", "activeSite": "primary",
+            "sites": {"secondary": {"healthy": True, "replication": {
+                "kind": "postgres", "role": "replica", "position": 1000, "stale": True,
+                "message": "5242880 bytes / 90s behind eu (NOT streaming)"}}},
+            "lastTransition": {"kind": "Failover", "result": "Succeeded", "id": "f-1",
+                               "durationSeconds": 1.0, "writeOutageSeconds": 0.25,
+                               "dataLossAccepted": "INC-1", "expectedLagBytes": 5242880,
+                               "expectedLagSeconds": 90},
+        },
+    }
+    text = render_status(plan, T0)
+    assert "replication: postgres replica at 1000; 5242880 bytes / 90s behind eu" in text
+    assert "STALE" in text and "write outage 0.250s" in text
+    assert "data loss accepted: INC-1 (expected 5242880 bytes / 90s)" in text
+
+
+def test_trigger_and_approve_take_an_acceptance_of_data_loss() -> None:
+    parsed = args("trigger", "p", "--accept-data-loss", "INC-1")
+    assert parsed.accept_data_loss == "INC-1"
+    assert args("approve", "p", "--accept-data-loss", "ok").accept_data_loss == "ok"
