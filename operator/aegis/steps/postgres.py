@@ -300,8 +300,10 @@ def _switchover(
     standby: PgEndpoint, primary: PgEndpoint, ctx: StepContext, outputs: dict[str, str]
 ) -> StepResult:
     timeout = max(0.1, min(FENCE_TIMEOUT_SECONDS * 2, ctx.remaining()))
-    if "finalLsn" in ctx.prior_outputs:
-        # resumed after the fence: the checks below were passed then; finish the job
+    final_lsn = ctx.prior_outputs.get("finalLsn")
+    if final_lsn and _still_fenced(primary, timeout):
+        # resumed after the fence (the operator stopped mid-step): the preconditions were
+        # passed then and the primary still refuses writes, so its final LSN still holds
         outputs.update(ctx.prior_outputs)
         with pg_connect(standby, timeout) as conn:
             if not in_recovery(conn):
@@ -309,9 +311,7 @@ def _switchover(
                 if why is None:
                     return StepResult(True, f"{standby.where} already promoted by an earlier "
                                       "attempt", outputs)
-        fenced_at = time.monotonic()
-        return _promote_caught_up(standby, primary, ctx, outputs, outputs["finalLsn"],
-                                  fenced_at)
+        return _promote_caught_up(standby, primary, ctx, outputs, final_lsn, time.monotonic())
     with pg_connect(standby, timeout) as s_conn, pg_connect(primary, timeout) as p_conn:
         why, checked = switchover_preconditions(s_conn, p_conn, standby.where, primary.where,
                                                 ctx.max_lag_bytes)
@@ -329,6 +329,18 @@ def _switchover(
     return _promote_caught_up(standby, primary, ctx, outputs, fence.final_lsn, fenced_at)
 
 
+def _still_fenced(primary: PgEndpoint, timeout: float) -> bool:
+    """Whether an earlier attempt's fence still holds. A primary that cannot be reached
+    keeps its fence (ALTER SYSTEM survives restarts); one that takes writes again (the fence
+    was rolled back or undone by hand) may have written past the recorded final LSN."""
+    try:
+        with pg_connect(primary, timeout) as conn:
+            row = conn.execute("SHOW default_transaction_read_only").fetchone()
+            return bool(row and row[0] == "on")
+    except psycopg.OperationalError:
+        return True
+
+
 def _promote_caught_up(
     standby: PgEndpoint, primary: PgEndpoint, ctx: StepContext, outputs: dict[str, str],
     final_lsn: str, fenced_at: float,
@@ -340,6 +352,7 @@ def _promote_caught_up(
             lag = measure_lag(conn, final_lsn)
             undo = unfence_endpoint(primary, FENCE_TIMEOUT_SECONDS)
             outputs["rolledBack"] = undo
+            outputs["finalLsn"] = ""  # void: a retry must check and fence again
             return StepResult(False, (
                 f"switchover rolled back: {standby.where} did not replay up to the fenced "
                 f"primary's final position {final_lsn} within {budget:.1f}s "

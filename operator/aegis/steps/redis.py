@@ -47,6 +47,8 @@ def _offset(info: dict[str, object], key: str) -> int | None:
 def fence_master(client: redis_py.Redis) -> tuple[str, int | None]:
     """(previous min-replicas-to-write, final offset) after fencing."""
     previous = str(client.config_get("min-replicas-to-write").get("min-replicas-to-write", "0"))
+    if previous == str(FENCE_REPLICAS):
+        previous = "0"  # our own fence from an interrupted attempt, never the user's setting
     client.config_set("min-replicas-to-write", FENCE_REPLICAS)
     return previous, _offset(_info(client), "master_repl_offset")
 

@@ -154,3 +154,33 @@ def test_redis_switchover_refuses_a_diverged_master_and_a_foreign_replica() -> N
     finally:
         for server in (a, b, c):
             server.stop()
+
+
+def test_a_retry_after_a_rollback_checks_and_fences_again(
+    pg_standby: tuple[PostgresServer, PostgresServer],
+) -> None:
+    primary, standby = pg_standby
+    with standby.connect() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    with primary.connect() as conn:
+        conn.execute("CREATE TABLE t (id int)")
+    first = run_postgres_switchover(switchover(standby, primary), ctx(timeout=7),
+                                    pg_secrets(primary))
+    assert not first.ok and "rolled back" in first.message
+    # writes after the rollback lie beyond the first attempt's final LSN
+    with primary.connect() as conn:
+        conn.execute("INSERT INTO t SELECT generate_series(1, 500)")
+    with standby.connect() as conn:
+        conn.execute("SELECT pg_wal_replay_resume()")
+    retry = StepContext(
+        plan="orders", namespace="ns", step="switchover",
+        transition=Transition(kind="Failback", id="failback-1"), from_site="us", to_site="eu",
+        deadline=time.monotonic() + 30, max_lag_bytes=1024 * 1024,
+        prior_outputs=dict(first.outputs), attempt=2,
+    )
+    second = run_postgres_switchover(switchover(standby, primary), retry, pg_secrets(primary))
+    assert second.ok, second.message
+    assert second.outputs["lagBytes"] == "0" and second.outputs["finalLsn"]
+    assert "preconditions" in second.outputs and not writable(primary)
+    with standby.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (500,)
