@@ -281,13 +281,12 @@ def next_replication(
         sites[replica_key] = replica_status.model_copy(update={"replication": lagged})
     source_status = sites.get(active)
     if source_status is not None and source_status.replication is not None:
-        sites[active] = source_status.model_copy(update={"replication": source_status.replication
-                                                         .model_copy(update={
-                                                             "lag_bytes": None,
-                                                             "lag_seconds": None,
-                                                             "stale": None,
-                                                             "complete_as_of_time": None,
-                                                             "message": "serving site"})})
+        # the serving site has no lag: clear what it carried while it was the replica
+        serving = source_status.replication.model_copy(update={
+            "lag_bytes": None, "lag_seconds": None, "stale": None, "complete_as_of_time": None,
+            "message": "serving site",
+        })
+        sites[active] = source_status.model_copy(update={"replication": serving})
     return sites
 
 
