@@ -40,6 +40,8 @@ NAMESPACED_GRANTS: set[Grant] = (
     grants("dr.aegis.dev", KINDS, "get list watch patch update")
     | grants("dr.aegis.dev", ("recoverypoints",), "create delete")
     | grants("dr.aegis.dev", [f"{k}/status" for k in KINDS], "get patch update")
+    | grants("dr.aegis.dev", ("failoverapprovals",), "get list watch patch")
+    | grants("dr.aegis.dev", ("failoverapprovals/status",), "get patch update")
     | grants("", ("events",), "create patch")
     | grants("events.k8s.io", ("events",), "create patch")
     | grants("", ("secrets",), "get")
@@ -241,7 +243,7 @@ def test_rendered_builtin_kinds_are_valid(render: Render, values: Path) -> None:
                     f"{error.message} at {'.'.join(map(str, error.path))}"
                 )
         checked += 1
-    assert len(by_kind(docs, "CustomResourceDefinition")) == 5
+    assert len(by_kind(docs, "CustomResourceDefinition")) == 6
     assert checked >= 5 + 2  # at least the CRDs, the Deployment and its Service
 
 
@@ -658,3 +660,16 @@ def test_notes_tell_what_was_installed_and_what_to_do(helm: Helm, tmp_path: Path
     assert "every namespace" in notes
     assert "serviceMonitor.enabled=true" in notes
     assert "Jobs run the image ghcr.io/aegis-dr/aegis:" in notes
+
+
+def test_the_failover_approver_role_grants_creating_approvals_only(render: Render) -> None:
+    docs = render(VALUES["default"], "--set", "rbac.failoverApproverRole=true")
+    (approver,) = [d for d in by_kind(docs, "ClusterRole")
+                   if d["metadata"]["name"].endswith("-failover-approver")]
+    assert granted([approver]) == (
+        grants("dr.aegis.dev", ("failoverapprovals",), "create get list watch")
+        | grants("dr.aegis.dev", ("failoverplans",), "get list watch")
+    )
+    assert "aggregationRule" not in approver
+    assert not any(k.startswith("rbac.authorization.k8s.io/aggregate")
+                   for k in approver["metadata"].get("labels", {}))

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from tests.e2e.helpers import OperatorHandle, condition, events_for, get, wait_for
+from tests.e2e.helpers import OperatorHandle, condition, create, events_for, get, wait_for
 from tests.e2e.test_failover import (
     PLURAL,
+    Endpoint,
     annotations_of,
     dns_step,
     endpoints,
+    hook_step,
+    http_check,
     make_plan,
     make_zone,
     metric,
@@ -407,3 +411,66 @@ def test_redis_replica_promoted_by_a_plan_and_switched_back_without_losing_keys(
     finally:
         replica.stop()
         master.stop()
+
+
+def approval(k8s_api: Any, namespace: str, name: str, **spec: Any) -> None:
+    create(k8s_api, "failoverapprovals", namespace,
+           {"kind": "FailoverApproval", "metadata": {"name": name}, "spec": spec})
+
+
+def approval_status(k8s_api: Any, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = get(k8s_api, "failoverapprovals", namespace, name).get(
+        "status") or {}
+    return found
+
+
+def test_plan_approved_by_failoverapproval_objects_ignores_the_annotations(
+    aegis_operator: OperatorHandle,
+    k8s_api: Any,
+    namespace: str,
+    endpoints: Callable[[], Endpoint],
+) -> None:
+    down, healthy, hook = endpoints(), endpoints(), endpoints()
+    down.status(503)
+    make_plan(k8s_api, namespace, "gated", {
+        "mode": "Manual",
+        "approval": {"by": "FailoverApproval"},
+        "primary": site("eu", [http_check(down)]),
+        "secondary": site("us", [http_check(healthy)]),
+        "steps": [hook_step("notify", hook)],
+    })
+    status = wait_state(k8s_api, namespace, "gated", "AwaitingApproval")
+    assert status["approvalToken"] == "use-a-FailoverApproval"  # nothing secret to read
+    recommended = condition(get(k8s_api, PLURAL, namespace, "gated"), "FailoverRecommended")
+    assert recommended is not None and "FailoverApproval" in recommended["message"]
+
+    # what a plan editor can do (patch the plan) decides nothing
+    annotate(k8s_api, namespace, "gated", {"dr.aegis.dev/approve": status["approvalToken"],
+                                           "dr.aegis.dev/failover": "force:editor"})
+    wait_for("annotations refused", lambda: reasons(k8s_api, namespace, "gated").count(
+        "ApprovalRequired") >= 2)
+    wait_for("annotations removed", lambda: not {"dr.aegis.dev/approve", "dr.aegis.dev/failover"}
+             & set(annotations_of(k8s_api, namespace, "gated")))
+    assert status_of(k8s_api, namespace, "gated")["state"] == "AwaitingApproval"
+    assert hook.posts() == []
+
+    # what an approver can do (create a FailoverApproval) fails over, once
+    approval(k8s_api, namespace, "go", planName="gated", action="Failover",
+             reason="INC-7 eu down")
+    status = wait_state(k8s_api, namespace, "gated", "FailedOver")
+    used = wait_for("approval settled", lambda: (a := approval_status(
+        k8s_api, namespace, "go")).get("state") and a)
+    assert used["state"] == "Used" and used["transitionId"] == status["lastTransition"]["id"]
+    assert "FailoverApproval go" in status["lastTransition"]["reason"]
+    fa = get(k8s_api, "failoverapprovals", namespace, "go")
+    assert (condition(fa, "Accepted") or {}).get("status") == "True"
+    assert (condition(fa, "Succeeded") or {}).get("status") == "True"
+    assert len(hook.posts()) == 1
+
+    approval(k8s_api, namespace, "again", planName="gated", action="Failover", reason="twice")
+    refused = wait_for("second approval settled", lambda: (a := approval_status(
+        k8s_api, namespace, "again")).get("state") and a)
+    assert refused["state"] == "Refused" and "already serves" in refused["message"]
+    assert (condition(get(k8s_api, "failoverapprovals", namespace, "again"), "Succeeded")
+            or {}).get("status") == "False"
+    assert len(hook.posts()) == 1

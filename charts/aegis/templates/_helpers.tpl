@@ -92,7 +92,13 @@ code path calls; there is no `*` anywhere.
     - restores/status
     - failoverplans/status
     - drdrills/status
+    - failoverapprovals/status
   verbs: ["get", "patch", "update"]
+# FailoverApprovals are read (a plan acts on each once) and never created by the operator:
+# creating one is the approvers' permission (see the aegis-failover-approver ClusterRole).
+- apiGroups: ["dr.aegis.dev"]
+  resources: ["failoverapprovals"]
+  verbs: ["get", "list", "watch", "patch"]
 # Events on the resources it reconciles (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

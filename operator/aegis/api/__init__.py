@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from aegis import GROUP, VERSION
 from aegis.api.backuppolicy import BackupPolicySpec, BackupPolicyStatus
 from aegis.api.drdrill import DRDrillSpec, DRDrillStatus
+from aegis.api.failoverapproval import FailoverApprovalSpec, FailoverApprovalStatus
 from aegis.api.failoverplan import FailoverPlanSpec, FailoverPlanStatus
 from aegis.api.recoverypoint import RecoveryPointSpec, RecoveryPointStatus
 from aegis.api.restore import RestoreSpec, RestoreStatus
@@ -158,7 +159,30 @@ DR_DRILL = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (BACKUP_POLICY, RECOVERY_POINT, RESTORE, FAILOVER_PLAN, DR_DRILL)
+FAILOVER_APPROVAL = Kind(
+    kind="FailoverApproval",
+    plural="failoverapprovals",
+    singular="failoverapproval",
+    short_name="fa",
+    spec=FailoverApprovalSpec,
+    status=FailoverApprovalStatus,
+    description="A human decision that a FailoverPlan acts on once: fail over (approve, force, "
+    "accept data loss) or fail back. Creating one is a separate RBAC permission from editing "
+    "the plan.",
+    acceptance_condition="Accepted",
+    columns=(
+        PrinterColumn("Plan", ".spec.planName"),
+        PrinterColumn("Action", ".spec.action"),
+        PrinterColumn("State", ".status.state"),
+        PrinterColumn("Transition", ".status.transitionId", priority=1),
+        PrinterColumn("Message", ".status.message", priority=1),
+        AGE,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (
+    BACKUP_POLICY, RECOVERY_POINT, RESTORE, FAILOVER_PLAN, DR_DRILL, FAILOVER_APPROVAL,
+)
 KINDS_BY_NAME = {k.kind: k for k in KINDS}
 KINDS_BY_PLURAL = {k.plural: k for k in KINDS}
 CATEGORY = "dr"

@@ -302,6 +302,10 @@ class Approval(ApiModel):
 
     required: bool = False
     """Wait for approval even in Automatic mode."""
+    by: Literal["Annotation", "FailoverApproval"] = "Annotation"
+    """How humans decide. Annotation: the dr.aegis.dev/* trigger annotations (anyone who may
+    patch the plan). FailoverApproval: only FailoverApproval objects (a separate RBAC
+    permission); the annotations are refused and no approval token is published."""
 
 
 class PlanObjectives(ApiModel):

@@ -68,6 +68,7 @@ def configure(
 from aegis.handlers import (  # noqa: E402  (registered after the startup handler, on purpose)
     backuppolicy,
     drdrill,
+    failoverapproval,
     failoverplan,
     recoverypoint,
     restore,
@@ -78,6 +79,7 @@ __all__ = [
     "backuppolicy",
     "configure",
     "drdrill",
+    "failoverapproval",
     "failoverplan",
     "recoverypoint",
     "restore",

@@ -36,11 +36,13 @@ ERROR_RETRY_SECONDS = 5.0
 
 
 @kopf.on.startup(id="failover-runtime")
-def start_runtime(memo: kopf.Memo, **_: Any) -> None:
+async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
     # aegis-configure (registered first) normally has put the settings in memo already.
     settings = memo.get("settings") or Settings.from_env()
     memo[RUNTIME] = plans.FailoverRuntime(settings=settings)
     memo[WAKEUPS] = {}
+    # sync handlers (in threads) wake a plan's daemon through its event loop
+    memo["failover-loop"] = asyncio.get_running_loop()
 
 
 @kopf.on.cleanup(id="failover-runtime")

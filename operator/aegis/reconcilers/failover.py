@@ -641,6 +641,77 @@ def _automatic(
     return _start_failover("PrimaryDown: " + down, status, t, None, resume=False)
 
 
+# --------------------------------------------------------------------------- approvals
+
+APPROVAL_MAX_AGE = dt.timedelta(minutes=15)
+"""A FailoverApproval older than this when the plan first sees it is refused: a decision
+taken for an incident an hour ago must not act on today's state."""
+
+
+def by_approval_objects(spec: FailoverPlanSpec) -> bool:
+    return spec.approval is not None and spec.approval.by == "FailoverApproval"
+
+
+def pending_approval(approvals: Sequence[Mapping[str, object]], plan: str
+                     ) -> Mapping[str, object] | None:
+    """The oldest FailoverApproval for `plan` that has not been acted on."""
+    pending = []
+    for obj in approvals:
+        spec = obj.get("spec")
+        status = obj.get("status")
+        meta = obj.get("metadata")
+        if not isinstance(spec, Mapping) or not isinstance(meta, Mapping):
+            continue
+        if spec.get("planName") != plan:
+            continue
+        state = status.get("state") if isinstance(status, Mapping) else None
+        if state in ("Used", "Refused"):
+            continue
+        # acted on only once its spec was accepted (its handler validated it and wrote the
+        # Accepted condition, which the outcome written here must not race with)
+        conditions = status.get("conditions") if isinstance(status, Mapping) else None
+        if not isinstance(conditions, list) or not any(
+            isinstance(c, Mapping) and c.get("type") == "Accepted" and c.get("status") == "True"
+            for c in conditions
+        ):
+            continue
+        pending.append((str(meta.get("creationTimestamp") or ""), str(meta.get("name")), obj))
+    return min(pending, key=lambda p: (p[0], p[1]))[2] if pending else None
+
+
+def approval_triggers(approval: Mapping[str, object], now: dt.datetime
+                      ) -> dict[str, str] | str:
+    """The trigger annotations a FailoverApproval stands for, or why it is refused."""
+    spec = approval.get("spec")
+    meta = approval.get("metadata")
+    assert isinstance(spec, Mapping) and isinstance(meta, Mapping)
+    created = meta.get("creationTimestamp")
+    if isinstance(created, str) and created:
+        when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        if now - when > APPROVAL_MAX_AGE:
+            return (f"expired: created {iso(when)}, more than "
+                    f"{int(APPROVAL_MAX_AGE.total_seconds() // 60)} minutes before the plan "
+                    "saw it; create a new one if it still holds")
+    reason = f"{spec.get('reason')} (FailoverApproval {meta.get('name')})"
+    if spec.get("action") == "Failback":
+        return {FAILBACK: reason}
+    triggers = {FAILOVER: f"{FORCE}:{reason}" if spec.get("force") else reason}
+    accepted = spec.get("acceptDataLoss")
+    if accepted:
+        triggers[ACCEPT_DATA_LOSS] = f"{accepted} (FailoverApproval {meta.get('name')})"
+    return triggers
+
+
+def approval_outcome(decision: Decision, triggers: Mapping[str, str]
+                     ) -> tuple[bool, str]:
+    """(used, message) of a FailoverApproval after `decision` was taken on its triggers."""
+    wanted = "start_failback" if FAILBACK in triggers else "start_failover"
+    if decision.action == wanted:
+        return True, decision.transition_reason or decision.message
+    refusals = [e.message for e in decision.events if e.type == "Warning"]
+    return False, refusals[0] if refusals else f"not acted on: {decision.message}"
+
+
 # --------------------------------------------------------------------------- steps
 
 

@@ -15,6 +15,7 @@ old completionTime and a withdrawn recommendation its token.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from functools import partial
 from typing import Any, get_args
 
 from aegis import metrics
-from aegis.api import FAILOVER_PLAN
+from aegis.api import FAILOVER_APPROVAL, FAILOVER_PLAN
 from aegis.api.failoverplan import (
     FailoverPlanSpec,
     FailoverPlanStatus,
@@ -37,7 +38,7 @@ from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
 from aegis.probes.prober import ProbeContext, Prober
 from aegis.reach import EndpointRule
 from aegis.reconcilers import failover, tenancy
-from aegis.reconcilers.conditions import ConditionUpdate, set_conditions
+from aegis.reconcilers.conditions import ConditionUpdate, iso, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
 from aegis.settings import Settings
 from aegis.steps import StepPorts, run_procedure
@@ -325,6 +326,20 @@ def tick(
     triggers = {k: v for k, v in annotations.items() if k in TRIGGERS}
     writer = PlanWriter(body, halted)
     now = clock()
+    ignored: dict[str, str] = {}
+    approval: Mapping[str, Any] | None = None
+    if failover.by_approval_objects(spec):
+        # Anyone who may patch the plan can set annotations: here they decide nothing.
+        ignored, triggers = triggers, {}
+        approval = failover.pending_approval(
+            objects.list_custom(FAILOVER_APPROVAL, namespace), name)
+        if approval is not None:
+            mapped = failover.approval_triggers(approval, now)
+            if isinstance(mapped, str):
+                settle_approval(approval, False, mapped, None, now)
+                approval = None
+            else:
+                triggers = mapped
 
     running = status.state in RUNNING_STATES
     due = {
@@ -332,7 +347,7 @@ def tick(
         for key, site in (("primary", spec.primary), ("secondary", spec.secondary))
         if failover.probe_due(site, (status.sites or {}).get(key), now)
     }
-    if not due and not triggers and not running and status.state is not None:
+    if not due and not triggers and not ignored and not running and status.state is not None:
         return next_delay(spec, status, now)
 
     if due and not running:
@@ -341,6 +356,8 @@ def tick(
         status = status.model_copy(update={"state": "Monitoring", "active_site": "primary"})
     now = clock()
     decision = failover.decide(spec, status, triggers, now)
+    if ignored or approval is not None or failover.by_approval_objects(spec):
+        decision = for_approval_objects(spec, name, decision, ignored)
     status = apply_decision(status, decision)
     writer.save(status, conditions_for(spec, status, decision), now)
     record_state(namespace, name, status.state)
@@ -352,12 +369,68 @@ def tick(
         writer.save(status, conditions_for(spec, status, decision), now)
         record_state(namespace, name, status.state)
         writer.remove_annotations(decision.consume)
+        if approval is not None:
+            used, message = failover.approval_outcome(decision, triggers)
+            last = status.last_transition
+            settle_approval(approval, used, message, last.id if last and used else None, now)
+            approval = None
         status = drive(spec, status, writer, runtime, clock)
     else:
         writer.remove_annotations(decision.consume)
+        if approval is not None:
+            used, message = failover.approval_outcome(decision, triggers)
+            settle_approval(approval, used, message, None, now)
         if decision.action == "continue":
             status = drive(spec, status, writer, runtime, clock)
     return next_delay(spec, status, clock())
+
+
+def for_approval_objects(
+    spec: FailoverPlanSpec, name: str, decision: failover.Decision, ignored: Mapping[str, str]
+) -> failover.Decision:
+    """The decision of a plan that acts only on FailoverApproval objects: trigger annotations
+    are removed with a Warning, and a recommendation points at FailoverApproval instead of
+    publishing a token."""
+    events = list(decision.events)
+    for key in ignored:
+        events.append(failover.Event(
+            "Warning", "ApprovalRequired",
+            f"{key} ignored: this plan (approval.by: FailoverApproval) acts only on "
+            f"FailoverApproval objects with planName: {name}"))
+    message = decision.message
+    if decision.reason == "AwaitingApproval":
+        message = message.split("; approve with")[0] + (
+            f"; approve by creating a FailoverApproval with planName: {name}, action: Failover")
+        events = [dataclasses.replace(e, message=message) if e.reason == "FailoverRecommended"
+                  else e for e in events]
+    return dataclasses.replace(
+        decision, events=tuple(events), message=message,
+        consume=(*decision.consume, *ignored),
+        approval_token=APPROVAL_BY_OBJECT if decision.approval_token else None,
+    )
+
+
+APPROVAL_BY_OBJECT = "use-a-FailoverApproval"
+"""status.approvalToken of a plan approved by FailoverApproval objects: not a secret, it only
+keeps the recommendation stable; approve annotations are refused anyway."""
+
+
+def settle_approval(
+    approval: Mapping[str, Any], used: bool, message: str, transition_id: str | None,
+    now: dt.datetime,
+) -> None:
+    """Record on the FailoverApproval what the plan did with it (it acts once)."""
+    meta = approval["metadata"]
+    state = "Used" if used else "Refused"
+    conditions = set_conditions(
+        (approval.get("status") or {}).get("conditions"),
+        [ConditionUpdate("Succeeded", "True" if used else "False", state, message)],
+        generation=meta.get("generation"), now=now,
+    )
+    objects.patch_custom_status(FAILOVER_APPROVAL, meta["namespace"], meta["name"], {
+        "state": state, "message": message[:1000], "transitionId": transition_id,
+        "handledTime": iso(now), "conditions": conditions,
+    })
 
 
 def probe(

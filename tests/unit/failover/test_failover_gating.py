@@ -23,8 +23,11 @@ from aegis.reconcilers.failover import (
     APPROVE,
     FAILBACK,
     FAILOVER,
+    approval_outcome,
+    approval_triggers,
     decide,
     next_replication,
+    pending_approval,
     replica_lag,
 )
 
@@ -255,3 +258,53 @@ def test_switchover_failback_runs_while_the_old_primary_is_a_standby() -> None:
         "target": target, "primary": target}}])
     state = plan_status(down(), up(), "FailedOver", active_site="secondary")
     assert decide(plan, state, {FAILBACK: "home"}, NOW).action == "start_failback"
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+def approval_obj(name: str, created: str, state: str | None = None, accepted: bool = True,
+                 **spec: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": [{"type": "Accepted",
+                                              "status": "True" if accepted else "False"}]}
+    if state:
+        status["state"] = state
+    return {"metadata": {"name": name, "creationTimestamp": created},
+            "spec": {"planName": "orders", "action": "Failover", "reason": "r", **spec},
+            "status": status}
+
+
+def test_the_oldest_accepted_unhandled_approval_of_the_plan_is_taken() -> None:
+    objs = [
+        approval_obj("used", "2026-01-01T11:00:00Z", state="Used"),
+        approval_obj("invalid", "2026-01-01T11:01:00Z", accepted=False),
+        approval_obj("other", "2026-01-01T11:02:00Z", planName="billing"),
+        approval_obj("newer", "2026-01-01T11:59:00Z"),
+        approval_obj("older", "2026-01-01T11:58:00Z"),
+    ]
+    found = pending_approval(objs, "orders")
+    assert found is not None and found["metadata"]["name"] == "older"
+    assert pending_approval(objs[:3], "orders") is None
+
+
+def test_approvals_map_to_the_triggers_they_stand_for() -> None:
+    fresh = "2026-01-01T11:59:00Z"
+    assert approval_triggers(approval_obj("a", fresh), NOW) == {
+        FAILOVER: "r (FailoverApproval a)"}
+    assert approval_triggers(approval_obj("f", fresh, force=True, acceptDataLoss="INC"), NOW) == {
+        FAILOVER: "force:r (FailoverApproval f)", ACCEPT_DATA_LOSS: "INC (FailoverApproval f)"}
+    assert approval_triggers(approval_obj("b", fresh, action="Failback"), NOW) == {
+        FAILBACK: "r (FailoverApproval b)"}
+    expired = approval_triggers(approval_obj("old", "2026-01-01T11:00:00Z"), NOW)
+    assert isinstance(expired, str) and expired.startswith("expired")
+
+
+def test_an_approval_is_used_only_by_the_transition_it_asked_for() -> None:
+    stale = plan_status(down(), with_lag(up(), True), "Blocked")
+    triggers = approval_triggers(approval_obj("a", "2026-01-01T11:59:00Z"), NOW)
+    assert isinstance(triggers, dict)
+    refused = approval_outcome(decide(spec(), stale, triggers, NOW), triggers)
+    assert refused[0] is False and "accept-data-loss" in refused[1]
+    fresh = plan_status(down(), with_lag(up(), False))
+    used = approval_outcome(decide(spec(), fresh, triggers, NOW), triggers)
+    assert used[0] is True and "FailoverApproval a" in used[1]
