@@ -8,6 +8,9 @@ trigger    manual failover: dr.aegis.dev/failover=<--reason> (--force: even onto
            secondary that is not healthy; --accept-data-loss REASON: even onto a stale one)
 failback   dr.aegis.dev/failback=<--reason>
 
+For a plan with approval.by: FailoverApproval, approve/trigger/failback create a
+FailoverApproval instead (a permission of its own; the plan ignores the annotations).
+
 The operator acts on an annotation within a moment and removes it; `status` shows the result.
 """
 
@@ -81,6 +84,20 @@ def main(argv: Sequence[str]) -> int:
     if args.verb == "status":
         print(render_status(plan, dt.datetime.now(dt.UTC)))
         return 0
+    if ((plan.get("spec") or {}).get("approval") or {}).get("by") == "FailoverApproval":
+        # the plan ignores annotations: the decision is a FailoverApproval (RBAC: create)
+        body = approval_for(args)
+        try:
+            made = api.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "failoverapprovals", body)
+        except ApiException as error:
+            print(f"error: creating a FailoverApproval for {namespace}/{args.plan}: "
+                  f"{error.status} {error.reason} (creating FailoverApprovals is a permission "
+                  "of its own: the aegis-failover-approver role)", file=sys.stderr)
+            return 1
+        print(f"failoverapproval.{GROUP}/{made['metadata']['name']} created; follow with "
+              f"`kubectl aegis failover status {args.plan} -n {namespace}`")
+        return 0
     annotation = annotation_for(args, plan.get("status") or {})
     if isinstance(annotation, str):
         print(f"error: {annotation}", file=sys.stderr)
@@ -98,6 +115,23 @@ def main(argv: Sequence[str]) -> int:
     print(f"failoverplan.{GROUP}/{args.plan}: {what} ({key}); follow with "
           f"`kubectl aegis failover status {args.plan} -n {namespace}`")
     return 0
+
+
+def approval_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The FailoverApproval a verb creates for a plan with approval.by: FailoverApproval."""
+    spec: dict[str, Any] = {
+        "planName": args.plan,
+        "action": "Failback" if args.verb == "failback" else "Failover",
+        "reason": " ".join(str(getattr(args, "reason", "") or "approved with kubectl aegis")
+                           .split())[:256] or "approved with kubectl aegis",
+    }
+    if getattr(args, "force", False):
+        spec["force"] = True
+    accepted = getattr(args, "accept_data_loss", None)
+    if accepted:
+        spec["acceptDataLoss"] = " ".join(str(accepted).split())[:256]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FailoverApproval",
+            "metadata": {"generateName": f"{args.plan[:50]}-"}, "spec": spec}
 
 
 def annotation_for(args: argparse.Namespace, status: dict[str, Any]) -> tuple[str, str] | str:

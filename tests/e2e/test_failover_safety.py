@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kubernetes import client
 from tests.e2e.helpers import OperatorHandle, condition, create, events_for, get, wait_for
 from tests.e2e.test_failover import (
     PLURAL,
@@ -33,14 +34,13 @@ from tests.e2e.test_failover import (
     wait_state,
 )
 
+from aegis.kubectl_failover import main as kubectl_failover
 from aegis.sandbox.servers import MotoServer, PostgresServer, RedisServer
 
 __all__ = ["endpoints"]  # the fixture, re-exported for this module's tests
 
 
 def annotate(k8s_api: Any, namespace: str, name: str, annotations: dict[str, str]) -> None:
-    from kubernetes import client
-
     client.CustomObjectsApi(k8s_api).patch_namespaced_custom_object(
         "dr.aegis.dev", "v1alpha1", namespace, PLURAL, name,
         {"metadata": {"annotations": annotations}},
@@ -467,10 +467,15 @@ def test_plan_approved_by_failoverapproval_objects_ignores_the_annotations(
     assert (condition(fa, "Succeeded") or {}).get("status") == "True"
     assert len(hook.posts()) == 1
 
-    approval(k8s_api, namespace, "again", planName="gated", action="Failover", reason="twice")
+    # kubectl aegis creates a FailoverApproval for such a plan (generateName)
+    assert kubectl_failover(["trigger", "gated", "-n", namespace, "--reason", "twice"]) == 0
+    items = client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
+        "dr.aegis.dev", "v1alpha1", namespace, "failoverapprovals")["items"]
+    (again,) = [i["metadata"]["name"] for i in items if i["metadata"]["name"] != "go"]
+    assert again.startswith("gated-")
     refused = wait_for("second approval settled", lambda: (a := approval_status(
-        k8s_api, namespace, "again")).get("state") and a)
+        k8s_api, namespace, again)).get("state") and a)
     assert refused["state"] == "Refused" and "already serves" in refused["message"]
-    assert (condition(get(k8s_api, "failoverapprovals", namespace, "again"), "Succeeded")
+    assert (condition(get(k8s_api, "failoverapprovals", namespace, again), "Succeeded")
             or {}).get("status") == "False"
     assert len(hook.posts()) == 1

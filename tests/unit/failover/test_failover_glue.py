@@ -178,3 +178,18 @@ def test_trigger_and_approve_take_an_acceptance_of_data_loss() -> None:
     parsed = args("trigger", "p", "--accept-data-loss", "INC-1")
     assert parsed.accept_data_loss == "INC-1"
     assert args("approve", "p", "--accept-data-loss", "ok").accept_data_loss == "ok"
+
+
+def test_verbs_build_a_failoverapproval_for_plans_that_take_them() -> None:
+    from aegis.kubectl_failover import approval_for
+
+    forced = approval_for(args("trigger", "orders", "--reason", "eu  lost", "--force",
+                               "--accept-data-loss", "INC-1"))
+    assert forced["kind"] == "FailoverApproval"
+    assert forced["metadata"] == {"generateName": "orders-"}
+    assert forced["spec"] == {"planName": "orders", "action": "Failover", "reason": "eu lost",
+                              "force": True, "acceptDataLoss": "INC-1"}
+    approve = approval_for(args("approve", "orders"))["spec"]
+    assert approve == {"planName": "orders", "action": "Failover",
+                       "reason": "approved with kubectl aegis"}
+    assert approval_for(args("failback", "orders"))["spec"]["action"] == "Failback"
