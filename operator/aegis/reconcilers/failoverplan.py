@@ -356,7 +356,7 @@ def tick(
         status = status.model_copy(update={"state": "Monitoring", "active_site": "primary"})
     now = clock()
     decision = failover.decide(spec, status, triggers, now)
-    if ignored or approval is not None or failover.by_approval_objects(spec):
+    if failover.by_approval_objects(spec):
         decision = for_approval_objects(spec, name, decision, ignored)
     status = apply_decision(status, decision)
     writer.save(status, conditions_for(spec, status, decision), now)
