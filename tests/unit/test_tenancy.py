@@ -308,9 +308,9 @@ def test_a_scale_step_in_another_namespace_is_refused_naming_the_field_and_the_s
 
 def test_a_failback_scale_and_a_workload_check_elsewhere_are_refused() -> None:
     spec = plan().to_api()
-    spec["failbackSteps"][1]["scale"]["namespace"] = "payments"
+    spec["failbackSteps"][2]["scale"]["namespace"] = "payments"
     refused = tenancy.refusal(FailoverPlanSpec.model_validate(spec), "shop", Settings())
-    assert refused is not None and refused.field == "spec.failbackSteps[1].scale.namespace"
+    assert refused is not None and refused.field == "spec.failbackSteps[2].scale.namespace"
     spec = plan().to_api()
     spec["primary"]["checks"][2]["workload"]["namespace"] = "kube-system"
     refused = tenancy.refusal(FailoverPlanSpec.model_validate(spec), "shop", Settings())
@@ -548,3 +548,16 @@ def test_a_route53_endpoint_is_checked_before_the_client_is_built() -> None:
         factory(step, None)
     assert built == []
     assert factory(step.model_copy(update={"endpoint": None}), None) == "client"
+
+
+def test_the_switchover_and_redis_steps_are_held_to_the_endpoint_rules() -> None:
+    spec = plan().to_api()
+    spec["failbackSteps"][0]["postgresSwitchover"]["primary"]["host"] = "169.254.169.254"
+    refused = tenancy.refusal(FailoverPlanSpec.model_validate(spec), "shop", Settings())
+    assert refused is not None
+    assert refused.field == "spec.failbackSteps[0].postgresSwitchover.primary.host"
+    spec = plan().to_api()
+    spec["steps"].append({"name": "cache", "redisPromote": {
+        "target": {"host": "cache-replica"}, "fencePrimary": {"host": "169.254.169.254"}}})
+    refused = tenancy.refusal(FailoverPlanSpec.model_validate(spec), "shop", Settings())
+    assert refused is not None and refused.field.endswith("redisPromote.fencePrimary.host")

@@ -18,7 +18,7 @@ from aegis.handlers.failoverplan import WAKEUPS
 @kopf.on.create(GROUP, VERSION, KIND.plural, id="approval-accept")
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: KopfLogger,
               **_: Any) -> None:
-    spec = accept(KIND, body, patch, logger)
+    spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     plan = body.spec.get("planName")

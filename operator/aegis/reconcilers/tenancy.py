@@ -127,6 +127,20 @@ def _step(where: str, step: Step, namespace: str, settings: Settings) -> None:
         fence = step.postgres_promote.fence_primary
         if fence is not None:
             _host(rule, f"{where}.postgresPromote.fencePrimary.host", fence.host)
+    # the database steps of issue 13 reach servers the same way
+    if step.postgres_switchover is not None:
+        _host(rule, f"{where}.postgresSwitchover.target.host",
+              step.postgres_switchover.target.host)
+        _host(rule, f"{where}.postgresSwitchover.primary.host",
+              step.postgres_switchover.primary.host)
+    if step.redis_promote is not None:
+        _host(rule, f"{where}.redisPromote.target.host", step.redis_promote.target.host)
+        if step.redis_promote.fence_primary is not None:
+            _host(rule, f"{where}.redisPromote.fencePrimary.host",
+                  step.redis_promote.fence_primary.host)
+    if step.redis_switchover is not None:
+        _host(rule, f"{where}.redisSwitchover.target.host", step.redis_switchover.target.host)
+        _host(rule, f"{where}.redisSwitchover.primary.host", step.redis_switchover.primary.host)
     if step.job is not None:
         job_template(f"{where}.job.template", step.job.template, settings)
 
