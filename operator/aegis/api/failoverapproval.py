@@ -42,6 +42,8 @@ class FailoverApprovalStatus(StatusModel):
     conditions: list[Condition] | None = None
     """Accepted (the spec is valid); Succeeded: True once the plan started the transition,
     False when it refused it."""
+    observed_generation: int | None = None
+    """The spec generation last validated."""
     state: Literal["Pending", "Used", "Refused"] | None = None
     """Pending until the plan's next round; then Used or Refused (an approval acts once)."""
     transition_id: str | None = None
