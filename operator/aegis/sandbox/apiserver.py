@@ -33,7 +33,7 @@ import kmock
 import yaml
 
 from aegis.sandbox import apiserver_errors as errors
-from aegis.sandbox.apiserver_access import SSAR_PATH, AccessControl
+from aegis.sandbox.apiserver_access import AccessControl
 from aegis.sandbox.apiserver_auth import ADMIN_USER, MASTERS, Identity
 from aegis.sandbox.apiserver_rbac import Access
 from aegis.sandbox.apiserver_errors import ApiError
@@ -214,13 +214,10 @@ class KubeApiHandler(kmock.RawHandler):
                 return _json_response(self.access.token_request(
                     raw.method, api_path.namespace or "", api_path.name or "",
                     body if "protobuf" in raw.content_type else data, raw.content_type), 201)
-            if raw.path.rstrip("/") == SSAR_PATH:
-                if raw.method != "POST":
-                    raise errors.method_not_allowed(f"the server does not allow this method "
-                                                    f"on the requested resource ({raw.method})")
-                return _json_response(self.access.self_subject_access_review(
-                    identity, body if "protobuf" in raw.content_type else data,
-                    raw.content_type), 201)
+            review = self.access.serve(raw.method, raw.path.rstrip("/"), identity, body, data,
+                                       raw.content_type)
+            if review is not None:
+                return _json_response(review, 201)
             return await self._serve(request, raw, api_path)
         except ApiError as error:
             return _error_response(error)

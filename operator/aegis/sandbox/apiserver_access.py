@@ -33,6 +33,7 @@ from aegis.sandbox.apiserver_resources import Registry, ResourceInfo
 
 JsonDict = dict[str, Any]
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SELF_REVIEW_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 
 
 class AccessControl:
@@ -79,6 +80,24 @@ class AccessControl:
             raise errors.method_not_allowed(
                 f"the server does not allow this method on the requested resource ({method})")
         return self.auth.token_request(self.store, namespace, name, body, content_type)
+
+    def serve(self, method: str, path: str, identity: Identity, body: bytes, data: Any,
+              content_type: str) -> JsonDict | None:
+        """The reviews about the caller (`kubectl auth can-i`, `kubectl auth whoami`), or
+        None when `path` is not one of them."""
+        if path not in (SSAR_PATH, SELF_REVIEW_PATH):
+            return None
+        if method != "POST":
+            raise errors.method_not_allowed(
+                f"the server does not allow this method on the requested resource ({method})")
+        if path == SELF_REVIEW_PATH:
+            user: JsonDict = {"username": identity.name, "groups": list(identity.groups)}
+            if identity.uid:
+                user["uid"] = identity.uid
+            return {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": None}, "status": {"userInfo": user}}
+        return self.self_subject_access_review(
+            identity, body if "protobuf" in content_type else data, content_type)
 
     def self_subject_access_review(self, identity: Identity, body: Any,
                                    content_type: str) -> JsonDict:
