@@ -406,3 +406,27 @@ def test_usage_is_recorded_per_identity(k8s_api: Any, account: Account,
     assert usage[Access("get", "", "secrets", "", namespace, "", False)] == 1
     assert [a for a in usage if not a.allowed] == [
         Access("get", "", "secrets", "", namespace, "", False)]
+
+
+def test_scale_subresource_alone_lets_an_identity_scale(k8s_api: Any, account: Account,
+                                                        namespace: str) -> None:
+    labels = {"app": "web"}
+    client.AppsV1Api(k8s_api).create_namespaced_deployment(namespace, {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "pause", "image": "registry.k8s.io/pause:3.9"}]}}}})
+    grant(k8s_api, account, [{"apiGroups": ["apps"], "resources": ["deployments/scale"],
+                              "verbs": ["get", "patch"]}])
+    apps = client.AppsV1Api(account.api)
+    scale = eventually(lambda: apps.read_namespaced_deployment_scale("web", namespace))
+    assert (scale.kind, scale.spec.replicas) == ("Scale", 0)
+    assert scale.status.selector == "app=web"
+    scaled = apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": 2}})
+    assert scaled.spec.replicas == 2
+    assert client.AppsV1Api(k8s_api).read_namespaced_deployment(
+        "web", namespace).spec.replicas == 2
+    exc = refused(lambda: apps.patch_namespaced_deployment("web", namespace,
+                                                           {"spec": {"replicas": 1}}))
+    assert status_body(exc)["message"] == forbidden_message(
+        account.user, "patch", "deployments", "apps", namespace=namespace, name="web")

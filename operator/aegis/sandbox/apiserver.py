@@ -35,7 +35,6 @@ import yaml
 from aegis.sandbox import apiserver_errors as errors
 from aegis.sandbox.apiserver_access import AccessControl
 from aegis.sandbox.apiserver_auth import ADMIN_USER, MASTERS, Identity
-from aegis.sandbox.apiserver_rbac import Access
 from aegis.sandbox.apiserver_errors import ApiError
 from aegis.sandbox.apiserver_options import WriteOptions, parse_write_options
 from aegis.sandbox.apiserver_patch import (
@@ -44,7 +43,9 @@ from aegis.sandbox.apiserver_patch import (
     MERGE_PATCH,
     STRATEGIC_MERGE_PATCH,
 )
+from aegis.sandbox.apiserver_rbac import Access
 from aegis.sandbox.apiserver_resources import Registry, ResourceInfo
+from aegis.sandbox.apiserver_scale import serve_scale
 from aegis.sandbox.apiserver_select import (
     Selector,
     SelectorError,
@@ -303,6 +304,10 @@ class KubeApiHandler(kmock.RawHandler):
                     *selector.fields,
                     *parse_field_selector(f"metadata.name={name}", info.storage_key)))
             return await self._watch(request, raw, info, namespace, selector)
+        if api_path.subresource == "scale" and name is not None and not info.custom \
+                and "scale" in info.subresources:
+            return _json_response(serve_scale(self.store, info, method, namespace, name,
+                                              raw.content_type, request.data))
         options = WriteOptions()
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             options = parse_write_options(method, request.params, request.data, request.body,

@@ -61,8 +61,8 @@ class AccessControl:
         return result
 
     def admit(self, method: str, path: str, params: Mapping[str, str],
-              headers: Mapping[str, str], peercert: object = None, *, group: str | None, plural: str | None,
-              namespace: str | None, name: str | None,
+              headers: Mapping[str, str], peercert: object = None, *,
+              group: str | None, plural: str | None, namespace: str | None, name: str | None,
               subresource: str | None) -> tuple[Identity, Attributes]:
         """Authenticate and authorize one request; raises the 401/403 `ApiError`."""
         identity = self.auth.authenticate(headers.get("Authorization"), self.store, peercert)
