@@ -9,12 +9,15 @@ every expectation is the real server's (status codes, `Status` bodies, 403 messa
 from __future__ import annotations
 
 import datetime
+import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from tests.contract.auth_helpers import (
@@ -28,6 +31,8 @@ from tests.contract.auth_helpers import (
     service_account,
 )
 from tests.contract.helpers import GROUP, PLURAL, VERSION, raw, widget
+
+from aegis.sandbox.pytest_fixtures import KUBECTL
 
 STATUS_403 = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
               "reason": "Forbidden", "code": 403}
@@ -55,8 +60,6 @@ def refused(call: Callable[[], Any]) -> ApiException:
 
 
 def status_body(exc: ApiException) -> dict[str, Any]:
-    import json
-
     body: dict[str, Any] = json.loads(exc.body)
     return body
 
@@ -430,3 +433,35 @@ def test_scale_subresource_alone_lets_an_identity_scale(k8s_api: Any, account: A
                                                            {"spec": {"replicas": 1}}))
     assert status_body(exc)["message"] == forbidden_message(
         account.user, "patch", "deployments", "apps", namespace=namespace, name="web")
+
+
+def test_kubectl_as_a_service_account_can_i_and_whoami(
+        k8s_api: Any, account: Account, namespace: str, tmp_path: Any) -> None:
+    grant(k8s_api, account, [{"apiGroups": [""], "resources": ["configmaps"],
+                              "verbs": ["list"]}])
+    config = yaml.safe_load(k8s_api.kubeconfig.read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    token = request_token(k8s_api, namespace, account.name).status.token
+    config["users"] = [{"name": context["context"]["user"], "user": {"token": token}}]
+    kubeconfig = tmp_path / "robot.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "--cache-dir",
+                               str(tmp_path / "cache"), *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    deadline = time.monotonic() + 15
+    while (can := kubectl("auth", "can-i", "list", "configmaps", "-n", namespace)
+           ).stdout.strip() != "yes" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert can.stdout.strip() == "yes", can.stderr
+    cannot = kubectl("auth", "can-i", "get", "secrets", "-n", namespace)
+    assert cannot.stdout.strip() == "no"
+    whoami = kubectl("auth", "whoami", "-o", "json")
+    assert whoami.returncode == 0, whoami.stderr
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == account.user
+    listed = kubectl("get", "secrets", "-n", namespace)
+    assert listed.returncode != 0
+    assert ("Error from server (Forbidden): " + forbidden_message(
+        account.user, "list", "secrets", namespace=namespace)) in listed.stderr

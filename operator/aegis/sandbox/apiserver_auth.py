@@ -112,6 +112,8 @@ class Authenticator:
         self.audience = audience
         self._serviceaccounts = serviceaccounts
         self._key = secrets.token_bytes(32)
+        # Verified claims by token: a client sends the same token on every request.
+        self._verified: dict[str, JsonDict] = {}
 
     # ------------------------------------------------------------------ tokens
 
@@ -138,6 +140,17 @@ class Authenticator:
                            datetime.datetime.fromtimestamp(exp, datetime.UTC))
 
     def _claims(self, token: str) -> JsonDict | None:
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
+        claims = self._verify(token)
+        if claims is not None:
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> JsonDict | None:
         parts = token.split(".")
         if len(parts) != 3:
             return None
