@@ -8,7 +8,9 @@ resourceVersion, uid, 201, PUT, selectors, garbage collection, status subresourc
 parser fails on `GET /api/v1/namespaces`, and its `Server` patches aiohttp's resolver
 process-wide. The Kubernetes semantics live in `apiserver_store` (objects, watches, GC,
 namespaces), `apiserver_schema` + `apiserver_cel` (CRD validation), `apiserver_patch`,
-`apiserver_select` and `apiserver_table`. See docs/emulator.md.
+`apiserver_select`, `apiserver_table` and `apiserver_scale`; who may do what in
+`apiserver_access` (`apiserver_auth`: tokens and certificates, `apiserver_rbac`: RBAC and the
+usage record) over https (`apiserver_tls`). See docs/emulator.md.
 
 Run standalone: `python -m aegis.sandbox.apiserver --port 0 --crds crds/` prints the URL.
 """
