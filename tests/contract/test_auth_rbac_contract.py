@@ -465,3 +465,37 @@ def test_kubectl_as_a_service_account_can_i_and_whoami(
     assert listed.returncode != 0
     assert ("Error from server (Forbidden): " + forbidden_message(
         account.user, "list", "secrets", namespace=namespace)) in listed.stderr
+
+
+def test_emulator_admin_certificate_and_token_file_kubeconfigs(k8s_api: Any, namespace: str,
+                                                               tmp_path: Any) -> None:
+    """The emulator's own kubeconfig writers (on a real cluster, its admin is whatever
+    AEGIS_TEST_KUBECONFIG holds)."""
+    if not getattr(k8s_api, "emulated", False):
+        pytest.skip("ApiServer.write_kubeconfig is the emulator's")
+    from aegis.sandbox.pytest_fixtures import make_api
+
+    server = k8s_api.server
+
+    def whoami(api: Any) -> Any:
+        return client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        ).status.user_info
+
+    by_certificate = make_api(server.write_kubeconfig(tmp_path / "cert.kubeconfig",
+                                                      client_certificate=True), server)
+    assert by_certificate.configuration.cert_file
+    assert not (by_certificate.configuration.api_key or {}).get("BearerToken")
+    info = whoami(by_certificate)
+    assert (info.username, "system:masters" in info.groups) == ("kubernetes-admin", True)
+    client.CoreV1Api(by_certificate).list_namespaced_secret(namespace)
+
+    client.CoreV1Api(k8s_api).create_namespaced_service_account(
+        namespace, {"metadata": {"name": "mounted"}})
+    token_file = server.write_token_file(tmp_path / "sa" / "token", namespace, "mounted")
+    mounted = make_api(server.write_kubeconfig(tmp_path / "file.kubeconfig",
+                                               token_file=token_file), server)
+    assert whoami(mounted).username == f"system:serviceaccount:{namespace}:mounted"
+    with pytest.raises(ApiException) as refused_list:
+        client.CoreV1Api(mounted).list_namespaced_secret(namespace)
+    assert refused_list.value.status == 403

@@ -209,7 +209,7 @@ class Authenticator:
                       content_type: str) -> JsonDict:
         """POST .../serviceaccounts/<name>/token: a TokenRequest answered with a new token."""
         if "protobuf" in content_type and isinstance(body, bytes):
-            spec = _token_request_spec_from_protobuf(body)
+            spec = token_request_spec_from_protobuf(body)
         elif isinstance(body, dict):
             spec = body.get("spec") or {}
         else:
@@ -319,7 +319,7 @@ def access_review_spec_from_protobuf(body: bytes) -> JsonDict:
                                  f"protobuf SelfSubjectAccessReview: {exc}") from exc
 
 
-def _token_request_spec_from_protobuf(body: bytes) -> JsonDict:
+def token_request_spec_from_protobuf(body: bytes) -> JsonDict:
     """The spec of a protobuf TokenRequest: `kubectl create token` sends protobuf.
 
     The envelope is `k8s\\0` + runtime.Unknown{typeMeta=1, raw=2}; TokenRequest is
