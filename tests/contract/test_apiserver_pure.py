@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from aegis.sandbox.apiserver import parse_api_path
+from aegis.sandbox.apiserver_auth import token_request_spec_from_protobuf
 from aegis.sandbox.apiserver_cel import evaluate_rules
 from aegis.sandbox.apiserver_patch import strategic_merge_patch
+from aegis.sandbox.apiserver_rbac import Attributes, request_attributes, rule_allows
 from aegis.sandbox.apiserver_select import SelectorError, parse_label_selector
 from aegis.sandbox.apiserver_table import evaluate_jsonpath, human_duration
 
@@ -97,3 +99,65 @@ def test_the_emulator_records_every_field_a_write_lost(tmp_path: Path) -> None:
             'POST /api/v1/namespaces/default/configmaps: unknown field "metadata.typo"',
             'POST /api/v1/namespaces/default/configmaps: unknown field "dataa"',
         ]
+
+
+# ---- RBAC request attributes and rule matching (apiserver_rbac) ---------------------------
+
+
+def _attrs(method: str, path: str, **params: str) -> Attributes:
+    parsed = parse_api_path(path)
+    return request_attributes(
+        method, path, params, group=parsed.group if parsed and parsed.plural else None,
+        plural=parsed.plural if parsed else None, namespace=parsed.namespace if parsed else None,
+        name=parsed.name if parsed else None, subresource=parsed.subresource if parsed else None)
+
+
+@pytest.mark.parametrize(("method", "path", "params", "expected"), [
+    ("GET", "/api/v1/namespaces/a/pods", {}, ("list", "", "pods", "", "a", "")),
+    ("GET", "/api/v1/namespaces/a/pods", {"watch": "true"}, ("watch", "", "pods", "", "a", "")),
+    ("GET", "/api/v1/namespaces/a/pods", {"fieldSelector": "metadata.name=p"},
+     ("list", "", "pods", "", "a", "p")),
+    ("DELETE", "/api/v1/namespaces/a/pods", {}, ("deletecollection", "", "pods", "", "a", "")),
+    ("PUT", "/apis/apps/v1/namespaces/a/deployments/d/scale", {},
+     ("update", "apps", "deployments", "scale", "a", "d")),
+    ("POST", "/api/v1/namespaces/a/serviceaccounts/s/token", {},
+     ("create", "", "serviceaccounts", "token", "a", "s")),
+    ("GET", "/api/v1/namespaces/a", {}, ("get", "", "namespaces", "", "a", "a")),
+    ("GET", "/api/v1/namespaces", {}, ("list", "", "namespaces", "", "", "")),
+])
+def test_request_attributes(method: str, path: str, params: dict[str, str],
+                            expected: tuple[str, ...]) -> None:
+    attrs = _attrs(method, path, **params)
+    assert (attrs.verb, attrs.group, attrs.resource, attrs.subresource, attrs.namespace,
+            attrs.name) == expected
+
+
+def test_non_resource_attributes_and_url_rules() -> None:
+    attrs = _attrs("GET", "/apis/apps/v1")
+    assert attrs.resource_request is False and attrs.path == "/apis/apps/v1"
+    assert rule_allows({"verbs": ["get"], "nonResourceURLs": ["/apis/*"]}, attrs)
+    assert not rule_allows({"verbs": ["get"], "nonResourceURLs": ["/apis"]}, attrs)
+    assert not rule_allows({"verbs": ["get"], "apiGroups": ["*"], "resources": ["*"]}, attrs)
+
+
+def test_resource_rules_wildcards_and_subresources() -> None:
+    status = Attributes("patch", True, "dr.aegis.dev", "backuppolicies", "status", "ns", "p")
+    assert rule_allows({"verbs": ["patch"], "apiGroups": ["dr.aegis.dev"],
+                        "resources": ["*/status"]}, status)
+    assert rule_allows({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}, status)
+    assert not rule_allows({"verbs": ["patch"], "apiGroups": ["dr.aegis.dev"],
+                            "resources": ["backuppolicies"]}, status)
+    assert not rule_allows({"verbs": ["patch"], "apiGroups": ["dr.aegis.dev"],
+                            "resources": ["backuppolicies/status"],
+                            "resourceNames": ["other"]}, status)
+
+
+def test_protobuf_token_request_as_kubectl_sends_it() -> None:
+    # `kubectl create token x --duration 15m --audience a` (k8s envelope, runtime.Unknown).
+    spec_bytes = b"\x0a\x01a" + b"\x20" + bytes([0x84, 0x07])  # audiences=["a"], exp=900
+    raw = b"\x0a\x00" + b"\x12" + bytes([len(spec_bytes)]) + spec_bytes
+    type_meta = b"\x0a\x18authentication.k8s.io/v1\x12\x0cTokenRequest"
+    body = (b"k8s\x00" + b"\x0a" + bytes([len(type_meta)]) + type_meta
+            + b"\x12" + bytes([len(raw)]) + raw)
+    assert token_request_spec_from_protobuf(body) == {"audiences": ["a"],
+                                                       "expirationSeconds": 900}

@@ -1,5 +1,13 @@
 """The real operator (kopf's KopfRunner, our handlers) against the emulator, with the Job
-runner executing agent Jobs on this machine against real PostgreSQL, Redis and moto S3."""
+runner executing agent Jobs on this machine against real PostgreSQL, Redis and moto S3.
+
+The operator runs as the chart's ServiceAccount, as after `helm install`: the chart's
+ServiceAccount, ClusterRole and ClusterRoleBinding (default values: every namespace) are
+rendered with the pinned helm and applied, a token is issued for the ServiceAccount
+(TokenRequest) and the operator's kubeconfig carries that token. Tests, kubectl and the Job
+runner stay admin. The emulator records what the operator used; `test_rbac_least_privilege`
+(run last) compares it with what the chart grants.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +17,64 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.helpers import OperatorHandle, free_port
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from tests.e2e.helpers import (
+    DESELECTED_E2E,
+    E2E_DIR,
+    LEAST_PRIVILEGE_MODULE,
+    OperatorHandle,
+    OperatorIdentity,
+    free_port,
+    install_operator_identity,
+)
 
 from aegis import metrics
 from aegis.k8s import client as aegis_client
 
 
+@pytest.fixture(scope="session")
+def operator_identity(
+    k8s_api: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorIdentity]:
+    """The chart's ServiceAccount with the chart's RBAC, and a kubeconfig with its token."""
+    identity = install_operator_identity(k8s_api, tmp_path_factory.mktemp("operator"))
+    yield identity
+    docs = identity.documents
+    if not getattr(k8s_api, "emulated", False):  # leave a real cluster as we found it
+        rbac = client.RbacAuthorizationV1Api(k8s_api)
+        for doc in docs:
+            try:
+                if doc["kind"] == "ClusterRole":
+                    rbac.delete_cluster_role(doc["metadata"]["name"])
+                elif doc["kind"] == "ClusterRoleBinding":
+                    rbac.delete_cluster_role_binding(doc["metadata"]["name"])
+            except ApiException:
+                pass
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    DESELECTED_E2E.extend(i.nodeid for i in items if Path(str(i.fspath)).parent == E2E_DIR)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The least-privilege check runs after every other test of the session."""
+    last = [i for i in items if Path(str(i.fspath)).name == LEAST_PRIVILEGE_MODULE]
+    if last:
+        items[:] = [i for i in items if i not in last] + last
+
+
 @pytest.fixture
 def aegis_operator(
-    k8s_api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    k8s_api: Any, operator_identity: OperatorIdentity, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> Iterator[OperatorHandle]:
     # prometheus-client serves /metrics once per process: every operator started in this
     # test process shares the first port.
     metrics_port = metrics.serve(free_port()) or free_port()
     env = {
-        "KUBECONFIG": str(k8s_api.kubeconfig),
+        # The chart's ServiceAccount token, not the admin's credentials.
+        "KUBECONFIG": str(operator_identity.kubeconfig),
         # The Job runner runs the Job's command on this machine: the agent of this checkout.
         "AEGIS_AGENT_COMMAND": f"{sys.executable} -m aegis agent",
         "AEGIS_METRICS_PORT": str(metrics_port),

@@ -13,11 +13,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.e2e.helpers import (
     OperatorHandle,
+    OperatorIdentity,
     condition,
     create,
     create_secret,
     events_for,
     get,
+    install_operator_identity,
     new_key,
     wait_for,
 )
@@ -355,6 +357,7 @@ def test_catalog_sync_rebuilds_points_in_a_fresh_cluster(
     moto: Any,
     tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
+    operator_identity: OperatorIdentity,
 ) -> None:
     seed(pg_database, rows=10)
     secrets_for(k8s_api, namespace, pg_database)
@@ -373,7 +376,9 @@ def test_catalog_sync_rebuilds_points_in_a_fresh_cluster(
         dr_api = make_api(kubeconfig, fresh)
         client.CoreV1Api(dr_api).create_namespace({"metadata": {"name": namespace}})
         secrets_for(dr_api, namespace, pg_database)
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        # The chart installed there too: the operator runs as its ServiceAccount.
+        identity = install_operator_identity(dr_api, tmp_path)
+        monkeypatch.setenv("KUBECONFIG", str(identity.kubeconfig))
         aegis_client.reset()
         aegis_operator.start()
         create(
@@ -401,9 +406,11 @@ def test_catalog_sync_rebuilds_points_in_a_fresh_cluster(
         for field in ("sha256", "storedBytes", "sizeBytes", "sourceTime", "location"):
             assert imported["status"][field] == original["status"][field], field
         aegis_operator.stop()
+        operator_identity.other_usage.append(fresh.usage(identity.user))
     finally:
         fresh.stop()
-    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))
+    # Back on the first cluster, as the chart's ServiceAccount again.
+    monkeypatch.setenv("KUBECONFIG", aegis_operator.env["KUBECONFIG"])
     aegis_client.reset()
     aegis_operator.start()
 

@@ -124,6 +124,28 @@ def test_valid_specs_are_accepted_and_invalid_ones_refused(
     )
     assert plan_ready["status"] == "True"
 
+    # A drill of the policy (examples/drdrill.yaml's shape) is accepted too.
+    create(
+        k8s_api,
+        "drdrills",
+        namespace,
+        {
+            "kind": "DRDrill",
+            "metadata": {"name": "orders-weekly"},
+            "spec": {
+                "type": "Restore",
+                "schedule": "0 4 * * 1",
+                "restore": {"policyRef": {"name": "orders"},
+                            "verify": [{"name": "rows", "expect": {"matchesBackup": True}}]},
+            },
+        },
+    )
+    drill_ready = wait_for(
+        "drill Ready", lambda: condition(get(k8s_api, "drdrills", namespace, "orders-weekly"),
+                                         "Ready")
+    )
+    assert drill_ready["status"] == "True", drill_ready
+
     refused = wait_for(
         "bad-cron refused",
         lambda: condition(get(k8s_api, "backuppolicies", namespace, "bad-cron"), "Ready"),
@@ -204,6 +226,7 @@ def test_valid_specs_are_accepted_and_invalid_ones_refused(
         ("backuppolicies", "orders"),
         ("backuppolicies", "bad-cron"),
         ("failoverplans", "orders"),
+        ("drdrills", "orders-weekly"),
     ):
         api.delete_namespaced_custom_object("dr.aegis.dev", "v1alpha1", namespace, plural, name)
 
@@ -220,6 +243,7 @@ def test_valid_specs_are_accepted_and_invalid_ones_refused(
             gone("recoverypoints", "orders-manual")
             and gone("backuppolicies", "orders")
             and gone("failoverplans", "orders")
+            and gone("drdrills", "orders-weekly")
         ),
     )
     assert aegis_operator.running

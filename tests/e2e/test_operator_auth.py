@@ -131,6 +131,23 @@ def test_operator_sends_the_kubeconfig_bearer_token_on_every_request(
         assert all(s[2] == f"Bearer {token}" for s in _sent(server, start)), _sent(server, start)
 
 
+def _service_account_tokens(admin: Any, server: ApiServer) -> tuple[str, str]:
+    """Two tokens of the ServiceAccount aegis-system/aegis, bound to cluster-admin."""
+    _namespace(admin, "aegis-system")
+    client.CoreV1Api(admin).create_namespaced_service_account(
+        "aegis-system", {"metadata": {"name": "aegis"}})
+    client.RbacAuthorizationV1Api(admin).create_cluster_role_binding({
+        "metadata": {"name": "aegis-test-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "aegis", "namespace": "aegis-system"}],
+    })
+    first = server.issue_token("aegis-system", "aegis")
+    second = server.issue_token("aegis-system", "aegis")
+    assert first != second
+    return first, second
+
+
 def test_in_cluster_operator_uses_the_mounted_token_over_tls_and_follows_its_rotation(
     tmp_path: Path, operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,7 +160,10 @@ def test_in_cluster_operator_uses_the_mounted_token_over_tls_and_follows_its_rot
         mount.mkdir()
         (mount / "ca.crt").write_bytes(server.tls.ca_pem)
         (mount / "namespace").write_text("aegis-system")
-        (mount / "token").write_text("first-projected-token\n")
+        # Real ServiceAccount tokens (the emulator refuses any other with 401), for an account
+        # bound to cluster-admin: this test is about the token's path, not about RBAC.
+        first_token, second_token = _service_account_tokens(admin, server)
+        (mount / "token").write_text(f"{first_token}\n")
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
         monkeypatch.setenv("AEGIS_SERVICEACCOUNT_DIR", str(mount))
@@ -156,10 +176,10 @@ def test_in_cluster_operator_uses_the_mounted_token_over_tls_and_follows_its_rot
             )
             wait_for("the first policy handled", lambda: _ready_false(admin, namespace, "before"))
             first = _sent(server, start)
-            assert {s[2] for s in first if s[0] == "kopf"} == {"Bearer first-projected-token"}
+            assert {s[2] for s in first if s[0] == "kopf"} == {f"Bearer {first_token}"}
 
             # kubelet rotates the projected token: the file is replaced while we run.
-            (mount / "token").write_text("second-projected-token\n")
+            (mount / "token").write_text(f"{second_token}\n")
             rotated_at = _request_count(server)
             counter = iter(range(1000))
 
@@ -170,11 +190,11 @@ def test_in_cluster_operator_uses_the_mounted_token_over_tls_and_follows_its_rot
                 )
                 wait_for(f"{name} handled", lambda: _ready_false(admin, namespace, name))
                 return any(
-                    s[2] == "Bearer second-projected-token" and s[0] == agent
+                    s[2] == f"Bearer {second_token}" and s[0] == agent
                     for s in _sent(server, rotated_at)
                     for agent in ("kopf",)
                 ) and any(
-                    s[2] == "Bearer second-projected-token" and s[0] == "client"
+                    s[2] == f"Bearer {second_token}" and s[0] == "client"
                     for s in _sent(server, rotated_at)
                 )
 
@@ -187,12 +207,12 @@ def test_in_cluster_operator_uses_the_mounted_token_over_tls_and_follows_its_rot
         after = _sent(server, rotated_at)
         switched = {
             agent: next(i for i, s in enumerate(after)
-                        if s[0] == agent and s[2] == "Bearer second-projected-token")
+                        if s[0] == agent and s[2] == f"Bearer {second_token}")
             for agent in ("kopf", "client")
         }
         stale = [
             s for i, s in enumerate(after)
-            if i > switched[s[0]] and not s[3] and s[2] != "Bearer second-projected-token"
+            if i > switched[s[0]] and not s[3] and s[2] != f"Bearer {second_token}"
         ]
         assert not stale, stale
         assert all(s[2].startswith("Bearer ") for s in after), "a request went out anonymous"

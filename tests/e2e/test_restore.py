@@ -4,7 +4,6 @@ PostgreSQL and redis-server, moto S3. What was restored is checked in the target
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 import subprocess
@@ -625,9 +624,13 @@ def test_kubectl_aegis_restore_follows_and_prints_checks(
     s3_bucket: str,
     moto: Any,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert os.environ["KUBECONFIG"]  # the operator fixture points kubectl at the emulator
     backed_up(k8s_api, namespace, pg_database, s3_bucket, moto.endpoint)
+    # The plugin is a user's tool: it runs as the admin, not as the operator's ServiceAccount
+    # the operator fixture put in KUBECONFIG (the operator, which has backed up by now, built
+    # its client from that at start-up and keeps it).
+    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig))
     with scratch_database_name(pg_database.server) as new_db:
         argv = [
             "orders",  # a BackupPolicy: its newest good point

@@ -72,19 +72,28 @@ app.kubernetes.io/part-of: aegis
 {{- end }}
 
 {{/*
-RBAC rules for the namespaced resources the operator reads and writes. Each rule is what a
-code path calls; there is no `*` anywhere.
+RBAC rules for the namespaced resources the operator reads and writes: exactly what the e2e
+suite saw the operator use when run as this chart's ServiceAccount (the emulator records every
+request; tests/e2e/test_rbac_least_privilege.py fails on a refusal or an unused rule), plus the
+few grants that suite does not reach, listed there with the code path that needs them.
+There is no `*` anywhere, no `update` (kopf and Aegis send merge patches, never PUT), and no
+`get` where only watches read.
 */}}
 {{- define "aegis.namespacedRules" -}}
-# Reconcile all five kinds; kopf patches finalizers and its progress annotations.
+# kopf watches the kinds and patches their finalizers and progress annotations; the
+# reconcilers read the objects they follow (a Restore's RecoveryPoint, a plan's state).
 - apiGroups: ["dr.aegis.dev"]
-  resources: ["backuppolicies", "recoverypoints", "restores", "failoverplans", "drdrills"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Scheduled runs create RecoveryPoints; retention deletes them.
+  resources: ["backuppolicies", "recoverypoints", "restores", "failoverplans"]
+  verbs: ["get", "list", "watch", "patch"]
+# Drills are only accepted (kopf's watch and patches): no reconciler reads them.
+- apiGroups: ["dr.aegis.dev"]
+  resources: ["drdrills"]
+  verbs: ["list", "watch", "patch"]
+# Scheduled runs and the catalog import create RecoveryPoints; retention deletes them.
 - apiGroups: ["dr.aegis.dev"]
   resources: ["recoverypoints"]
   verbs: ["create", "delete"]
-# The operator owns every status write.
+# The operator owns every status write (merge patches of the status subresource).
 - apiGroups: ["dr.aegis.dev"]
   resources:
     - backuppolicies/status
@@ -93,55 +102,54 @@ code path calls; there is no `*` anywhere.
     - failoverplans/status
     - drdrills/status
     - failoverapprovals/status
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # FailoverApprovals are read (a plan acts on each once) and never created by the operator:
 # creating one is the approvers' permission (see the aegis-failover-approver ClusterRole).
 - apiGroups: ["dr.aegis.dev"]
   resources: ["failoverapprovals"]
   verbs: ["get", "list", "watch", "patch"]
-# Events on the resources it reconciles (kopf posts core/v1 events).
+# Events on the resources it reconciles (kopf and Aegis post core/v1 events).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # Encryption keys, S3/Route53 credentials and database logins, read by reference.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# The per-Job configuration handed to the agent.
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "create", "update", "patch", "delete"]
-# Job pods: their state and the agent's result in their logs.
+# Job pods: the agent's one-line result is their termination message.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
-- apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
-# Backup, restore and drill Jobs, and FailoverPlan job steps.
+  verbs: ["list"]
+# Backup, restore and failover Jobs: followed by kopf's watch, read, created; a scheduled
+# run replaced under concurrencyPolicy Replace has its Job deleted.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
-# FailoverPlan workload checks and scale steps.
+  verbs: ["get", "list", "watch", "create", "delete"]
+# FailoverPlan workload checks read Deployments and StatefulSets; scale steps set replicas
+# through the scale subresource only, as `kubectl scale` does.
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale", "statefulsets/scale"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/* Rules that are cluster-scoped by nature, needed in both watch modes. */}}
 {{- define "aegis.clusterRules" -}}
-# kopf scans the CRDs to find the resources it serves.
+# kopf scans the CRDs (list, then watch) to find the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
-# kopf follows namespaces to know which exist.
+  verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+Only when watching listed namespaces: kopf's namespace observer lists and watches namespaces
+to know which of them exist (without it, kopf warns and assumes they all do). Watching every
+namespace, it does not look at namespaces at all.
+*/}}
+{{- define "aegis.namespaceObserverRules" -}}
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}

@@ -117,8 +117,9 @@ class Workloads:
         except ApiException as error:
             if error.status != 404:
                 raise
-        # 404 from /scale: the workload is missing, or the API server does not serve the
-        # subresource (the sandbox's emulator does not): then patch spec.replicas itself.
+        # 404 from /scale: the workload is missing, or an API server that does not serve the
+        # subresource (kube-apiserver and the sandbox's emulator do): then patch
+        # spec.replicas itself (the chart grants no `patch` on the workloads, only on /scale).
         self.read_replicas(kind, namespace, name)  # raises NotFound when it is missing
         if deployment:
             apps.patch_namespaced_deployment(name, namespace, body)

@@ -8,7 +8,9 @@ resourceVersion, uid, 201, PUT, selectors, garbage collection, status subresourc
 parser fails on `GET /api/v1/namespaces`, and its `Server` patches aiohttp's resolver
 process-wide. The Kubernetes semantics live in `apiserver_store` (objects, watches, GC,
 namespaces), `apiserver_schema` + `apiserver_cel` (CRD validation), `apiserver_patch`,
-`apiserver_select` and `apiserver_table`. See docs/emulator.md.
+`apiserver_select`, `apiserver_table` and `apiserver_scale`; who may do what in
+`apiserver_access` (`apiserver_auth`: tokens and certificates, `apiserver_rbac`: RBAC and the
+usage record) over https (`apiserver_tls`). See docs/emulator.md.
 
 Run standalone: `python -m aegis.sandbox.apiserver --port 0 --crds crds/` prints the URL.
 """
@@ -21,6 +23,7 @@ import base64
 import contextlib
 import json
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ import kmock
 import yaml
 
 from aegis.sandbox import apiserver_errors as errors
+from aegis.sandbox.apiserver_access import AccessControl
+from aegis.sandbox.apiserver_auth import ADMIN_USER, MASTERS, Identity
 from aegis.sandbox.apiserver_errors import ApiError
 from aegis.sandbox.apiserver_options import WriteOptions, parse_write_options
 from aegis.sandbox.apiserver_patch import (
@@ -40,7 +45,9 @@ from aegis.sandbox.apiserver_patch import (
     MERGE_PATCH,
     STRATEGIC_MERGE_PATCH,
 )
+from aegis.sandbox.apiserver_rbac import Access
 from aegis.sandbox.apiserver_resources import Registry, ResourceInfo
+from aegis.sandbox.apiserver_scale import serve_scale
 from aegis.sandbox.apiserver_select import (
     Selector,
     SelectorError,
@@ -49,7 +56,12 @@ from aegis.sandbox.apiserver_select import (
 )
 from aegis.sandbox.apiserver_store import DeleteOptions, Store, WatchEvent, as_version
 from aegis.sandbox.apiserver_table import build_table
-from aegis.sandbox.apiserver_tls import ServingCertificate, make_serving_certificate
+from aegis.sandbox.apiserver_tls import (
+    CertificateAuthority,
+    ServingCertificate,
+    make_serving_certificate,
+    server_context,
+)
 
 JsonDict = dict[str, Any]
 log = logging.getLogger("aegis.sandbox.apiserver")
@@ -148,10 +160,12 @@ class KubeApiHandler(kmock.RawHandler):
     """kmock's request handling with Kubernetes API semantics behind it."""
 
     def __init__(self, crd_dir: Path | None = None, *, record_requests: bool = False,
-                 bookmark_interval: float = 5.0) -> None:
+                 bookmark_interval: float = 5.0, admin_token: str | None = None) -> None:
         super().__init__()
         self.registry = Registry()
         self.store = Store(self.registry)
+        # Authentication, RBAC and the per-identity usage record (apiserver_access).
+        self.access = AccessControl(self.registry, self.store, admin_token=admin_token)
         self.record_requests = record_requests
         self.bookmark_interval = bookmark_interval
         self.server_address = "127.0.0.1:0"
@@ -188,12 +202,25 @@ class KubeApiHandler(kmock.RawHandler):
         )
         if self.record_requests:
             self._requests.append(request)
+        try:
+            identity = self._admit(raw, api_path)
+        except ApiError as error:
+            return _error_response(error)
         if self._payloads:  # reactions injected by a test take precedence, as in kmock
             with contextlib.suppress(NotImplementedError):
                 response: aiohttp.web.StreamResponse = await kmock.RawHandler._handle(
                     self, request)
                 return response
         try:
+            if api_path is not None and api_path.subresource == "token" \
+                    and api_path.plural == "serviceaccounts" and api_path.group == "":
+                return _json_response(self.access.token_request(
+                    raw.method, api_path.namespace or "", api_path.name or "",
+                    body if "protobuf" in raw.content_type else data, raw.content_type), 201)
+            review = self.access.serve(raw.method, raw.path.rstrip("/"), identity, body, data,
+                                       raw.content_type)
+            if review is not None:
+                return _json_response(review, 201)
             return await self._serve(request, raw, api_path)
         except ApiError as error:
             return _error_response(error)
@@ -201,6 +228,19 @@ class KubeApiHandler(kmock.RawHandler):
             log.exception("emulator failure on %s %s", raw.method, raw.path_qs)
             return _error_response(ApiError(500, "InternalError",
                                             f"Internal error occurred: {exc!r}"))
+
+    def _admit(self, raw: aiohttp.web.BaseRequest, api_path: ApiPath | None) -> Identity:
+        """Who asks, and may they (401/403 otherwise); recorded in `access.usage`."""
+        resource = api_path is not None and api_path.plural is not None
+        peercert = raw.transport.get_extra_info("peercert") if raw.transport else None
+        identity, _ = self.access.admit(
+            raw.method, raw.path, raw.query, raw.headers, peercert,
+            group=api_path.group if resource and api_path else None,
+            plural=api_path.plural if api_path else None,
+            namespace=api_path.namespace if api_path else None,
+            name=api_path.name if api_path else None,
+            subresource=api_path.subresource if api_path else None)
+        return identity
 
     async def _serve(self, request: kmock.Request, raw: aiohttp.web.BaseRequest,
                      api_path: ApiPath | None) -> aiohttp.web.StreamResponse:
@@ -266,6 +306,10 @@ class KubeApiHandler(kmock.RawHandler):
                     *selector.fields,
                     *parse_field_selector(f"metadata.name={name}", info.storage_key)))
             return await self._watch(request, raw, info, namespace, selector)
+        if api_path.subresource == "scale" and name is not None and not info.custom \
+                and "scale" in info.subresources:
+            return _json_response(serve_scale(self.store, info, method, namespace, name,
+                                              raw.content_type, request.data))
         options = WriteOptions()
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             options = parse_write_options(method, request.params, request.data, request.body,
@@ -504,12 +548,19 @@ class ApiServer:
 
     def __init__(self, crd_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, record_requests: bool = False, bookmark_interval: float = 5.0,
+                 admin_token: str | None = None, tls: bool = True,
                  tls_dir: Path | None = None) -> None:
         self.crd_dir = crd_dir
-        # With a directory, the server speaks https with a throwaway certificate written there
-        # (`ca_pem` for clients), as kube-apiserver does for pods; without, plain http.
+        # https by default, as kube-apiserver: kubectl only sends a token or a client
+        # certificate over TLS. The CA is made here and written into kubeconfigs (`ca_pem`
+        # for an in-pod `ca.crt`); with `tls_dir` the CA and serving pair are also written
+        # there. `tls=False`: plain http only.
+        self.ca = CertificateAuthority()
         self.tls: ServingCertificate | None = (
-            make_serving_certificate(tls_dir, host) if tls_dir is not None else None)
+            make_serving_certificate(self.ca, host, tls_dir) if tls else None)
+        self.plain_url = ""
+        # The bearer token of the admin (`system:masters`) the kubeconfig carries.
+        self.admin_token = admin_token or f"aegis-admin-{secrets.token_hex(16)}"
         self.host = host
         self.port = port
         self.record_requests = record_requests
@@ -555,23 +606,29 @@ class ApiServer:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         handler = KubeApiHandler(self.crd_dir, record_requests=self.record_requests,
-                                 bookmark_interval=self.bookmark_interval)
+                                 bookmark_interval=self.bookmark_interval,
+                                 admin_token=self.admin_token)
         self._handler = handler
         server = aiohttp.web.Server(handler, handler_cancellation=True,
                                     access_log=None)
         runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
-        site = aiohttp.web.TCPSite(
-            runner, self.host, self.port,
-            ssl_context=self.tls.server_context() if self.tls is not None else None)
+        context = server_context(self.ca, self.tls) if self.tls is not None else None
+        site = aiohttp.web.TCPSite(runner, self.host, self.port, ssl_context=context)
+        # Plain http as well, same handler and same authentication (kubectl sends no
+        # credentials there, so it is anonymous): for probes of /healthz and /version.
+        plain = aiohttp.web.TCPSite(runner, self.host, 0) if self.tls is not None else None
         async with handler:
             await site.start()
-            sockets = runner.addresses
-            port = int(sockets[0][1])
+            port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
             self.port = port
             handler.server_address = f"{self.host}:{port}"
-            scheme = "https" if self.tls is not None else "http"
-            self.url = f"{scheme}://{self.host}:{port}"
+            self.url = f"{'https' if self.tls is not None else 'http'}://{self.host}:{port}"
+            self.plain_url = self.url
+            if plain is not None:
+                await plain.start()
+                plain_port = int(plain._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+                self.plain_url = f"http://{self.host}:{plain_port}"
             self._ready.set()
             try:
                 await self._stopping.wait()
@@ -598,15 +655,33 @@ class ApiServer:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
 
-    def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
+    def write_kubeconfig(self, path: Path, *, namespace: str = "default",
+                         token: str | None = None, token_file: Path | None = None,
+                         client_certificate: bool = False) -> Path:
+        """A kubeconfig for the admin (`kubernetes-admin` in `system:masters`: the bearer
+        token `admin_token`, or with `client_certificate=True` a client certificate as
+        kubeadm's admin.conf), or for `token` /
+        `token_file` (a ServiceAccount token from `issue_token`; a file is re-read by
+        clients that support `tokenFile`, which is how a rotated token is picked up)."""
+        user: JsonDict
+        if token_file is not None:
+            user = {"tokenFile": str(token_file)}
+        elif token is not None:
+            user = {"token": token}
+        elif client_certificate and self.tls is not None:
+            pair = self.ca.client(ADMIN_USER, (MASTERS,))
+            user = {"client-certificate-data": base64.b64encode(pair.cert_pem).decode(),
+                    "client-key-data": base64.b64encode(pair.key_pem).decode()}
+        else:
+            user = {"token": self.admin_token}
         cluster: JsonDict = {"server": self.url}
         if self.tls is not None:
-            cluster["certificate-authority-data"] = base64.b64encode(self.tls.ca_pem).decode()
+            cluster["certificate-authority-data"] = base64.b64encode(self.ca.cert_pem).decode()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "aegis-sandbox", "cluster": cluster}],
-            "users": [{"name": "aegis-sandbox", "user": {"token": "aegis-sandbox-token"}}],
+            "users": [{"name": "aegis-sandbox", "user": user}],
             "contexts": [{"name": "aegis-sandbox", "context": {
                 "cluster": "aegis-sandbox", "user": "aegis-sandbox", "namespace": namespace}}],
             "current-context": "aegis-sandbox",
@@ -615,6 +690,34 @@ class ApiServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
+
+    def issue_token(self, namespace: str, service_account: str, *,
+                    expiration_seconds: int = 3600) -> str:
+        """A token for an existing ServiceAccount, as TokenRequest (`kubectl create token`)
+        issues it: it identifies `system:serviceaccount:<namespace>:<name>`."""
+        access = self.handler.access
+        response = self.call(access.token_request, "POST", namespace, service_account,
+                             {"spec": {"expirationSeconds": expiration_seconds}},
+                             "application/json")
+        token: str = response["status"]["token"]
+        return token
+
+    def write_token_file(self, path: Path, namespace: str, service_account: str, *,
+                         expiration_seconds: int = 3600) -> Path:
+        """Write a fresh ServiceAccount token to `path` (atomically, as the kubelet rotates a
+        projected token: a reader never sees a half-written file)."""
+        token = self.issue_token(namespace, service_account,
+                                 expiration_seconds=expiration_seconds)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.tmp")
+        partial.write_text(token)
+        partial.replace(path)
+        return path
+
+    def usage(self, user: str) -> dict[Access, int]:
+        """Every (verb, group, resource, subresource, namespace) `user` was allowed or
+        refused, with counts (see `apiserver_rbac.Access`)."""
+        return self.handler.access.usage.of(user)
 
     def __enter__(self) -> ApiServer:
         return self.start()
@@ -639,7 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     server = ApiServer(crd_dir=args.crds, host=args.host, port=args.port).start()
     if args.kubeconfig is not None:
         server.write_kubeconfig(args.kubeconfig)
+    # The https URL first (the kubeconfig's), then the plain-http one (anonymous probes).
     print(server.url, flush=True)
+    print(server.plain_url, flush=True)
     stop = threading.Event()
     try:
         import signal

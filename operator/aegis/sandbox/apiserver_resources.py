@@ -88,6 +88,9 @@ class ResourceInfo:
             if sub == "scale":
                 sub_entry["group"] = "autoscaling"
                 sub_entry["version"] = "v1"
+            elif sub == "token":  # serviceaccounts/token takes a TokenRequest, create only
+                sub_entry.update(kind="TokenRequest", group="authentication.k8s.io",
+                                 version="v1", verbs=["create"])
             entries.append(sub_entry)
         return entries
 
@@ -126,7 +129,8 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
     _builtin("", "v1", "configmaps", "ConfigMap", short=["cm"]),
     _builtin("", "v1", "secrets", "Secret"),
     _builtin("", "v1", "events", "Event", short=["ev"]),
-    _builtin("", "v1", "serviceaccounts", "ServiceAccount", short=["sa"]),
+    _builtin("", "v1", "serviceaccounts", "ServiceAccount", short=["sa"],
+             subresources=["token"]),
     _builtin("", "v1", "endpoints", "Endpoints", short=["ep"]),
     _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=["pvc"],
              subresources=["status"]),
@@ -146,6 +150,12 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
              subresources=["status"]),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
     _builtin("events.k8s.io", "v1", "events", "Event", short=["ev"]),
+    _builtin("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    _builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    _builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole",
+             namespaced=False),
+    _builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+             namespaced=False),
     _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions",
              "CustomResourceDefinition", namespaced=False, short=["crd", "crds"],
              subresources=["status"]),

@@ -349,13 +349,18 @@ def _format_ok(fmt: str, value: str) -> bool:
 # ---------------------------------------------------------------------------- metadata
 
 
-def validate_metadata(meta: JsonDict, *, namespaced: bool, is_namespace: bool) -> list[FieldCause]:
-    """ObjectMeta checks every kind gets: name shape, label syntax, annotation keys."""
+def validate_metadata(meta: JsonDict, *, namespaced: bool, is_namespace: bool,
+                      path_segment_name: bool = False) -> list[FieldCause]:
+    """ObjectMeta checks every kind gets: name shape, label syntax, annotation keys.
+    `path_segment_name`: RBAC kinds, whose names only need to be a URL path segment
+    (`system:discovery` is a valid ClusterRole name)."""
     causes: list[FieldCause] = []
     name = meta.get("name")
     if not name:
         causes.append(FieldCause("metadata.name", "FieldValueRequired",
                                  "Required value: name or generateName is required"))
+    elif path_segment_name:
+        causes.extend(_check_path_segment_name(str(name)))
     else:
         causes.extend(_check_name(str(name), is_namespace))
     for key, val in (meta.get("labels") or {}).items():
@@ -363,6 +368,17 @@ def validate_metadata(meta: JsonDict, *, namespaced: bool, is_namespace: bool) -
     for key in (meta.get("annotations") or {}):
         causes.extend(_check_qualified_key("metadata.annotations", str(key)))
     return causes
+
+
+def _check_path_segment_name(name: str) -> list[FieldCause]:
+    if name in (".", ".."):
+        return [FieldCause("metadata.name", "FieldValueInvalid",
+                           f"Invalid value: {go_repr(name)}: may not be '{name}'")]
+    for bad in ("/", "%"):
+        if bad in name:
+            return [FieldCause("metadata.name", "FieldValueInvalid",
+                               f"Invalid value: {go_repr(name)}: may not contain '{bad}'")]
+    return []
 
 
 def _check_name(name: str, is_namespace: bool) -> list[FieldCause]:

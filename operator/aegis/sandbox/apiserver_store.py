@@ -347,7 +347,8 @@ class Store:
             options.check_fields(info.kind, info.version, dropped)
         causes: list[FieldCause] = validate_metadata(
             obj["metadata"], namespaced=info.namespaced,
-            is_namespace=info.storage_key == NAMESPACES)
+            is_namespace=info.storage_key == NAMESPACES,
+            path_segment_name=info.group == "rbac.authorization.k8s.io")
         if info.storage_key == ("batch", "jobs"):
             if old is None:
                 causes += builtins.prepare_job_create(obj)

@@ -170,6 +170,8 @@ def _log_says(log_path: Path, text: str) -> Callable[[], bool]:
 
 
 def _first_url(log_path: Path) -> str | None:
+    """The emulator's plain-http URL (it prints its https URL, the kubeconfig's, first): the
+    demo's HTTP checks use its anonymous /healthz, which needs no trust in the emulator's CA."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
