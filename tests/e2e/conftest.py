@@ -99,7 +99,8 @@ def aegis_operator(
 
 
 PLURALS = {"BackupPolicy": "backuppolicies", "RecoveryPoint": "recoverypoints",
-           "Restore": "restores", "FailoverPlan": "failoverplans", "DRDrill": "drdrills"}
+           "Restore": "restores", "FailoverPlan": "failoverplans", "DRDrill": "drdrills",
+           "FailoverApproval": "failoverapprovals"}
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD_CM = ROOT / "integrations" / "argocd" / "argocd-cm.yaml"
 GROUP = "dr.aegis.dev"
-KINDS = ("BackupPolicy", "RecoveryPoint", "Restore", "FailoverPlan", "DRDrill")
+KINDS = ("BackupPolicy", "RecoveryPoint", "Restore", "FailoverPlan", "DRDrill",
+         "FailoverApproval")
 LONG_LIVED = ("BackupPolicy", "FailoverPlan", "DRDrill")
 ARGO_HEALTH = ("Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown")
 CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]*$")

@@ -7,7 +7,7 @@ Argo CD) from each kind's own conditions, so no code path can forget them:
 
 - ``Stalled=True`` when the object will not get further without someone acting: ``Ready``
   or ``Accepted`` False (a refused spec, a missing Secret or bucket), or a one-shot object
-  that ended badly (``Failed``/``Corrupted`` True, ``Complete`` False);
+  that ended badly (``Failed``/``Corrupted`` True, ``Complete``/``Succeeded`` False);
 - ``Reconciling=True`` while the operator is still at work: ``Ready`` or ``Complete``
   Unknown, or an accepted one-shot object that has not finished;
 - neither once the object is settled. They are "abnormal-true" conditions, so they are
@@ -84,13 +84,20 @@ def _kstatus(by_type: dict[Any, dict[str, Any]]) -> tuple[str, dict[str, Any]] |
     for bad in ("Corrupted", "Failed"):
         if status(bad) == "True":
             return "Stalled", by_type[bad]
-    if status("Complete") == "False":
-        return "Stalled", by_type["Complete"]
+    # One-shot kinds end with Complete (points, restores) or Succeeded (approvals).
+    for outcome in ("Complete", "Succeeded"):
+        if status(outcome) == "False":
+            return "Stalled", by_type[outcome]
     if status("Ready") == "Unknown":
         return "Reconciling", by_type["Ready"]
-    if status("Complete") == "Unknown":
-        return "Reconciling", by_type["Complete"]
-    if "Ready" not in by_type and status("Accepted") == "True" and "Complete" not in by_type:
+    for outcome in ("Complete", "Succeeded"):
+        if status(outcome) == "Unknown":
+            return "Reconciling", by_type[outcome]
+    if (
+        "Ready" not in by_type
+        and status("Accepted") == "True"
+        and not {"Complete", "Succeeded"} & by_type.keys()
+    ):
         return "Reconciling", by_type["Accepted"]
     return None
 
