@@ -29,6 +29,9 @@ TRANSITION_LABEL: Final = f"{GROUP}/transition"
 """On FailoverPlan step Jobs: the transition id."""
 
 # ------------------------------------------------------------------ annotations
+CREATED_BY_ANNOTATION: Final = f"{GROUP}/created-by"
+"""On a RecoveryPoint the operator made: `scheduler` (trigger Scheduled) or `catalog-sync`
+(trigger Imported). A user's point with those triggers lacks it and is refused."""
 PRUNED_ANNOTATION: Final = f"{GROUP}/pruned-by"
 """On a RecoveryPoint deleted by retention: which policy pruned it (so deletion keeps the
 bucket objects' fate to the policy's deletionPolicy)."""

@@ -32,11 +32,16 @@ def utcnow() -> dt.datetime:
 
 class Scheduler:
     def __init__(
-        self, act: Act, *, workers: int = 16, clock: Callable[[], dt.datetime] = utcnow
+        self,
+        act: Act,
+        *,
+        workers: int = 16,
+        clock: Callable[[], dt.datetime] = utcnow,
+        name: str = "aegis-tick",
     ) -> None:
         self._act = act
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aegis-tick")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._lock = threading.Condition()
         self._heap: list[tuple[dt.datetime, int, Key]] = []
         self._due: dict[Key, dt.datetime] = {}
@@ -45,7 +50,7 @@ class Scheduler:
         self._backoff: dict[Key, float] = {}
         self._sequence = itertools.count()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="aegis-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"{name}-loop", daemon=True)
 
     def start(self) -> Scheduler:
         self._thread.start()
@@ -72,6 +77,11 @@ class Scheduler:
                 return
             self._due[key] = when
             heapq.heappush(self._heap, (when, next(self._sequence), key))
+            self._lock.notify()
+
+    def nudge(self) -> None:
+        """Look at the clock again now: an injected clock was moved (tests, drills)."""
+        with self._lock:
             self._lock.notify()
 
     def forget(self, namespace: str, name: str) -> None:

@@ -34,6 +34,13 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
 
 
+def _positive(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 1:
+        raise ValueError(f"{name}={value} must be at least 1")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator process is configured with."""
@@ -78,6 +85,24 @@ class Settings:
     allow_private_endpoints: bool = True
     """Endpoints may be private addresses: cluster IPs of in-cluster S3, databases, webhooks
     (AEGIS_ALLOW_PRIVATE_ENDPOINTS). Link-local and metadata addresses are always refused."""
+    reference_check_seconds: int = 30
+    """Period of the re-check of every policy's references (Secrets, keys, bucket, source
+    reachability), Ready or not (AEGIS_REFERENCE_CHECK_SECONDS). A passing bucket or source
+    verdict is reused for one period, so a broken reference shows within two periods at
+    most; a deleted Secret (seen by the watch) within one."""
+    prepare_seconds: int = 30
+    """How long before its due time a tick is prepared: its point created, its Job built
+    (AEGIS_PREPARE_SECONDS)."""
+    tick_workers: int = 32
+    """Threads that act on due ticks (AEGIS_TICK_WORKERS)."""
+    maintenance_workers: int = 4
+    """Threads that refresh policy status, re-check references and sync catalogs
+    (AEGIS_MAINTENANCE_WORKERS)."""
+    handler_workers: int = 32
+    """kopf's thread pool for sync handlers (AEGIS_HANDLER_WORKERS)."""
+    connect_timeout_seconds: float = 3.0
+    """Timeout of the TCP reachability check of a policy's source
+    (AEGIS_CONNECT_TIMEOUT_SECONDS)."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -115,4 +140,14 @@ class Settings:
             allowed_service_accounts=_list("AEGIS_ALLOWED_SERVICE_ACCOUNTS"),
             allow_loopback_endpoints=_bool(ALLOW_LOOPBACK_ENV, cls.allow_loopback_endpoints),
             allow_private_endpoints=_bool(ALLOW_PRIVATE_ENV, cls.allow_private_endpoints),
+            reference_check_seconds=_positive(
+                "AEGIS_REFERENCE_CHECK_SECONDS", cls.reference_check_seconds
+            ),
+            prepare_seconds=_int("AEGIS_PREPARE_SECONDS", cls.prepare_seconds),
+            tick_workers=_positive("AEGIS_TICK_WORKERS", cls.tick_workers),
+            maintenance_workers=_positive("AEGIS_MAINTENANCE_WORKERS", cls.maintenance_workers),
+            handler_workers=_positive("AEGIS_HANDLER_WORKERS", cls.handler_workers),
+            connect_timeout_seconds=float(
+                _positive("AEGIS_CONNECT_TIMEOUT_SECONDS", int(cls.connect_timeout_seconds))
+            ),
         )

@@ -46,7 +46,7 @@ NAMESPACED_GRANTS: set[Grant] = (
     | grants("dr.aegis.dev", ("failoverapprovals",), "get list watch patch")
     | grants("dr.aegis.dev", ("failoverapprovals/status",), "patch")
     | grants("", ("events",), "create")
-    | grants("", ("secrets",), "get")
+    | grants("", ("secrets",), "get list watch")  # the reference checks read a watch cache
     | grants("", ("pods",), "list")
     | grants("batch", ("jobs",), "get list watch create delete")
     | grants("apps", ("deployments", "statefulsets"), "get")

@@ -112,10 +112,11 @@ There is no `*` anywhere, no `update` (kopf and Aegis send merge patches, never 
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# Encryption keys, S3/Route53 credentials and database logins, read by reference.
+# Encryption keys, S3/Route53 credentials and database logins, read by reference; watched
+# so that policies' references are re-checked from memory (a deleted key Secret shows at once).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 # Job pods: the agent's one-line result is their termination message.
 - apiGroups: [""]
   resources: ["pods"]

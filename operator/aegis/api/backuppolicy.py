@@ -10,12 +10,14 @@ from croniter import croniter
 from pydantic import AfterValidator, Field
 
 from aegis.api.common import (
+    MAX_SECONDS,
     ApiModel,
     Condition,
     HasOneOf,
     JobOptions,
     LocalObjectRef,
     NonNegativeInt,
+    PositiveSeconds,
     PostgresTarget,
     RedisTarget,
     S3Location,
@@ -118,7 +120,7 @@ class Retention(ApiModel):
 class BackupObjectives(ApiModel):
     """What the team promises."""
 
-    rpo_seconds: Annotated[int, Field(ge=60)]
+    rpo_seconds: Annotated[int, Field(ge=60, le=MAX_SECONDS)]
     """The longest acceptable data-loss window: the age of the newest Completed point must
     stay below it. Drives the RPOMet condition and the AegisRPOBreached alert."""
 
@@ -137,7 +139,7 @@ class BackupPolicySpec(ApiModel):
     """Stop scheduling new runs. Catalog sync and retention continue."""
     concurrency_policy: Literal["Forbid", "Replace", "Allow"] = "Forbid"
     """What to do when a run is due while the previous one is still running."""
-    starting_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    starting_deadline_seconds: PositiveSeconds | None = None
     """A run that could not start within this many seconds of its time is skipped and
     counted in status.missedRuns."""
     source: BackupSource
@@ -184,6 +186,8 @@ class BackupPolicyStatus(StatusModel):
     recovery_points: int | None = None
     """Number of RecoveryPoints of this policy."""
     missed_runs: int | None = None
-    """Runs skipped because they could not start within startingDeadlineSeconds."""
+    """Scheduled runs that did not happen: they could not start within
+    startingDeadlineSeconds, a newer tick superseded them, or the policy was not Ready at
+    the tick (a RunSkipped event names why)."""
     current_rpo_seconds: int | None = Field(default=None, alias="currentRPOSeconds")
     """Now minus the source time of the newest Completed point."""

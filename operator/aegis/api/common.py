@@ -15,9 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+# Every integer in a spec has a maximum the code can handle, so the schema refuses what the
+# operator could not act on (a deadline of 2^62 seconds overflows a timedelta; past 2^63 the
+# API server refuses the number itself, with a less helpful message).
+MAX_SECONDS = 10 * 366 * 24 * 3600
+"""Ten years: the longest duration any spec field accepts."""
+MAX_COUNT = 2**31 - 1
+"""int32, the range Kubernetes gives counts (replicas, backoffLimit)."""
 Port = Annotated[int, Field(ge=1, le=65535)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveSeconds = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+PositiveSeconds = Annotated[int, Field(ge=1, le=MAX_SECONDS)]
+NonNegativeSeconds = Annotated[int, Field(ge=0, le=MAX_SECONDS)]
 # RFC 1123 subdomain, the rule the API server applies to object names.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
@@ -209,7 +217,7 @@ class Toleration(ApiModel):
     """Taint value for Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all."""
-    toleration_seconds: int | None = None
+    toleration_seconds: NonNegativeSeconds | None = None
     """For NoExecute: how long the pod stays bound after the taint appears."""
 
 
@@ -246,7 +254,7 @@ class JobOptions(ApiModel):
     """Seconds after which a running Job is stopped and fails."""
     backoff_limit: Annotated[int, Field(ge=0, le=20)] = 2
     """Retries of the Job's pod before the Job fails."""
-    ttl_seconds_after_finished: NonNegativeInt = 86400
+    ttl_seconds_after_finished: NonNegativeSeconds = 86400
     """Seconds a finished Job is kept for its logs before it is deleted."""
 
 

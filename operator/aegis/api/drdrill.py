@@ -13,6 +13,7 @@ from aegis.api.common import (
     ApiModel,
     Condition,
     LocalObjectRef,
+    PositiveSeconds,
     StatusModel,
     cel,
     exactly_one,
@@ -58,9 +59,9 @@ class FailoverDrill(ApiModel):
 class DrillObjectives(ApiModel):
     """What the team promises."""
 
-    rto_seconds: Annotated[int, Field(ge=1)] | None = None
+    rto_seconds: PositiveSeconds | None = None
     """Longest acceptable time to recover."""
-    rpo_seconds: Annotated[int, Field(ge=1)] | None = None
+    rpo_seconds: PositiveSeconds | None = None
     """Longest acceptable data-loss window."""
 
 

@@ -8,9 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from aegis.api.common import (
+    MAX_COUNT,
     ApiModel,
     Condition,
     HasOneOf,
+    NonNegativeInt,
+    NonNegativeSeconds,
     ObjectName,
     Port,
     PostgresTarget,
@@ -72,7 +75,7 @@ class WorkloadCheck(ApiModel):
     namespace: ObjectName | None = None
     """Namespace; absent is the plan's namespace. Another namespace is refused
     (NamespaceNotAllowed) unless the operator's AEGIS_REACHABLE_NAMESPACES lists it."""
-    min_ready: Annotated[int, Field(ge=0)] = 1
+    min_ready: NonNegativeInt = 1
     """Ready replicas needed to count as healthy."""
 
 
@@ -112,7 +115,7 @@ class Site(ApiModel):
     """Consecutive failed probes after which the site is down."""
     success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
     """Consecutive good probes after which a down site is up again."""
-    down_weight: Annotated[int, Field(ge=1)] | None = None
+    down_weight: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
     """A probe fails when the weight of failed checks reaches this; absent: any failed check."""
 
 
@@ -172,7 +175,7 @@ class ScaleStep(ApiModel):
     namespace: ObjectName | None = None
     """Namespace; absent is the plan's namespace. Another namespace is refused
     (NamespaceNotAllowed) unless the operator's AEGIS_REACHABLE_NAMESPACES lists it."""
-    replicas: Annotated[int, Field(ge=0)]
+    replicas: NonNegativeInt
     """Desired replicas."""
     wait_ready: bool = True
     """Wait until the ready replicas reach `replicas`."""
@@ -332,7 +335,7 @@ class FailoverPlanSpec(ApiModel):
     """The failover procedure."""
     failback_steps: list[Step] | None = None
     """The failback procedure; absent: Route53 records are set back to their stored values."""
-    cooldown_seconds: Annotated[int, Field(ge=0)] = 3600
+    cooldown_seconds: NonNegativeSeconds = 3600
     """No second failover within this many seconds of the last."""
     approval: Approval | None = None
     """Human approval."""

@@ -60,7 +60,7 @@ def configure(
     # A watch that stalls silently (a dropped connection through a proxy) is re-established.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = aegis_settings.handler_workers
     port = metrics.serve(aegis_settings.metrics_port, aegis_settings.metrics_address)
     logger.info("Aegis operator configured; metrics on port %s", port)
 

@@ -1,60 +1,88 @@
-"""kopf handlers of BackupPolicy: body → model → reconciler → status patch.
+"""kopf handlers of BackupPolicy: thin adapters onto the policy runtime.
 
-Ticks are not kopf timers: the process-wide Scheduler (aegis.scheduler) wakes each policy at
-its next due time. kopf tells it about policies (resume/create/update/delete) and runs two
-slow timers per policy: status + RPO + retention, and catalog sync.
+Ticks and the periodic work (references, status, catalog sync) are not kopf timers: two
+Schedulers (aegis.scheduler) owned by the runtime wake each policy when it is due, with
+periods from Settings read at start-up. kopf tells the runtime about policies
+(resume/create/update/delete) and feeds the watch caches it reads.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import kopf
 
 from aegis import GROUP, VERSION, metrics
 from aegis.api import BACKUP_POLICY as KIND
-from aegis.api.backuppolicy import BackupPolicySpec
-from aegis.cloud.s3 import S3Problem
-from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions
-from aegis.k8s.cache import CACHE
-from aegis.reconcilers import backuppolicy as policies
-from aegis.reconcilers.recoverypoint import PointBlocked
+from aegis.handlers.common import KopfLogger, accept, forget
+from aegis.k8s.cache import PointCache
+from aegis.reconcilers.backuppolicy import PolicyRuntime, make_runtime
 from aegis.scheduler import Scheduler
 from aegis.settings import Settings
 
-# Timer intervals are read once at import: kopf fixes them when handlers are registered.
-_SETTINGS = Settings.from_env()
+RUNTIME = "policies"
+"""The memo key of the PolicyRuntime."""
+CLOCK = "clock"
+"""The memo key of an injected clock (an object with `now()`): an embedding application, or
+a test driving the scheduler through time, may set it before start-up; absent, the system
+clock."""
 
 
-def scheduler_for(memo: Any) -> Scheduler:
-    scheduler: Scheduler | None = memo.get("scheduler")
-    if scheduler is None:
-        settings: Settings = memo["settings"]
-
-        def act(namespace: str, name: str, at: dt.datetime) -> float | None:
-            try:
-                return policies.tick(namespace, name, settings, at)
-            except PointBlocked as blocked:
-                if blocked.reason in ("PolicyNotFound", "PolicyInvalid"):
-                    return None  # deleted or refused: its handler reports it
-                raise
-
-        scheduler = memo["scheduler"] = Scheduler(act, workers=32).start()
-    return scheduler
+def runtime_of(memo: Any) -> PolicyRuntime:
+    runtime: PolicyRuntime = memo[RUNTIME]
+    return runtime
 
 
-@kopf.on.event(GROUP, VERSION, KIND.plural, id="cache")
-async def cache_policy(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """Keep the in-memory copy the scheduler reads (no API call)."""
-    CACHE.policy_event(type, dict(body))
+@kopf.on.startup(id="policy-runtime")
+def start_runtime(memo: kopf.Memo, logger: KopfLogger, **_: Any) -> None:
+    """Make the policy runtime and start its two schedulers (after `aegis-configure`, which
+    puts the settings into memo)."""
+    settings: Settings = memo.get("settings") or Settings.from_env()
+    runtime = make_runtime(settings, memo.get(CLOCK), objects_cache=PointCache())
+    ticks = Scheduler(
+        runtime.tick, workers=settings.tick_workers, clock=runtime.now, name="aegis-tick"
+    ).start()
+    maintenance = Scheduler(
+        runtime.maintain,
+        workers=settings.maintenance_workers,
+        clock=runtime.now,
+        name="aegis-maintain",
+    ).start()
+    runtime.attach(ticks, maintenance)
+    memo[RUNTIME] = runtime
+    logger.info(
+        "Policy runtime started: %d tick workers, references re-checked every %ss",
+        settings.tick_workers,
+        settings.reference_check_seconds,
+    )
 
 
 @kopf.on.cleanup(id="stop-scheduler")
-def stop_scheduler(memo: Any, **_: Any) -> None:
-    scheduler: Scheduler | None = memo.get("scheduler")
-    if scheduler is not None:
-        scheduler.stop()
+def stop_runtime(memo: Any, **_: Any) -> None:
+    runtime: PolicyRuntime | None = memo.get(RUNTIME)
+    if runtime is not None:
+        runtime.stop()
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="cache")
+async def cache_policy(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """Keep the in-memory copy the scheduler reads (no API call)."""
+    runtime_of(memo).objects_cache.policy_event(type, dict(body))
+
+
+def _named_by_a_policy(namespace: str | None, name: str, memo: Any, **_: Any) -> bool:
+    runtime: PolicyRuntime | None = memo.get(RUNTIME)
+    return runtime is not None and runtime.names_secret(namespace or "", name)
+
+
+@kopf.on.event("", "v1", "secrets", id="secret-cache", when=_named_by_a_policy)
+async def cache_secret(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """Keep the Secrets that policies name in memory, so that re-checking references costs
+    no API call, and re-check a policy at once when a Secret it names changes or goes.
+    Other Secrets are filtered out before this runs: neither kept nor logged."""
+    runtime: PolicyRuntime | None = memo.get(RUNTIME)
+    if runtime is not None:
+        runtime.secret_changed(type, dict(body))
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="reconcile")
@@ -69,89 +97,17 @@ def reconcile(
     name: str,
     **_: Any,
 ) -> None:
+    """Refuse an invalid spec (Ready=False naming the field); otherwise plan and check the
+    policy now. A run prepared from the old spec is dropped either way."""
     assert namespace is not None  # every Aegis kind is namespaced
     metrics.policy_seen(body)  # before any outcome: even an invalid policy's RPO is watched
-    spec = accept(KIND, body, patch, logger, memo["settings"])
-    scheduler = scheduler_for(memo)
-    if spec is None:
-        scheduler.forget(namespace, name)
-        policies.forget_prepared(namespace, name)
-        return
-    assert isinstance(spec, BackupPolicySpec)
-    _check(spec, body, patch, memo["settings"])
-    policies.forget_prepared(namespace, name)  # a run prepared from the old spec is stale
-    scheduler.wake(namespace, name)
-
-
-def _check(spec: BackupPolicySpec, body: kopf.Body, patch: kopf.Patch, settings: Settings) -> None:
-    problem = policies.check_references(spec, body.meta["namespace"], settings)
-    previous = next(
-        (c for c in body.status.get("conditions") or [] if c.get("type") == "Ready"), None
-    )
-    patch_conditions(body, patch, [policies.ready_condition(problem, spec)])
-    if problem is not None and (previous is None or previous.get("reason") != problem.reason):
-        kopf.warn(body, reason=problem.reason, message=problem.message)
-
-
-@kopf.timer(
-    GROUP, VERSION, KIND.plural, id="status", interval=_SETTINGS.status_seconds, initial_delay=5
-)
-def status_timer(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    logger: KopfLogger,
-    memo: Any,
-    namespace: str | None,
-    name: str,
-    **_: Any,
-) -> None:
-    """Keep RPO, counts and retention current; re-check references while not Ready (so a
-    fixed Secret or bucket is noticed without an edit)."""
-    assert namespace is not None  # every Aegis kind is namespaced
-    spec = accept(KIND, body, patch, logger, memo["settings"])
-    if spec is None:
-        return
-    assert isinstance(spec, BackupPolicySpec)
-    settings: Settings = memo["settings"]
-    ready = next((c for c in body.status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    if ready is None or ready.get("status") != "True":
-        _check(spec, body, patch, settings)
-    try:
-        policies.refresh(namespace, name, settings, now())
-    except (PointBlocked, S3Problem) as problem:
-        logger.warning("Status refresh of %s/%s postponed: %s", namespace, name, problem)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    KIND.plural,
-    id="catalog-sync",
-    interval=_SETTINGS.catalog_sync_seconds,
-    initial_delay=min(10, _SETTINGS.catalog_sync_seconds),
-)
-def catalog_timer(
-    logger: KopfLogger, memo: Any, namespace: str | None, name: str, **_: Any
-) -> None:
-    """Import backups found in the bucket that this cluster does not know, suspended
-    policies included (a DR cluster applied from the same Git repository)."""
-    assert namespace is not None  # every Aegis kind is namespaced
-    try:
-        imported = policies.catalog_sync(namespace, name, memo["settings"])
-    except (PointBlocked, S3Problem) as problem:
-        logger.warning("Catalog sync of %s/%s postponed: %s", namespace, name, problem)
-        return
-    if imported:
-        logger.info(
-            "Imported %d recovery point(s) from the bucket: %s", len(imported), ", ".join(imported)
-        )
+    accept(KIND, body, patch, logger, memo["settings"])
+    runtime_of(memo).spec_changed(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)
 def on_delete(body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
     """Deleting a policy keeps its RecoveryPoints (they are not owned by it)."""
     assert namespace is not None  # every Aegis kind is namespaced
-    scheduler_for(memo).forget(namespace, name)
-    policies.forget_prepared(namespace, name)
-    metrics.forget_policy(namespace, name)
+    runtime_of(memo).forget(namespace, name)
     forget(KIND, body)

@@ -12,14 +12,17 @@ from aegis import GROUP, VERSION
 from aegis.api import RECOVERY_POINT as KIND
 from aegis.api.recoverypoint import RecoveryPointSpec
 from aegis.cloud.s3 import S3Problem
-from aegis.handlers.common import KopfLogger, accept, accepted, forget
+from aegis.handlers.common import KopfLogger, accept, accepted, forget, patch_conditions
 from aegis.k8s import objects
-from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
 from aegis.labels import PRUNED_ANNOTATION
-from aegis.reconcilers import backuppolicy, naming
+from aegis.reconcilers import naming, ownership
 from aegis.reconcilers import recoverypoint as points
+from aegis.reconcilers.backuppolicy import PolicyRuntime
+from aegis.reconcilers.conditions import ConditionUpdate, find
 from aegis.settings import Settings
+
+POLICY_RUNTIME = "policies"  # the memo key handlers.backuppolicy keeps the PolicyRuntime under
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="backup")
@@ -31,6 +34,10 @@ def reconcile(
     if spec is None:
         return
     assert isinstance(spec, RecoveryPointSpec)
+    refused = ownership.refusal(dict(body))
+    if refused is not None:
+        _refuse(body, patch, refused)
+        return
     phase = body.status.get("phase")
     if spec.trigger == "Imported" or phase in points.TERMINAL:
         accepted(KIND, body, patch, f"The recovery point is {phase or 'imported'}.")
@@ -41,9 +48,9 @@ def reconcile(
     if body.metadata.labels.get(naming.POLICY_LABEL) != policy_label:
         patch.metadata.setdefault("labels", {})[naming.POLICY_LABEL] = policy_label
     settings: Settings = memo["settings"]
-    if spec.trigger == "Scheduled" and reason == "create":
-        # The scheduler creates scheduled points and starts their Jobs at the tick; on
-        # resume (after a restart) this handler makes sure no point is left without one.
+    if spec.trigger == "Scheduled":
+        # The scheduler's own point: it starts the Job at the tick, or removes the point if
+        # the tick no longer fires (after a restart too), so nothing starts it here.
         accepted(KIND, body, patch, "The scheduler starts this run at its tick.")
         return
     point = dict(body)
@@ -66,9 +73,10 @@ def reconcile(
 
 
 @kopf.on.event(GROUP, VERSION, KIND.plural, id="cache")
-async def cache_point(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def cache_point(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     """Keep the in-memory copy the scheduler and status refresh read (no API call)."""
-    CACHE.point_event(type, dict(body))
+    runtime: PolicyRuntime = memo[POLICY_RUNTIME]
+    runtime.objects_cache.point_event(type, dict(body))
 
 
 @kopf.on.event(
@@ -107,21 +115,33 @@ def _finish_from_job(namespace: str, point: str, memo: Any, logger: KopfLogger) 
 
 
 def _replan(memo: Any, finished: points.Finished) -> None:
-    """A run ended: a tick held back by concurrencyPolicy Forbid may start now."""
-    from aegis.handlers.backuppolicy import scheduler_for
-
-    scheduler_for(memo).wake(finished.point["metadata"]["namespace"], finished.policy)
+    """A run ended: the policy's status is refreshed, and a tick held back by
+    concurrencyPolicy Forbid may start now."""
+    runtime: PolicyRuntime = memo[POLICY_RUNTIME]
+    runtime.run_ended(finished.point["metadata"]["namespace"], finished.policy)
 
 
 def _announce(finished: points.Finished, settings: Settings) -> None:
     outcome = finished.outcome
     kind = "Normal" if outcome.phase == "Completed" else "Warning"
     objects.post_event(finished.point, kind, outcome.reason, outcome.message)
-    namespace = finished.point["metadata"]["namespace"]
-    try:
-        backuppolicy.refresh(namespace, finished.policy, settings, dt.datetime.now(dt.UTC))
-    except objects.NotFound:
-        pass
+
+
+def _refuse(body: kopf.Body, patch: kopf.Patch, refused: ownership.Refusal) -> None:
+    """A point with a trigger only the operator may set: refused, never run, never counted
+    as a run of its policy."""
+    patch_conditions(
+        body,
+        patch,
+        [
+            ConditionUpdate("Accepted", "False", refused.reason, refused.message),
+            ConditionUpdate("Complete", "False", refused.reason, refused.message),
+        ],
+    )
+    patch.status["phase"] = "Failed"
+    patch.status["message"] = refused.message
+    if find(body.status.get("conditions"), "Accepted") is None:
+        kopf.warn(body, reason=refused.reason, message=refused.message)
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="delete-objects")

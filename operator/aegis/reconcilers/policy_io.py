@@ -1,0 +1,169 @@
+"""The production implementations of the policy ports (`policy_ports`): the Kubernetes API
+(reads from the watch caches where allowed), S3 through boto3, TCP connects, and the
+RecoveryPoint reconciler as the runner of started points."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from aegis.agent.manifest import Manifest
+from aegis.api import BACKUP_POLICY, RECOVERY_POINT
+from aegis.api.common import S3Location
+from aegis.cloud import s3
+from aegis.k8s import objects
+from aegis.k8s.cache import PointCache, SecretCache
+from aegis.k8s.jobs import job_outcome
+from aegis.reconcilers import naming
+from aegis.reconcilers import recoverypoint as points
+from aegis.reconcilers.policy_ports import Body, PolicyCluster, SecretNotFound, StoreProblem
+from aegis.settings import Settings
+
+
+class KubeCluster:
+    """PolicyCluster over the API server, with policies, points and Secrets from the watch
+    caches when `cached` (a Secret the cache lacks is read from the API server)."""
+
+    def __init__(self, objects_cache: PointCache, secrets: SecretCache) -> None:
+        self._cache = objects_cache
+        self._secrets = secrets
+
+    def get_policy(self, namespace: str, name: str, *, cached: bool) -> Body | None:
+        body = self._cache.policy(namespace, name) if cached else None
+        if body is not None:
+            return body
+        try:
+            return objects.get_custom(BACKUP_POLICY, namespace, name)
+        except objects.NotFound:
+            return None
+
+    def list_points(self, namespace: str, policy: str, *, cached: bool) -> list[Body]:
+        if cached:
+            return self._cache.points(namespace, policy)
+        selector = f"{naming.POLICY_LABEL}={naming.label_value(policy)}"
+        return [
+            p
+            for p in objects.list_custom(RECOVERY_POINT, namespace, selector)
+            if p.get("spec", {}).get("policyRef", {}).get("name") == policy
+        ]
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        data = self._secrets.get(namespace, name)
+        if data is not None:
+            return data
+        try:
+            return objects.read_secret(namespace, name)
+        except objects.NotFound:
+            raise SecretNotFound(f"Secret {namespace}/{name} not found") from None
+
+    def create_point(self, namespace: str, body: Body) -> tuple[Body, bool]:
+        return objects.create_custom(RECOVERY_POINT, namespace, body)
+
+    def delete_point(self, namespace: str, name: str) -> bool:
+        return objects.delete_custom(RECOVERY_POINT, namespace, name)
+
+    def annotate_point(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        values: dict[str, str | None] = dict(annotations)
+        objects.annotate_custom(RECOVERY_POINT, namespace, name, values)
+
+    def patch_point_status(self, namespace: str, name: str, status: Body) -> None:
+        objects.patch_custom_status(RECOVERY_POINT, namespace, name, status)
+
+    def patch_policy_status(self, namespace: str, name: str, status: Body) -> None:
+        objects.patch_custom_status(BACKUP_POLICY, namespace, name, status)
+
+    def create_job(self, namespace: str, job: Body) -> tuple[Body, bool]:
+        return objects.create_job(namespace, job)
+
+    def get_job(self, namespace: str, name: str) -> Body | None:
+        return objects.get_job(namespace, name)
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        return objects.delete_job(namespace, name)
+
+    def post_event(self, involved: Body, event_type: str, reason: str, message: str) -> None:
+        involved = {"apiVersion": BACKUP_POLICY.api_version, "kind": "BackupPolicy", **involved}
+        objects.post_event(involved, event_type, reason, message)
+
+
+class S3Store:
+    """PolicyStore over boto3; credentials from the location's Secret, through the cluster
+    port (so from the watch cache)."""
+
+    def __init__(self, cluster: PolicyCluster, settings: Settings) -> None:
+        self._cluster = cluster
+        self._settings = settings
+
+    def _client(self, location: S3Location, namespace: str) -> Any:
+        credentials = None
+        ref = location.credentials_secret_ref
+        if ref is not None:
+            try:
+                data = self._cluster.read_secret(namespace, ref.name)
+            except SecretNotFound:
+                raise StoreProblem(
+                    "S3CredentialsNotFound", f"S3 credentials Secret {ref.name} does not exist"
+                ) from None
+            try:
+                credentials = s3.Credentials(
+                    data[s3.ACCESS_KEY].decode().strip(), data[s3.SECRET_KEY].decode().strip()
+                )
+            except KeyError as missing:
+                raise StoreProblem(
+                    "S3CredentialsInvalid",
+                    f"S3 credentials Secret {ref.name} lacks key {missing.args[0]}",
+                ) from None
+        return s3.client(location, credentials, self._settings.s3_endpoint)
+
+    def head_bucket(self, location: S3Location, namespace: str) -> None:
+        try:
+            s3.head_bucket(self._client(location, namespace), location.bucket)
+        except s3.S3Problem as problem:
+            raise StoreProblem(problem.reason, str(problem)) from None
+
+    def list_manifest_keys(self, location: S3Location, namespace: str, policy: str) -> list[str]:
+        try:
+            return s3.list_manifest_keys(
+                self._client(location, namespace),
+                location.bucket,
+                location.prefix,
+                namespace,
+                policy,
+            )
+        except s3.S3Problem as problem:
+            raise StoreProblem(problem.reason, str(problem)) from None
+
+    def read_manifest(self, location: S3Location, namespace: str, key: str) -> Manifest:
+        try:
+            return s3.read_manifest(self._client(location, namespace), location.bucket, key)
+        except s3.S3Problem as problem:
+            raise StoreProblem(problem.reason, str(problem)) from None
+
+
+class TcpReach:
+    """Reach: does a TCP connection open within `timeout` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def __call__(self, host: str, port: int) -> str | None:
+        try:
+            with socket.create_connection((host, port), timeout=self.timeout):
+                return None
+        except OSError as error:
+            return str(error.strerror or error)
+
+
+class PointReconciler:
+    """PointRunner: the RecoveryPoint reconciler takes over a run once its Job exists."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def start(self, point: Body) -> None:
+        points.start(point, self._settings)
+
+    def started(self, point: Body, job: Body) -> None:
+        points.mark_running(point, job["metadata"]["name"])
+        if job_outcome(job) != "Running":
+            points.finish(point["metadata"]["namespace"], point["metadata"]["name"], self._settings)

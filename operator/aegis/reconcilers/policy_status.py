@@ -1,0 +1,169 @@
+"""A BackupPolicy's status from its points: counts, last success and failure, RPO, retention
+pruning, and the conditions (Ready, Scheduling, RPOMet) written in one patch.
+
+`summarize` and `conditions` are pure; `refresh` does the I/O through the cluster port and is
+the only writer of the policy's conditions once its spec is valid (the kopf handler writes
+Ready=False for an invalid spec, which `refresh` leaves alone).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from aegis import metrics
+from aegis.api.backuppolicy import BackupPolicySpec
+from aegis.labels import PRUNED_ANNOTATION
+from aegis.reconcilers import retention
+from aegis.reconcilers.backup import parse_time
+from aegis.reconcilers.conditions import ConditionUpdate, find, is_true, set_conditions
+from aegis.reconcilers.policy_ports import Body, PolicyCluster
+
+
+def point_info(point: Body) -> retention.PointInfo:
+    status = point.get("status") or {}
+    return retention.PointInfo(
+        name=point["metadata"]["name"],
+        phase=status.get("phase"),
+        source_time=parse_time(status.get("sourceTime")),
+        verified=is_true(status.get("conditions"), "Verified"),
+        locked_until=parse_time(status.get("lockedUntil")),
+        created=parse_time(point["metadata"].get("creationTimestamp")),
+    )
+
+
+def summarize(
+    points: list[Body], spec: BackupPolicySpec, now: dt.datetime
+) -> tuple[dict[str, Any], ConditionUpdate]:
+    """Status fields and the RPOMet condition from the policy's points."""
+    completed = [p for p in points if (p.get("status") or {}).get("phase") == "Completed"]
+    failed = [p for p in points if (p.get("status") or {}).get("phase") in ("Failed", "Corrupted")]
+
+    def newest(items: list[Body], field: str) -> Body | None:
+        dated = [
+            (when, p) for p in items if (when := parse_time((p.get("status") or {}).get(field)))
+        ]
+        return max(dated, key=lambda tp: tp[0])[1] if dated else None
+
+    # Every field is written (None clears it): a summary is complete on its own.
+    status: dict[str, Any] = {
+        "recoveryPoints": len(points),
+        "lastRecoveryPoint": None,
+        "lastSuccessfulTime": None,
+        "lastFailureTime": None,
+    }
+    newest_source = newest(completed, "sourceTime")
+    newest_done = newest(completed, "completionTime")
+    newest_failed = newest(failed, "completionTime")
+    created = [(parse_time(p["metadata"].get("creationTimestamp")), p) for p in points]
+    latest = max(((t, p) for t, p in created if t), key=lambda tp: tp[0], default=None)
+    if latest:
+        status["lastRecoveryPoint"] = latest[1]["metadata"]["name"]
+    if newest_done:
+        status["lastSuccessfulTime"] = newest_done["status"]["completionTime"]
+    if newest_failed:
+        status["lastFailureTime"] = newest_failed["status"]["completionTime"]
+    objective = spec.objectives.rpo_seconds if spec.objectives else None
+    if newest_source is None:
+        status["currentRPOSeconds"] = None
+        condition = ConditionUpdate(
+            "RPOMet",
+            "False" if objective else "Unknown",
+            "NoRecoveryPoint",
+            "No Completed recovery point yet",
+        )
+        return status, condition
+    source_time = parse_time(newest_source["status"]["sourceTime"])
+    assert source_time is not None
+    rpo = max(0, int((now - source_time).total_seconds()))
+    status["currentRPOSeconds"] = rpo
+    if objective is None:
+        condition = ConditionUpdate(
+            "RPOMet",
+            "Unknown",
+            "NoObjective",
+            f"Current RPO {rpo}s; set spec.objectives.rpoSeconds",
+        )
+    elif rpo <= objective:
+        condition = ConditionUpdate(
+            "RPOMet", "True", "WithinObjective", f"Current RPO {rpo}s ≤ objective {objective}s"
+        )
+    else:
+        condition = ConditionUpdate(
+            "RPOMet",
+            "False",
+            "RPOBreached",
+            f"Current RPO {rpo}s exceeds the objective {objective}s: the newest Completed point "
+            f"{newest_source['metadata']['name']} is from {newest_source['status']['sourceTime']}",
+        )
+    return status, condition
+
+
+def prune(
+    cluster: PolicyCluster,
+    namespace: str,
+    spec: BackupPolicySpec,
+    points: list[Body],
+    now: dt.datetime,
+) -> list[str]:
+    """Delete the points retention gives up; their finalizer removes the bucket objects."""
+    pruned = []
+    by_name = {p["metadata"]["name"]: p for p in points}
+    for name in retention.select_prunable(
+        [point_info(p) for p in points], spec.retention, spec.time_zone, now
+    ):
+        if by_name[name]["metadata"].get("deletionTimestamp"):
+            continue
+        cluster.annotate_point(namespace, name, {PRUNED_ANNOTATION: "retention"})
+        cluster.patch_point_status(
+            namespace, name, {"phase": "Expired", "message": "pruned by retention"}
+        )
+        cluster.delete_point(namespace, name)
+        pruned.append(name)
+    return pruned
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    status: dict[str, Any]
+    pruned: list[str]
+
+
+def refresh(
+    cluster: PolicyCluster,
+    body: Body,
+    spec: BackupPolicySpec,
+    points: list[Body],
+    updates: list[ConditionUpdate],
+    now: dt.datetime,
+) -> Refreshed:
+    """Prune, recompute the status from the points, and write it with `updates` (Ready,
+    Scheduling) and RPOMet in one patch. Posts Pruned and RPOBreached events."""
+    meta = body["metadata"]
+    namespace, policy = meta["namespace"], meta["name"]
+    pruned = prune(cluster, namespace, spec, points, now)
+    if pruned:
+        cluster.post_event(
+            body,
+            "Normal",
+            "Pruned",
+            f"Retention pruned {len(pruned)} point(s): {', '.join(pruned)}",
+        )
+        points = [p for p in points if p["metadata"]["name"] not in pruned]
+    status, rpo = summarize(points, spec, now)
+    previous = body.get("status") or {}
+    status["conditions"] = set_conditions(
+        previous.get("conditions"), [*updates, rpo], generation=meta.get("generation"), now=now
+    )
+    status["observedGeneration"] = meta.get("generation")
+    cluster.patch_policy_status(namespace, policy, status)
+    metrics.export_policy(body, points)
+    was = find(previous.get("conditions"), "RPOMet")
+    if rpo.reason == "RPOBreached" and (was is None or was.get("status") != "False"):
+        cluster.post_event(body, "Warning", "RPOBreached", rpo.message)
+    for update in updates:
+        before = find(previous.get("conditions"), update.type)
+        if update.status == "False" and (before is None or before.get("reason") != update.reason):
+            cluster.post_event(body, "Warning", update.reason, update.message)
+    return Refreshed(status, pruned)

@@ -1,0 +1,415 @@
+"""The BackupPolicy reconcilers (references, status, tick, catalog) and the point-ownership
+rules, driven through in-memory ports and an explicit clock: no API server, no S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from tests.unit.policy_ports_memory import (
+    ManualClock,
+    MemoryCluster,
+    MemoryRunner,
+    MemoryStore,
+    Reachable,
+    key_bytes,
+)
+
+from aegis.api.backuppolicy import BackupPolicySpec
+from aegis.k8s.cache import PointCache, SecretCache
+from aegis.reconcilers import naming, ownership, policy_references, policy_status, policy_tick
+from aegis.reconcilers.backuppolicy import PolicyRuntime
+from aegis.reconcilers.conditions import iso
+from aegis.reconcilers.policy_ports import Problem
+from aegis.settings import Settings
+
+UTC = dt.UTC
+NS = "shop"
+START = dt.datetime(2026, 12, 1, 2, 0, 0, tzinfo=UTC)
+
+
+def spec_dict(**extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "schedule": "*/5 * * * *",
+        "source": {
+            "postgres": {
+                "host": "db.shop.svc",
+                "database": "orders",
+                "userSecretRef": {"name": "db", "key": "username"},
+                "passwordSecretRef": {"name": "db", "key": "password"},
+            }
+        },
+        "storage": {"bucket": "backups", "credentialsSecretRef": {"name": "s3"}},
+        "encryption": {"keySecretRef": {"name": "keys"}},
+    }
+    spec.update(extra)
+    return spec
+
+
+class World:
+    """A cluster, a bucket and a source, all in memory, plus the tick's ports."""
+
+    def __init__(self, **spec: Any) -> None:
+        self.cluster = MemoryCluster()
+        self.store = MemoryStore()
+        self.store.buckets.add("backups")
+        self.reach = Reachable()
+        self.cluster.secrets[(NS, "keys")] = {"k1": key_bytes()}
+        self.cluster.secrets[(NS, "db")] = {"username": b"u", "password": b"p"}
+        self.cluster.secrets[(NS, "s3")] = {
+            "AWS_ACCESS_KEY_ID": b"a",
+            "AWS_SECRET_ACCESS_KEY": b"s",
+        }
+        self.cluster.add_policy(NS, "orders", spec_dict(**spec), iso(START))
+        self.verdicts = policy_references.Verdicts(30)
+        self.now = START
+        self.state = policy_tick.TickState()
+        self.notified: list[tuple[str, str]] = []
+        self.runner = MemoryRunner(self.cluster, self._job)
+        self.ports = policy_tick.TickPorts(
+            cluster=self.cluster,
+            runner=self.runner,
+            check=self.check,
+            build_job=lambda point, spec, keys: self._job(point),
+            notify=lambda ns, name: self.notified.append((ns, name)),
+            prepare_seconds=30,
+            clock=lambda: self.now,
+        )
+
+    @staticmethod
+    def _job(point: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": naming.backup_job_name(point["metadata"]["name"])}}
+
+    def spec(self) -> BackupPolicySpec:
+        return BackupPolicySpec.model_validate(self.cluster.policies[(NS, "orders")]["spec"])
+
+    def check(self, spec: BackupPolicySpec, namespace: str) -> Problem | None:
+        return policy_references.check_references(
+            spec,
+            namespace,
+            cluster=self.cluster,
+            store=self.store,
+            reach=self.reach,
+            verdicts=self.verdicts,
+            now=self.now,
+        )
+
+    def tick_at(self, when: dt.datetime) -> float | None:
+        self.now = when
+        return policy_tick.tick(self.state, self.ports, NS, "orders", when)
+
+    def edit(self, **spec: Any) -> None:
+        self.cluster.policies[(NS, "orders")]["spec"].update(spec)
+        self.cluster.policies[(NS, "orders")]["metadata"]["generation"] += 1
+        self.state.drop_prepared((NS, "orders"))
+
+    def point_names(self) -> list[str]:
+        return sorted(name for _, name in self.cluster.points)
+
+
+def at(minutes: float) -> dt.datetime:
+    return START + dt.timedelta(minutes=minutes)
+
+
+# --- ticks -----------------------------------------------------------------------------------
+
+
+def test_a_tick_is_prepared_inside_the_lead_window_and_fired_at_its_due_time() -> None:
+    world = World()
+    wait = world.tick_at(at(4.4))  # 36 s before 02:05: not yet inside the 30 s lead
+    assert wait == pytest.approx(6.0)
+    assert world.point_names() == []
+    world.tick_at(at(4.6))  # 24 s before: prepared, point created, no Job yet
+    tick = naming.recovery_point_name("orders", at(5))
+    assert world.point_names() == [tick]
+    point = world.cluster.points[(NS, tick)]
+    assert ownership.is_scheduler_point(point)
+    assert world.cluster.jobs == {}
+    assert world.tick_at(at(5)) == 0.0
+    assert (NS, naming.backup_job_name(tick)) in world.cluster.jobs
+    world.state.followups.shutdown(wait=True)
+    assert world.cluster.points[(NS, tick)]["status"]["jobName"] == naming.backup_job_name(tick)
+
+
+def test_suspend_in_the_lead_window_removes_the_prepared_point_and_the_next_run_happens() -> None:
+    world = World()
+    world.tick_at(at(4.6))
+    first = naming.recovery_point_name("orders", at(5))
+    assert world.point_names() == [first]
+    world.edit(suspend=True)
+    world.tick_at(at(4.7))
+    assert world.point_names() == []  # no point is left behind without a Job
+    assert "UnstartedRunRemoved" in world.cluster.reasons()
+    assert world.tick_at(at(4.7)) == pytest.approx(18.0)  # looks again at the 02:05 tick
+    world.tick_at(at(5))  # the 02:05 tick passes while suspended: handled, not run
+    assert world.cluster.policies[(NS, "orders")]["status"]["handledUntil"] == iso(at(5))
+    world.edit(suspend=False)
+    world.tick_at(at(6))
+    assert world.cluster.jobs == {}  # nothing from the suspended period is made up
+    world.tick_at(at(9.6))
+    world.tick_at(at(10))
+    second = naming.recovery_point_name("orders", at(10))
+    assert (NS, naming.backup_job_name(second)) in world.cluster.jobs
+
+
+def test_editing_the_schedule_inside_the_lead_window_does_not_wedge_forbid() -> None:
+    world = World(concurrencyPolicy="Forbid")
+    world.tick_at(at(4.6))
+    stale = naming.recovery_point_name("orders", at(5))
+    world.edit(schedule="7-59/10 * * * *")  # 02:05 is no longer a tick
+    world.tick_at(at(4.7))
+    assert stale not in world.point_names()
+    world.tick_at(at(6.6))
+    world.tick_at(at(7))
+    fresh = naming.recovery_point_name("orders", at(7))
+    assert (NS, naming.backup_job_name(fresh)) in world.cluster.jobs
+
+
+def test_an_unstarted_point_found_after_a_restart_is_started_when_its_tick_is_still_due() -> None:
+    world = World()
+    world.tick_at(at(4.6))
+    tick = naming.recovery_point_name("orders", at(5))
+    restarted = World()
+    restarted.cluster = world.cluster  # the same cluster, a new process
+    restarted.ports = policy_tick.TickPorts(
+        **{**restarted.ports.__dict__, "cluster": world.cluster, "runner": world.runner}
+    )
+    restarted.tick_at(at(5.1))
+    assert (NS, naming.backup_job_name(tick)) in world.cluster.jobs
+    assert world.point_names() == [tick]
+
+
+def test_a_users_scheduled_point_neither_blocks_forbid_nor_is_started() -> None:
+    world = World(concurrencyPolicy="Forbid")
+    forged = {
+        "metadata": {"name": "orders-forged", "namespace": NS},
+        "spec": {"policyRef": {"name": "orders"}, "trigger": "Scheduled"},
+    }
+    world.cluster.create_point(NS, forged)
+    world.tick_at(at(5))
+    due = naming.recovery_point_name("orders", at(5))
+    assert (NS, naming.backup_job_name(due)) in world.cluster.jobs
+    assert (NS, naming.backup_job_name("orders-forged")) not in world.cluster.jobs
+
+
+def test_forbid_names_the_blocking_point_in_the_scheduling_condition_and_an_event() -> None:
+    world = World(concurrencyPolicy="Forbid")
+    world.cluster.create_point(
+        NS,
+        {
+            "metadata": {"name": "orders-manual", "namespace": NS},
+            "spec": {"policyRef": {"name": "orders"}},
+            "status": {"phase": "Running", "jobName": "backup-orders-manual"},
+        },
+    )
+    world.cluster.points[(NS, "orders-manual")]["status"] = {"phase": "Running", "jobName": "j"}
+    world.tick_at(at(5))
+    condition = world.state.scheduling[(NS, "orders")]
+    assert (condition.status, condition.reason) == ("False", "RunBlocked")
+    assert "orders-manual" in condition.message
+    assert "RunBlocked" in world.cluster.reasons()
+    assert world.cluster.jobs == {}
+
+
+def test_a_policy_that_is_not_ready_starts_no_job_and_records_the_skipped_tick() -> None:
+    world = World()
+    del world.cluster.secrets[(NS, "keys")]
+    world.tick_at(at(4.6))  # nothing prepared for a policy that cannot run
+    assert world.point_names() == []
+    world.tick_at(at(5))
+    assert world.cluster.jobs == {}
+    assert world.point_names() == []
+    assert world.cluster.policies[(NS, "orders")]["status"]["missedRuns"] == 1
+    assert "RunSkipped" in world.cluster.reasons()
+    assert world.state.problem((NS, "orders")) == Problem(
+        "KeySecretNotFound",
+        world.state.references[(NS, "orders")].message,  # type: ignore[union-attr]
+    )
+
+
+def test_a_prepared_run_is_skipped_when_the_policy_stops_being_ready_before_its_tick() -> None:
+    world = World()
+    world.tick_at(at(4.6))
+    world.state.references[(NS, "orders")] = Problem("BucketNotFound", "spec.storage: gone")
+    world.tick_at(at(5))
+    assert world.cluster.jobs == {}
+    assert world.point_names() == []  # the unstarted point went with the tick
+    assert "RunSkipped" in world.cluster.reasons()
+
+
+def test_a_failing_tick_is_recorded_as_a_problem_and_cleared_by_the_next_good_one() -> None:
+    world = World()
+
+    def broken(*_: Any) -> tuple[dict[str, Any], bool]:
+        raise OverflowError("Python int too large to convert to C int")
+
+    world.cluster.create_job = broken  # type: ignore[method-assign,assignment]
+    world.tick_at(at(4.6))
+    with pytest.raises(OverflowError):
+        world.tick_at(at(5))
+    problem = world.state.problem((NS, "orders"))
+    assert problem is not None and problem.reason == "SchedulingFailed"
+    assert "too large" in problem.message
+    ready = policy_references.ready_condition(problem, world.spec())
+    assert (ready.status, ready.reason) == ("False", "SchedulingFailed")
+    del world.cluster.create_job
+    world.tick_at(at(5.01))
+    assert world.state.problem((NS, "orders")) is None
+
+
+# --- references ------------------------------------------------------------------------------
+
+
+def test_references_pass_and_the_bucket_and_source_verdicts_are_shared_for_a_period() -> None:
+    world = World()
+    assert world.check(world.spec(), NS) is None
+    assert world.check(world.spec(), NS) is None
+    assert (world.store.heads, world.reach.calls) == (1, 1)
+    world.now += dt.timedelta(seconds=31)
+    assert world.check(world.spec(), NS) is None
+    assert world.store.heads == 2
+
+
+@pytest.mark.parametrize(
+    ("breakage", "reason", "field"),
+    [
+        (lambda w: w.cluster.secrets.pop((NS, "keys")), "KeySecretNotFound", "keySecretRef"),
+        (
+            lambda w: w.cluster.secrets.__setitem__((NS, "keys"), {"k1": b"short"}),
+            "EncryptionKeyInvalid",
+            "keySecretRef",
+        ),
+        (
+            lambda w: w.cluster.secrets.__setitem__((NS, "db"), {"username": b"u"}),
+            "SecretKeyMissing",
+            "passwordSecretRef",
+        ),
+        (lambda w: w.cluster.secrets.pop((NS, "s3")), "S3CredentialsNotFound", "credentials"),
+        (lambda w: w.store.buckets.clear(), "BucketNotFound", "spec.storage"),
+        (lambda w: w.reach.down.add(("db.shop.svc", 5432)), "SourceUnreachable", "postgres"),
+    ],
+)
+def test_each_broken_reference_is_named(breakage: Any, reason: str, field: str) -> None:
+    world = World()
+    breakage(world)
+    problem = world.check(world.spec(), NS)
+    assert problem is not None and problem.reason == reason
+    assert field in problem.message
+    assert "short" not in problem.message  # never a secret value
+
+
+def test_a_deleted_key_secret_is_seen_at_the_next_check_even_when_the_policy_was_ready() -> None:
+    world = World()
+    assert world.check(world.spec(), NS) is None
+    del world.cluster.secrets[(NS, "keys")]
+    problem = world.check(world.spec(), NS)  # no verdict of a Secret is cached
+    assert problem is not None and problem.reason == "KeySecretNotFound"
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def test_refresh_writes_ready_scheduling_and_rpo_in_one_patch_and_warns_on_a_new_problem() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    body = world.cluster.policies[(NS, "orders")]
+    problem = Problem("KeySecretNotFound", "spec.encryption.keySecretRef: gone")
+    ready = policy_references.ready_condition(problem, world.spec())
+    policy_status.refresh(world.cluster, body, world.spec(), [], [ready], at(1))
+    (patch,) = world.cluster.policy_patches
+    types = {c["type"]: c for c in patch["conditions"]}
+    assert types["Ready"]["status"] == "False" and types["Ready"]["reason"] == "KeySecretNotFound"
+    assert types["RPOMet"]["reason"] == "NoRecoveryPoint"
+    assert patch["observedGeneration"] == 1
+    assert ("orders", "Warning", "KeySecretNotFound") in [e[:3] for e in world.cluster.events]
+
+
+# --- ownership -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trigger", ["Scheduled", "Imported"])
+def test_a_users_point_with_an_operator_trigger_is_refused_naming_spec_trigger(
+    trigger: str,
+) -> None:
+    point = {"metadata": {"name": "x"}, "spec": {"policyRef": {"name": "p"}, "trigger": trigger}}
+    refused = ownership.refusal(point)
+    assert refused is not None and "spec.trigger" in refused.message
+    assert refused.reason == f"Trigger{trigger}Reserved"
+    creator: ownership.Creator = "scheduler" if trigger == "Scheduled" else "catalog-sync"
+    point["metadata"]["annotations"] = ownership.marks(creator)  # type: ignore[index]
+    assert ownership.refusal(point) is None
+
+
+def test_manual_points_are_never_refused() -> None:
+    assert ownership.refusal({"metadata": {}, "spec": {"policyRef": {"name": "p"}}}) is None
+
+
+# --- the runtime's periodic work -------------------------------------------------------------
+
+
+def runtime_for(world: World) -> tuple[PolicyRuntime, ManualClock]:
+    clock = ManualClock(world.now)
+    runtime = PolicyRuntime(
+        Settings(reference_check_seconds=30),
+        clock=clock,
+        cluster=world.cluster,
+        store=world.store,
+        runner=world.runner,
+        reach=world.reach,
+        objects_cache=PointCache(),
+        secrets=SecretCache(),
+    )
+    return runtime, clock
+
+
+def ready_of(world: World) -> dict[str, Any]:
+    conditions = world.cluster.policies[(NS, "orders")]["status"]["conditions"]
+    return next(c for c in conditions if c["type"] == "Ready")
+
+
+def test_references_of_a_ready_policy_are_rechecked_every_period() -> None:
+    world = World()
+    runtime, clock = runtime_for(world)
+    try:
+        wait = runtime.maintain(NS, "orders", clock.now())
+        assert ready_of(world)["status"] == "True"
+        assert wait is not None and wait <= 30
+        del world.cluster.secrets[(NS, "keys")]  # no watch event reaches the runtime here
+        clock.current += dt.timedelta(seconds=15)
+        runtime.maintain(NS, "orders", clock.now())
+        assert ready_of(world)["status"] == "True"  # not yet due
+        clock.current += dt.timedelta(seconds=16)
+        runtime.maintain(NS, "orders", clock.now())
+        ready = ready_of(world)
+        assert (ready["status"], ready["reason"]) == ("False", "KeySecretNotFound")
+        assert ("orders", "Warning", "KeySecretNotFound") in [e[:3] for e in world.cluster.events]
+    finally:
+        runtime.stop()
+
+
+def test_a_deleted_secret_rechecks_the_policies_naming_it_at_once() -> None:
+    world = World()
+    runtime, clock = runtime_for(world)
+    try:
+        runtime.objects_cache.policy_event("ADDED", world.cluster.policies[(NS, "orders")])
+        runtime.maintain(NS, "orders", clock.now())
+        del world.cluster.secrets[(NS, "keys")]
+        runtime.secret_changed("DELETED", {"metadata": {"namespace": NS, "name": "keys"}})
+        runtime.maintain(NS, "orders", clock.now())  # same instant: only the event asks
+        assert ready_of(world)["reason"] == "KeySecretNotFound"
+    finally:
+        runtime.stop()
+
+
+def test_a_tick_failure_makes_the_policy_not_ready_until_a_tick_succeeds() -> None:
+    world = World()
+    runtime, clock = runtime_for(world)
+    try:
+        runtime.ticks.failures[(NS, "orders")] = Problem("SchedulingFailed", "boom")
+        runtime.maintain(NS, "orders", clock.now())
+        assert ready_of(world)["reason"] == "SchedulingFailed"
+        runtime.tick(NS, "orders", clock.now())
+        runtime.maintain(NS, "orders", clock.now())
+        assert ready_of(world)["status"] == "True"
+    finally:
+        runtime.stop()
