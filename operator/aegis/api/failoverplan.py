@@ -16,6 +16,7 @@ from aegis.api.common import (
     NonNegativeSeconds,
     ObjectName,
     Port,
+    PositiveSeconds,
     PostgresTarget,
     RedisTarget,
     SecretRef,
@@ -314,7 +315,7 @@ class Approval(ApiModel):
 class PlanObjectives(ApiModel):
     """What the team promises for this service."""
 
-    rpo_seconds: Annotated[int, Field(ge=1)] | None = None
+    rpo_seconds: PositiveSeconds | None = None
     """The data-loss window promised; the default of maxLagSeconds."""
 
 
@@ -343,11 +344,11 @@ class FailoverPlanSpec(ApiModel):
     """Transitions kept in status.history."""
     objectives: PlanObjectives | None = None
     """The RPO objective; maxLagSeconds defaults to it."""
-    max_lag_seconds: Annotated[int, Field(ge=0)] | None = None
+    max_lag_seconds: NonNegativeSeconds | None = None
     """A replica whose newest data is older than this (relative to the source's last observed
     position) is stale: no automatic failover onto it, and a manual one needs the
     dr.aegis.dev/accept-data-loss annotation. Absent: objectives.rpoSeconds, else 60."""
-    max_lag_bytes: Annotated[int, Field(ge=0)] = DEFAULT_MAX_LAG_BYTES
+    max_lag_bytes: Annotated[int, Field(ge=0, le=2**60)] = DEFAULT_MAX_LAG_BYTES
     """A replica lacking more than this many bytes of the source's WAL (PostgreSQL) or
     replication stream (Redis) is stale. Default 1 MiB, as Patroni's maximum_lag_on_failover."""
 
