@@ -11,7 +11,9 @@ PLURAL = "drdrills"
 
 
 def make_drill(k8s_api: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    create(k8s_api, PLURAL, namespace, {"kind": "DRDrill", "metadata": {"name": name}, "spec": spec})
+    create(
+        k8s_api, PLURAL, namespace, {"kind": "DRDrill", "metadata": {"name": name}, "spec": spec}
+    )
 
 
 def test_failover_drill_says_it_is_not_implemented(
