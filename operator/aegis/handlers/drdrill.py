@@ -1,16 +1,56 @@
-"""kopf handlers of DR_DRILL: body → model → reconciler → status patch."""
+"""kopf handlers of DRDrill and of its drill Jobs: body → model → reconciler → status.
+
+Runs are not kopf timers: a Scheduler (aegis.scheduler, the BackupPolicy's) wakes each drill
+at its next due time. kopf tells it about drills (resume/create/update/delete) and about
+drill Jobs that changed, so a finished run is folded in at once.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from aegis import GROUP, VERSION, metrics
 from aegis.api import DR_DRILL as KIND
 from aegis.api.drdrill import DRDrillSpec
 from aegis.handlers.common import KopfLogger, accept, forget, patch_conditions
+from aegis.k8s import objects
+from aegis.reconcilers import drdrill as drills
+from aegis.reconcilers import naming
 from aegis.reconcilers.conditions import ConditionUpdate
+from aegis.scheduler import Scheduler, utcnow
+from aegis.settings import Settings
+
+CLOCK: drills.Clock = utcnow
+"""The clock that decides when scheduled runs are due. Tests running the operator in their
+own process replace it to reach a tick without waiting; measurements never use it."""
+
+
+def _schedule_clock() -> dt.datetime:
+    return CLOCK()
+
+
+def scheduler_for(memo: Any) -> Scheduler:
+    scheduler: Scheduler | None = memo.get("drill_scheduler")
+    if scheduler is None:
+        settings: Settings = memo["settings"]
+
+        def act(namespace: str, name: str, at: dt.datetime) -> float | None:
+            return drills.tick(namespace, name, settings, at, utcnow)
+
+        scheduler = Scheduler(act, workers=8, clock=_schedule_clock).start()
+        memo["drill_scheduler"] = scheduler
+    return scheduler
+
+
+@kopf.on.cleanup(id="stop-drill-scheduler")
+def stop_scheduler(memo: Any, **_: Any) -> None:
+    scheduler: Scheduler | None = memo.get("drill_scheduler")
+    if scheduler is not None:
+        scheduler.stop()
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="accept")
@@ -19,16 +59,63 @@ from aegis.reconcilers.conditions import ConditionUpdate
 def reconcile(
     body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: kopf.Memo, **_: Any
 ) -> None:
+    namespace, name = body.meta["namespace"], body.meta["name"]
     spec = accept(KIND, body, patch, logger, memo["settings"])
+    scheduler = scheduler_for(memo)
     if spec is None:
+        scheduler.forget(namespace, name)
         return
     assert isinstance(spec, DRDrillSpec)
-    # No drill type runs yet: saying Ready=True would claim rehearsals that never happen.
-    message = f"{spec.type} drills are not implemented yet; this drill never runs"
-    patch_conditions(body, patch, [ConditionUpdate("Ready", "False", "NotImplemented", message)])
-    metrics.RESOURCE_READY.labels(KIND.kind, body.meta["namespace"], body.meta["name"]).set(0)
+    if spec.type != "Restore":
+        # Failover drills do not run yet: saying Ready=True would claim rehearsals that
+        # never happen.
+        message = f"{spec.type} drills are not implemented yet; this drill never runs"
+        patch_conditions(
+            body, patch, [ConditionUpdate("Ready", "False", "NotImplemented", message)]
+        )
+        metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(0)
+        scheduler.forget(namespace, name)
+        return
+    when = f"on schedule {spec.schedule} ({spec.time_zone})" if spec.schedule else "once"
+    drills.set_ready(
+        namespace,
+        name,
+        ConditionUpdate("Ready", "True", "Accepted", f"restore drill accepted; runs {when}"),
+        utcnow,
+    )
+    drills.export_objectives(namespace, name, spec)
+    metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(1)
+    scheduler.wake(namespace, name)
+
+
+@kopf.on.event(
+    "batch", "v1", "jobs", labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "drill"}
+)
+def drill_job_changed(
+    body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any
+) -> None:
+    """A drill Job changed: when it has ended, fold its outcome into its drill and let the
+    scheduler plan the next run."""
+    if type == "DELETED":
+        return
+    owners: list[dict[str, Any]] = list(body.metadata.get("ownerReferences") or [])
+    owner = next((o for o in owners if o.get("kind") == KIND.kind), None)
+    if owner is None:
+        return
+    namespace = body.metadata["namespace"]
+    try:
+        finished = drills.finish(namespace, owner["name"], memo["settings"], utcnow)
+    except (objects.NotFound, ApiException) as problem:
+        logger.warning("Cannot finish drill %s yet: %s", owner["name"], problem)
+        return
+    if finished:
+        scheduler_for(memo).wake(namespace, owner["name"])
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)
-def on_delete(body: kopf.Body, **_: Any) -> None:
+def on_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """The drill's Jobs are owned by it and go with it."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    scheduler_for(memo).forget(namespace, name)
+    drills.forget_metrics(namespace, name)
     forget(KIND, body)
