@@ -24,6 +24,7 @@ from tests.e2e.helpers import (
 from tests.e2e.test_backups import make_policy, on_demand
 from tests.e2e.test_restore import backed_up, metrics_text
 
+from aegis import kubectl_drill
 from aegis.handlers import drdrill as drill_handlers
 
 PLURAL = "drdrills"
@@ -292,6 +293,46 @@ def test_redis_drill_passes_with_key_count_checks(
     ]
     verified = get(k8s_api, "recoverypoints", namespace, "cache-now")
     assert condition(verified, "Verified")["status"] == "True"
+
+
+def test_kubectl_aegis_drill_run_follows_a_run_on_request_and_status_shows_it(
+    aegis_operator: OperatorHandle,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    moto: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    backed_up(k8s_api, namespace, pg_database, s3_bucket, moto.endpoint)
+    # Scheduled far away: only the request runs it.
+    make_drill(
+        k8s_api,
+        namespace,
+        "weekly",
+        {
+            "type": "Restore",
+            "schedule": "0 4 * * 1",
+            "timeZone": "Europe/Berlin",
+            "restore": {"policyRef": {"name": "orders"}, "verify": ORDERS_CHECKS},
+            "objectives": {"rtoSeconds": 600},
+        },
+    )
+    wait_for(
+        "the drill's next run time",
+        lambda: get(k8s_api, PLURAL, namespace, "weekly").get("status", {}).get("nextRunTime"),
+    )
+    capsys.readouterr()
+    assert kubectl_drill.main(["run", "weekly", "-n", namespace, "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "run requested" in out and "Passed: restored orders-good" in out, out
+    assert "download+authenticate" in out and "(objective 600s)" in out, out
+    run = get(k8s_api, PLURAL, namespace, "weekly")["status"]["lastRun"]
+    assert run["trigger"] == "Manual" and run["result"] == "Passed"
+    assert kubectl_drill.main(["status", "weekly", "-n", namespace]) == 0
+    out = capsys.readouterr().out
+    assert "schedule 0 4 * * 1" in out and "history:" in out and "DrillPassed" in out, out
 
 
 def test_failover_drill_says_it_is_not_implemented(

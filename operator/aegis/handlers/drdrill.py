@@ -88,6 +88,18 @@ def reconcile(
     scheduler.wake(namespace, name)
 
 
+def _run_requested(body: kopf.Body, **_: Any) -> bool:
+    request = body.meta.get("annotations", {}).get(drills.RUN_ANNOTATION)
+    return bool(request) and request != body.status.get("lastRunRequest")
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="run-request", when=_run_requested)
+def run_requested(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """`kubectl aegis drill run` set a new run annotation. kopf treats annotations under our
+    prefix as its own and fires no update for them, hence an event handler."""
+    scheduler_for(memo).wake(body.meta["namespace"], body.meta["name"])
+
+
 @kopf.on.event(
     "batch", "v1", "jobs", labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "drill"}
 )
