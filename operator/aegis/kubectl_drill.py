@@ -75,10 +75,9 @@ def render_run(run: dict[str, Any], objectives: dict[str, Any]) -> list[str]:
 
 def render_status(drill: dict[str, Any]) -> str:
     spec, status = drill.get("spec") or {}, drill.get("status") or {}
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    passed = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "LastDrillPassed"), {}
-    )
+    conditions: list[dict[str, Any]] = status.get("conditions") or []
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    passed: dict[str, Any] = next((c for c in conditions if c.get("type") == "LastDrillPassed"), {})
     lines = [
         f"DRDrill {drill['metadata']['namespace']}/{drill['metadata']['name']}: "
         f"{spec.get('type')}, schedule {spec.get('schedule') or '(once)'}",
