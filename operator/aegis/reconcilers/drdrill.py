@@ -342,6 +342,12 @@ def judge(
             for c in bad
         )
         return failed("CheckFailed", f"restored {point} but {named}")
+    if job_state == "Complete" and "ok" not in result:
+        return failed(
+            "ResultMissing",
+            "the drill Job succeeded but its result (the pod's termination message) is "
+            "missing or unreadable; nothing is claimed",
+        )
     if job_state != "Complete" or result.get("ok") is not True:
         reason = _agent_reason(result.get("kind"))
         why = (
