@@ -21,8 +21,8 @@ from tests.e2e.helpers import (
     new_key,
     wait_for,
 )
-from tests.e2e.test_backups import make_policy, on_demand
-from tests.e2e.test_restore import backed_up, metrics_text
+from tests.e2e.test_backups import jobs, make_policy, on_demand
+from tests.e2e.test_restore import backed_up, metrics_text, pg_target
 
 from aegis import kubectl_drill
 from aegis.handlers import drdrill as drill_handlers
@@ -333,6 +333,81 @@ def test_kubectl_aegis_drill_run_follows_a_run_on_request_and_status_shows_it(
     assert kubectl_drill.main(["status", "weekly", "-n", namespace]) == 0
     out = capsys.readouterr().out
     assert "schedule 0 4 * * 1" in out and "history:" in out and "DrillPassed" in out, out
+
+
+def _tables(pg: Any) -> dict[str, int]:
+    with pg.connect() as conn:
+        rows = conn.execute(
+            "SELECT relname, n_live_tup FROM pg_stat_user_tables ORDER BY 1"
+        ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def test_a_drill_into_a_given_target_keeps_a_restores_safety_rules(
+    aegis_operator: OperatorHandle,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    moto: Any,
+) -> None:
+    backed_up(k8s_api, namespace, pg_database, s3_bucket, moto.endpoint)
+    before = _tables(pg_database)
+    make_drill(
+        k8s_api,
+        namespace,
+        "into-live",
+        {
+            "type": "Restore",
+            # The live, non-empty database: refused, never overwritten.
+            "restore": {
+                "policyRef": {"name": "orders"},
+                "target": pg_target(pg_database, pg_database.name),
+            },
+        },
+    )
+    drill = finished_run(k8s_api, namespace, "into-live")
+    passed = condition(drill, "LastDrillPassed")
+    assert passed["status"] == "False" and passed["reason"] == "TargetNotEmpty", passed
+    assert "allowOverwrite" in passed["message"]
+    assert _tables(pg_database) == before
+
+
+def test_operator_restart_mid_drill_keeps_one_job_and_its_run(
+    aegis_operator: OperatorHandle,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    moto: Any,
+) -> None:
+    backed_up(k8s_api, namespace, pg_database, s3_bucket, moto.endpoint)
+    job_runner.stop()  # the Job is created but does not run across the restart
+    make_drill(
+        k8s_api,
+        namespace,
+        "survives",
+        {"type": "Restore", "restore": {"policyRef": {"name": "orders"}, "verify": ORDERS_CHECKS}},
+    )
+    running = wait_for(
+        "the drill Job",
+        lambda: get(k8s_api, PLURAL, namespace, "survives").get("status", {}).get("lastRun"),
+    )
+    aegis_operator.restart()
+    job_runner.start()
+    drill = finished_run(k8s_api, namespace, "survives")
+    run = drill["status"]["lastRun"]
+    assert run["result"] == "Passed", run.get("message")
+    assert run["startTime"] == running["startTime"]  # the same run, not a new one
+    drill_jobs = [
+        j.metadata.name for j in jobs(k8s_api, namespace) if j.metadata.name.startswith("drill-")
+    ]
+    assert drill_jobs == [running["jobName"]]
+    assert len(job_runner.attempts(namespace, running["jobName"])) == 1
+    # Its queue time includes the restart: the RTO clock kept running.
+    assert run["phases"]["queuedSeconds"] > 0
 
 
 def test_failover_drill_says_it_is_not_implemented(

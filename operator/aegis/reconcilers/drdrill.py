@@ -517,9 +517,7 @@ def _start_locked(
     run: dict[str, Any] = {"startTime": wire_time(started), "trigger": decision.trigger}
     if decision.scheduled is not None and decision.trigger == "Scheduled":
         run["scheduledTime"] = wire_time(decision.scheduled)
-    # A scheduled run's Job is named by its tick, so a retried create is harmless.
-    identity = decision.scheduled if decision.trigger == "Scheduled" else started
-    job_name = naming.drill_job_name(name, identity or started)
+    job_name = naming.drill_job_name(name, run_identity(decision, drill, started))
     try:
         point = restores.resolve_point(namespace, spec.restore)
         run["recoveryPoint"] = point["metadata"]["name"]
@@ -530,7 +528,16 @@ def _start_locked(
         request = drill_job_request(
             drill, spec.restore, point, policy.spec, key_ids(policy), app, job_name, started
         )
-        objects.create_job(namespace, build_job(request))
+        job, created = objects.create_job(namespace, build_job(request))
+        if not created:
+            # Made before a crash, its run never recorded: that run is this one, with the
+            # start and the point the Job was made for.
+            adopted = adopted_run(job, run)
+            if "recoveryPoint" in adopted:
+                # Another point than resolved now: its source time comes from the agent's
+                # result (the point's manifest) when the run is judged.
+                run.pop("sourceTime", None)
+            run.update(adopted)
     except (PointBlocked, restores.RestoreRefused) as problem:
         verdict = refused_run(run, problem.reason, problem.message, wall())
         _record(drill, spec, verdict, fields, None, app, wall)
@@ -548,6 +555,31 @@ def _start_locked(
         f"{decision.trigger} drill run started: Job {job_name} restores RecoveryPoint "
         f"{run['recoveryPoint']}",
     )
+
+
+def adopted_run(job: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The run fields an existing Job of this run proves (its annotations)."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    fields: dict[str, Any] = {}
+    start = parse_time(annotations.get(RUN_START_ANNOTATION))
+    if start is not None:
+        fields["startTime"] = wire_time(start)
+    point = annotations.get(restores.RECOVERY_POINT_ANNOTATION)
+    if point and point != run.get("recoveryPoint"):
+        fields["recoveryPoint"] = point
+    return fields
+
+
+def run_identity(decision: Decision, drill: dict[str, Any], started: dt.datetime) -> dt.datetime:
+    """What names a run's Job: its tick, or for a run-once drill its creation, so a create
+    retried after a crash (Job made, status not yet written) gets the same Job back. A run
+    on request is named by its start."""
+    if decision.trigger == "Scheduled" and decision.scheduled is not None:
+        return decision.scheduled
+    created = parse_time(drill["metadata"].get("creationTimestamp"))
+    if decision.trigger == "Once" and created is not None:
+        return created
+    return started
 
 
 def finish(namespace: str, name: str, app: Settings, wall: Clock) -> bool:
