@@ -84,6 +84,7 @@ def reconcile(
         utcnow,
     )
     drills.export_objectives(namespace, name, spec)
+    drills.export_status(namespace, name, dict(body.status))
     metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(1)
     scheduler.wake(namespace, name)
 

@@ -659,7 +659,7 @@ def _record(
         # Only the agent's own authentication failure proves corruption (a point refused
         # because it is already Corrupted is left as it is).
         _mark_corrupted(namespace, point_name, name, verdict.message, wall())
-    _export(namespace, name, spec, verdict, wall())
+    _export(namespace, name, spec, verdict)
     objects.post_event(
         current,
         "Normal" if verdict.passed else "Warning",
@@ -783,21 +783,35 @@ def _mark_corrupted(
     )
 
 
-def _export(
-    namespace: str, name: str, spec: DRDrillSpec, verdict: Verdict, now: dt.datetime
-) -> None:
-    run = verdict.run
+def _export(namespace: str, name: str, spec: DRDrillSpec, verdict: Verdict) -> None:
     metrics.DRILL_RUNS.labels(
         namespace, name, "Passed" if verdict.passed else "Failed", verdict.reason
     ).inc()
-    metrics.DRILL_LAST_PASSED.labels(namespace, name).set(1 if verdict.passed else 0)
-    if run.get("rtoSeconds") is not None:
-        metrics.DRILL_LAST_RTO.labels(namespace, name).set(run["rtoSeconds"])
-    if run.get("rpoSeconds") is not None:
-        metrics.DRILL_LAST_RPO.labels(namespace, name).set(run["rpoSeconds"])
-    if verdict.passed:
-        metrics.DRILL_LAST_SUCCESS.labels(namespace, name).set(now.timestamp())
+    export_status(namespace, name, {"lastRun": verdict.run})
     export_objectives(namespace, name, spec)
+
+
+def export_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """The last-run gauges from a drill's status (also after an operator restart, so the
+    alerts' series do not vanish until the next run)."""
+    finished = [
+        r
+        for r in [status.get("lastRun") or {}, *(status.get("history") or [])]
+        if r.get("result") in ("Passed", "Failed")
+    ]
+    if not finished:
+        return
+    last = finished[0]
+    metrics.DRILL_LAST_PASSED.labels(namespace, name).set(1 if last["result"] == "Passed" else 0)
+    if last.get("rtoSeconds") is not None:
+        metrics.DRILL_LAST_RTO.labels(namespace, name).set(last["rtoSeconds"])
+    if last.get("rpoSeconds") is not None:
+        metrics.DRILL_LAST_RPO.labels(namespace, name).set(last["rpoSeconds"])
+    success = next(
+        (parse_time(r.get("completionTime")) for r in finished if r["result"] == "Passed"), None
+    )
+    if success is not None:
+        metrics.DRILL_LAST_SUCCESS.labels(namespace, name).set(success.timestamp())
 
 
 def export_objectives(namespace: str, name: str, spec: DRDrillSpec) -> None:
