@@ -24,7 +24,7 @@ from tests.e2e.helpers import (
 from tests.e2e.test_backups import jobs, make_policy, on_demand
 from tests.e2e.test_restore import backed_up, metrics_text, pg_target
 
-from aegis import kubectl_drill
+from aegis import kubectl_drill, kubectl_report
 from aegis.handlers import drdrill as drill_handlers
 
 PLURAL = "drdrills"
@@ -333,6 +333,16 @@ def test_kubectl_aegis_drill_run_follows_a_run_on_request_and_status_shows_it(
     assert kubectl_drill.main(["status", "weekly", "-n", namespace]) == 0
     out = capsys.readouterr().out
     assert "schedule 0 4 * * 1" in out and "history:" in out and "DrillPassed" in out, out
+    # The evidence report lists the run against its objective.
+    assert kubectl_report.main(["-n", namespace, "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert f"## BackupPolicy {namespace}/orders" in out
+    assert "| weekly | " in out and "| Passed (DrillPassed) | orders-good |" in out, out
+    assert "| 600.0s met |" in out, out
+    assert kubectl_report.main(["-n", namespace, "--format", "html"]) == 0
+    page = capsys.readouterr().out
+    # One backup: no gap to chart; the drill's RTO per run against its objective.
+    assert page.count("<svg") == 1 and 'class="objective"' in page, page
 
 
 def _tables(pg: Any) -> dict[str, int]:
