@@ -1,6 +1,6 @@
 """`kubectl aegis drill run|status <drill>`: run a DRDrill now and follow it, or show its runs.
 
-`run` sets the `dr.aegis.dev/run` annotation to a new value; the operator starts one run for
+`run` sets the `dr.aegis.dev/run-now` annotation to a new value; the operator starts one run for
 each new value (never two at once) and the command follows it to its verdict."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from aegis import GROUP, VERSION
+from aegis.labels import RUN_ANNOTATION
 
 PLURAL = "drdrills"
-RUN_ANNOTATION = f"{GROUP}/run"
 FOLLOW_INTERVAL = 1.0
 
 

@@ -176,4 +176,4 @@ class DRDrillStatus(StatusModel):
     missed_runs: int | None = None
     """Ticks that could not run (an earlier run still running, or the operator down)."""
     last_run_request: str | None = None
-    """The last `dr.aegis.dev/run` annotation value acted on."""
+    """The last `dr.aegis.dev/run-now` annotation value acted on."""

@@ -18,6 +18,7 @@ from aegis.api import DR_DRILL as KIND
 from aegis.api.drdrill import DRDrillSpec
 from aegis.handlers.common import KopfLogger, accept, forget, patch_conditions
 from aegis.k8s import objects
+from aegis.labels import RUN_ANNOTATION
 from aegis.reconcilers import drdrill as drills
 from aegis.reconcilers import naming
 from aegis.reconcilers.conditions import ConditionUpdate
@@ -90,7 +91,7 @@ def reconcile(
 
 
 def _run_requested(body: kopf.Body, **_: Any) -> bool:
-    request = body.meta.get("annotations", {}).get(drills.RUN_ANNOTATION)
+    request = body.meta.get("annotations", {}).get(RUN_ANNOTATION)
     return bool(request) and request != body.status.get("lastRunRequest")
 
 

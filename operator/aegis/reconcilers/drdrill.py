@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aegis import GROUP, metrics
+from aegis import metrics
 from aegis.agent.drill import DrillConfig
 from aegis.agent.layout import PointRef, drill_evidence_key, normalize_prefix, s3_url
 from aegis.api import DR_DRILL, RECOVERY_POINT
@@ -34,6 +34,7 @@ from aegis.api.common import SecretKeyRef
 from aegis.api.drdrill import DRDrillSpec, DrillObjectives, RestoreDrill
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
+from aegis.labels import RECOVERY_POINT_ANNOTATION, RUN_ANNOTATION, RUN_START_ANNOTATION
 from aegis.reconcilers import backup, naming, schedule
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
@@ -49,10 +50,6 @@ from aegis.settings import Settings
 
 logger = logging.getLogger("aegis.drill")
 
-RUN_ANNOTATION = f"{GROUP}/run"
-"""Set (to any new value) on a DRDrill to run it now: `kubectl aegis drill run`."""
-RUN_START_ANNOTATION = f"{GROUP}/run-start"
-"""On a drill Job: the run's start to the microsecond (the RTO clock's zero)."""
 PASSED_CONDITION = "LastDrillPassed"
 Trigger = Literal["Scheduled", "Once", "Manual"]
 POLL_SECONDS = 30.0
@@ -232,7 +229,7 @@ def drill_job_request(
         namespace=meta["namespace"],
         labels=naming.drill_job_labels(meta["name"], point_name),
         annotations={
-            restores.RECOVERY_POINT_ANNOTATION: point_name,
+            RECOVERY_POINT_ANNOTATION: point_name,
             RUN_START_ANNOTATION: wire_time(started),
         },
         owner=drill,
@@ -564,7 +561,7 @@ def adopted_run(job: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     start = parse_time(annotations.get(RUN_START_ANNOTATION))
     if start is not None:
         fields["startTime"] = wire_time(start)
-    point = annotations.get(restores.RECOVERY_POINT_ANNOTATION)
+    point = annotations.get(RECOVERY_POINT_ANNOTATION)
     if point and point != run.get("recoveryPoint"):
         fields["recoveryPoint"] = point
     return fields
