@@ -113,8 +113,9 @@ def test_scheduled_restore_drill_passes_measures_and_verifies_its_point(
     assert run["rpoSeconds"] == pytest.approx(
         (when(run["startTime"]) - source).total_seconds(), abs=1e-3
     )
-    # RTO: covers every measured phase and the Job's own duration (Job times are whole
-    # seconds, hence the 1 s).
+    # RTO: from the run's start (before its Job existed) to the checks passing, which is
+    # before the Job ends (it then throws the scratch server away); it covers every measured
+    # phase. Job times are whole seconds, hence the 1 s.
     phases = run["phases"]
     assert set(phases) == {
         "queuedSeconds", "scratchSeconds", "downloadAuthenticateSeconds", "restoreSeconds",
@@ -123,8 +124,11 @@ def test_scheduled_restore_drill_passes_measures_and_verifies_its_point(
     assert all(v >= 0 for v in phases.values())
     assert run["rtoSeconds"] >= sum(phases.values()) - 0.01
     job = client.BatchV1Api(k8s_api).read_namespaced_job(run["jobName"], namespace)
-    job_seconds = (job.status.completion_time - job.status.start_time).total_seconds()
-    assert run["rtoSeconds"] >= job_seconds - 1.0
+    started = when(run["startTime"])
+    second = dt.timedelta(seconds=1)
+    assert started <= job.metadata.creation_timestamp + second
+    job_end = (job.status.completion_time + second - started).total_seconds()
+    assert run["rtoSeconds"] <= job_end
     assert run["rtoSeconds"] < 600
     # The point is Verified by this drill.
     verified = get(k8s_api, "recoverypoints", namespace, "orders-good")
