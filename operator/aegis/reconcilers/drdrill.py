@@ -641,6 +641,13 @@ def _record(
         url = _write_evidence(drill, spec, policy, run, app)
         if url is not None:
             run["evidence"] = url
+    # The point's mark before the drill's verdict: whoever sees the verdict sees the mark.
+    if point_name and verdict.passed:
+        _mark_verified(namespace, point_name, name, run, wall())
+    elif point_name and verdict.reason == "PointCorrupted" and result is not None:
+        # Only the agent's own authentication failure proves corruption (a point refused
+        # because it is already Corrupted is left as it is).
+        _mark_corrupted(namespace, point_name, name, verdict.message, wall())
     status = drill.get("status") or {}
     history = with_history(status.get("history"), run, spec.history_limit)
     current = _patch(
@@ -650,12 +657,6 @@ def _record(
         [verdict.condition()],
         wall(),
     )
-    if point_name and verdict.passed:
-        _mark_verified(namespace, point_name, name, run, wall())
-    elif point_name and verdict.reason == "PointCorrupted" and result is not None:
-        # Only the agent's own authentication failure proves corruption (a point refused
-        # because it is already Corrupted is left as it is).
-        _mark_corrupted(namespace, point_name, name, verdict.message, wall())
     _export(namespace, name, spec, verdict)
     objects.post_event(
         current,
