@@ -134,6 +134,17 @@ def test_scheduled_restore_drill_passes_measures_and_verifies_its_point(
     verified = get(k8s_api, "recoverypoints", namespace, "orders-good")
     assert condition(verified, "Verified")["status"] == "True"
     assert verified["status"]["verification"]["by"] == "drill/hourly"
+    # The policy shows its proven RTO.
+    policy = get(k8s_api, "backuppolicies", namespace, "orders")
+    assert policy["status"]["lastDrill"] == {
+        "drill": "hourly",
+        "time": run["completionTime"],
+        "result": "Passed",
+        "reason": "DrillPassed",
+        "rtoSeconds": run["rtoSeconds"],
+        "rpoSeconds": run["rpoSeconds"],
+        "recoveryPoint": "orders-good",
+    }
     # Evidence in the bucket, next to the policy's points.
     key = run["evidence"].removeprefix(f"s3://{s3_bucket}/")
     assert key.startswith(f"backups/{namespace}/orders/_drills/hourly/")

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from aegis import metrics
 from aegis.agent.drill import DrillConfig
 from aegis.agent.layout import PointRef, drill_evidence_key, normalize_prefix, s3_url
-from aegis.api import DR_DRILL, RECOVERY_POINT
+from aegis.api import BACKUP_POLICY, DR_DRILL, RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import SecretKeyRef
 from aegis.api.drdrill import DRDrillSpec, DrillObjectives, RestoreDrill
@@ -657,6 +657,8 @@ def _record(
         [verdict.condition()],
         wall(),
     )
+    if policy is not None and run.get("recoveryPoint"):
+        _record_on_policy(policy, name, run)
     _export(namespace, name, spec, verdict)
     objects.post_event(
         current,
@@ -667,6 +669,35 @@ def _record(
     log = logger.info if verdict.passed else logger.warning
     log("Drill %s/%s: %s", namespace, name, verdict.message)
     return current
+
+
+def policy_drill(drill: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The policy's `status.lastDrill` from a finished run."""
+    fields = {
+        "drill": drill,
+        "time": run.get("completionTime"),
+        "result": run.get("result"),
+        "reason": run.get("reason"),
+        "rtoSeconds": run.get("rtoSeconds"),
+        "rpoSeconds": run.get("rpoSeconds"),
+        "recoveryPoint": run.get("recoveryPoint"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _record_on_policy(policy: PolicyContext, drill: str, run: dict[str, Any]) -> None:
+    """Show the run on its policy (the proven RTO next to the RPO), unless a later run of
+    another drill is there already. Best effort: the drill's own status is the record."""
+    try:
+        current = objects.get_custom(BACKUP_POLICY, policy.namespace, policy.name)
+        shown = ((current.get("status") or {}).get("lastDrill") or {}).get("time") or ""
+        if shown > str(run.get("completionTime") or ""):
+            return
+        objects.patch_custom_status(
+            BACKUP_POLICY, policy.namespace, policy.name, {"lastDrill": policy_drill(drill, run)}
+        )
+    except Exception as error:  # the policy gone, the API refusing: the drill's record stands
+        logger.warning("lastDrill not recorded on BackupPolicy %s: %s", policy.name, error)
 
 
 def _policy_of(namespace: str, spec: DRDrillSpec, point_name: str | None) -> PolicyContext | None:
