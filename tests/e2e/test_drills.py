@@ -231,6 +231,10 @@ def test_drill_of_a_corrupted_point_fails_naming_it(
     assert "orders-good" in passed["message"] and "damaged" in passed["message"]
     corrupted = get(k8s_api, "recoverypoints", namespace, "orders-good")
     assert corrupted["status"]["phase"] == "Corrupted"
+    text = metrics_text(aegis_operator)
+    assert (
+        f'aegis_verification_failures_total{{namespace="{namespace}",policy="orders"}} 1.0' in text
+    )
     assert condition(corrupted, "Verified")["status"] == "False"
 
 

@@ -13,7 +13,14 @@ from aegis.agent.errors import AgentError
 from aegis.agent.layout import LayoutError, drill_evidence_key
 from aegis.agent.scratch import postgres_server_dir
 from aegis.api.drdrill import DRDrillSpec, DrillObjectives
-from aegis.reconcilers.drdrill import decide, judge, refused_run, scheduled_decision, with_history
+from aegis.reconcilers.drdrill import (
+    decide,
+    judge,
+    point_verified,
+    refused_run,
+    scheduled_decision,
+    with_history,
+)
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 3, 59, 58, tzinfo=UTC)
@@ -160,6 +167,19 @@ def test_a_missing_job_fails_the_run() -> None:
 def test_a_run_refused_for_a_corrupted_point_says_point_corrupted() -> None:
     verdict = refused_run({"startTime": "x"}, "RecoveryPointCorrupted", "RP x is Corrupted", ENDED)
     assert verdict.reason == "PointCorrupted" and not verdict.passed
+
+
+def test_what_a_run_proves_about_its_point() -> None:
+    passed = judge(dict(RUN), "Complete", agent_result(), None, None, ENDED)
+    slow = judge(dict(RUN), "Complete", agent_result(), None, DrillObjectives(rto_seconds=1), ENDED)
+    corrupted = judge(dict(RUN), "Failed", {"ok": False, "kind": "Corrupted"}, None, None, ENDED)
+    missing = judge(dict(RUN), "Missing", None, None, None, ENDED)
+    assert point_verified(passed, True) is True
+    assert point_verified(slow, True) is True  # restored and checked: only the drill missed
+    assert point_verified(corrupted, True) is False
+    assert point_verified(missing, False) is None
+    refused = refused_run({}, "RecoveryPointCorrupted", "already Corrupted", ENDED)
+    assert point_verified(refused, False) is None  # nothing was read this time
 
 
 def test_history_is_newest_first_and_bounded() -> None:

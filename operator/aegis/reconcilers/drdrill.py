@@ -390,6 +390,17 @@ def judge(
     return Verdict(True, "DrillPassed", message, record)
 
 
+def point_verified(verdict: Verdict, agent_ran: bool) -> bool | None:
+    """What the run proved about its point: True when it restored and every check passed
+    (objectives are the drill's business, not the point's), False when the point's bytes or
+    its checks failed, None when nothing was verified (no Job, no scratch server, ...)."""
+    if verdict.passed or verdict.reason in ("RTOObjectiveMissed", "RPOObjectiveMissed"):
+        return True
+    if agent_ran and verdict.reason in ("PointCorrupted", "CheckFailed"):
+        return False
+    return None
+
+
 def refused_run(run: dict[str, Any], reason: str, message: str, ended: dt.datetime) -> Verdict:
     """A run that could not start: no usable point, its policy or keys missing."""
     if reason == "RecoveryPointCorrupted":
@@ -659,6 +670,9 @@ def _record(
     )
     if policy is not None and run.get("recoveryPoint"):
         _record_on_policy(policy, name, run)
+        verified = point_verified(verdict, result is not None)
+        if verified is not None:
+            metrics.verification_ended(namespace, policy.name, passed=verified)
     _export(namespace, name, spec, verdict)
     objects.post_event(
         current,
