@@ -224,6 +224,16 @@ DRILL_LAST_PASSED = Gauge(
     "1 when the drill's last finished run passed, 0 when it failed.",
     ["namespace", "drill"],
 )
+DRILL_INTERVAL = Gauge(
+    "aegis_drill_interval_seconds",
+    "Seconds between two runs of a scheduled drill (absent for a run-once drill).",
+    ["namespace", "drill"],
+)
+DRILL_CREATED = Gauge(
+    "aegis_drill_created_timestamp_seconds",
+    "Creation time of the drill: an overdue drill that never passed counts from it.",
+    ["namespace", "drill"],
+)
 DRILL_RUNS = Counter(
     "aegis_drill_runs_total",
     "Finished drill runs, by result (Passed or Failed) and reason.",

@@ -551,6 +551,7 @@ ALERTS = {
     "AegisOperatorDown": ("critical", set()),
     "AegisDrillFailed": ("warning", {"namespace", "drill"}),
     "AegisDrillRTOObjectiveMissed": ("warning", {"namespace", "drill"}),
+    "AegisDrillOverdue": ("warning", {"namespace", "drill"}),
 }
 PROM_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 

@@ -342,6 +342,11 @@ def test_kubectl_aegis_drill_run_follows_a_run_on_request_and_status_shows_it(
         "the drill's next run time",
         lambda: get(k8s_api, PLURAL, namespace, "weekly").get("status", {}).get("nextRunTime"),
     )
+    # What the overdue alert reads: a week between runs, counted from creation until a pass.
+    text = metrics_text(aegis_operator)
+    labels = f'drill="weekly",namespace="{namespace}"'
+    assert f"aegis_drill_interval_seconds{{{labels}}} 604800.0" in text
+    assert f"aegis_drill_created_timestamp_seconds{{{labels}}}" in text
     capsys.readouterr()
     assert kubectl_drill.main(["run", "weekly", "-n", namespace, "--timeout", "120"]) == 0
     out = capsys.readouterr().out

@@ -86,6 +86,8 @@ def reconcile(
     )
     drills.export_objectives(namespace, name, spec)
     drills.export_status(namespace, name, dict(body.status))
+    created = drills.parse_time(body.meta.get("creationTimestamp"))
+    drills.export_schedule(namespace, name, spec, created, utcnow())
     metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(1)
     scheduler.wake(namespace, name)
 

@@ -857,6 +857,35 @@ def export_status(namespace: str, name: str, status: dict[str, Any]) -> None:
         metrics.DRILL_LAST_SUCCESS.labels(namespace, name).set(success.timestamp())
 
 
+def schedule_interval(spec: DRDrillSpec, now: dt.datetime) -> float | None:
+    """Seconds between the drill's next two ticks (what "overdue" is measured in)."""
+    if spec.schedule is None:
+        return None
+    ticks = schedule.compile_schedule(spec.schedule, spec.time_zone)
+    upcoming = ticks.next_tick(now)
+    return (ticks.next_tick(upcoming) - upcoming).total_seconds()
+
+
+def export_schedule(
+    namespace: str, name: str, spec: DRDrillSpec, created: dt.datetime | None, now: dt.datetime
+) -> None:
+    """The series the overdue alert reads: the drill's interval and its creation time."""
+    interval = schedule_interval(spec, now)
+    if interval is None:
+        _remove(metrics.DRILL_INTERVAL, namespace, name)
+    else:
+        metrics.DRILL_INTERVAL.labels(namespace, name).set(interval)
+    if created is not None:
+        metrics.DRILL_CREATED.labels(namespace, name).set(created.timestamp())
+
+
+def _remove(gauge: Any, namespace: str, name: str) -> None:
+    try:
+        gauge.remove(namespace, name)
+    except KeyError:
+        pass
+
+
 def export_objectives(namespace: str, name: str, spec: DRDrillSpec) -> None:
     objectives = spec.objectives or DrillObjectives()
     for gauge, value in (
@@ -864,10 +893,7 @@ def export_objectives(namespace: str, name: str, spec: DRDrillSpec) -> None:
         (metrics.DRILL_RPO_OBJECTIVE, objectives.rpo_seconds),
     ):
         if value is None:
-            try:
-                gauge.remove(namespace, name)
-            except KeyError:
-                pass
+            _remove(gauge, namespace, name)
         else:
             gauge.labels(namespace, name).set(value)
 
@@ -880,8 +906,7 @@ def forget_metrics(namespace: str, name: str) -> None:
         metrics.DRILL_RPO_OBJECTIVE,
         metrics.DRILL_LAST_SUCCESS,
         metrics.DRILL_LAST_PASSED,
+        metrics.DRILL_INTERVAL,
+        metrics.DRILL_CREATED,
     ):
-        try:
-            gauge.remove(namespace, name)
-        except KeyError:
-            pass
+        _remove(gauge, namespace, name)
