@@ -13,15 +13,14 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from aegis import GROUP, VERSION, metrics
+from aegis import GROUP, VERSION
 from aegis.api import DR_DRILL as KIND
 from aegis.api.drdrill import DRDrillSpec
-from aegis.handlers.common import KopfLogger, accept, forget, patch_conditions
+from aegis.handlers.common import KopfLogger, accept, forget
 from aegis.k8s import objects
 from aegis.labels import RUN_ANNOTATION
 from aegis.reconcilers import drdrill as drills
 from aegis.reconcilers import naming
-from aegis.reconcilers.conditions import ConditionUpdate
 from aegis.scheduler import Scheduler, utcnow
 from aegis.settings import Settings
 
@@ -67,28 +66,9 @@ def reconcile(
         scheduler.forget(namespace, name)
         return
     assert isinstance(spec, DRDrillSpec)
-    if spec.type != "Restore":
-        # Failover drills do not run yet: saying Ready=True would claim rehearsals that
-        # never happen.
-        message = f"{spec.type} drills are not implemented yet; this drill never runs"
-        patch_conditions(
-            body, patch, [ConditionUpdate("Ready", "False", "NotImplemented", message)]
-        )
-        metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(0)
+    if not drills.admit(dict(body), spec, utcnow):
         scheduler.forget(namespace, name)
         return
-    when = f"on schedule {spec.schedule} ({spec.time_zone})" if spec.schedule else "once"
-    drills.set_ready(
-        namespace,
-        name,
-        ConditionUpdate("Ready", "True", "Accepted", f"restore drill accepted; runs {when}"),
-        utcnow,
-    )
-    drills.export_objectives(namespace, name, spec)
-    drills.export_status(namespace, name, dict(body.status))
-    created = drills.parse_time(body.meta.get("creationTimestamp"))
-    drills.export_schedule(namespace, name, spec, created, utcnow())
-    metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(1)
     scheduler.wake(namespace, name)
 
 

@@ -472,6 +472,29 @@ def set_ready(namespace: str, name: str, update: ConditionUpdate, wall: Clock) -
         _patch(namespace, name, {}, [update], wall())
 
 
+def admit(drill: dict[str, Any], spec: DRDrillSpec, wall: Clock) -> bool:
+    """Ready from what the drill's type can do, and the drill's series. True when the
+    scheduler should run it (a restore drill); False for a type that does not run."""
+    meta = drill["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if spec.type != "Restore":
+        # Failover drills do not run yet: Ready=True would claim rehearsals that never happen.
+        message = f"{spec.type} drills are not implemented yet; this drill never runs"
+        set_ready(
+            namespace, name, ConditionUpdate("Ready", "False", "NotImplemented", message), wall
+        )
+        metrics.RESOURCE_READY.labels(DR_DRILL.kind, namespace, name).set(0)
+        return False
+    when = f"on schedule {spec.schedule} ({spec.time_zone})" if spec.schedule else "once"
+    message = f"restore drill accepted; runs {when}"
+    set_ready(namespace, name, ConditionUpdate("Ready", "True", "Accepted", message), wall)
+    export_objectives(namespace, name, spec)
+    export_status(namespace, name, drill.get("status") or {})
+    export_schedule(namespace, name, spec, parse_time(meta.get("creationTimestamp")), wall())
+    metrics.RESOURCE_READY.labels(DR_DRILL.kind, namespace, name).set(1)
+    return True
+
+
 def tick(namespace: str, name: str, app: Settings, now: dt.datetime, wall: Clock) -> float | None:
     """What the drill scheduler calls: fold in a run that ended, start one that is due, and
     say when to ask again."""
