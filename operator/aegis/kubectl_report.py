@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import html
 import itertools
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aegis import GROUP, VERSION
+from aegis.agent.layout import DRILLS_DIRECTORY, LayoutError, parse_s3_url
 
 PLURALS = ("backuppolicies", "recoverypoints", "drdrills", "failoverplans")
 _DURATION = re.compile(r"^(\d+)([dhm])$")
@@ -213,6 +215,67 @@ def build_report(
             )
     failovers.sort(key=lambda f: f.start or since)
     return Report(scope, since, now, policies, failovers)
+
+
+def load_evidence(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every drill evidence record under `prefix` (the runs' JSON written beside the policies'
+    points, `.../<policy>/_drills/<drill>/<run>.json`): the history a fresh cluster has."""
+    records = []
+    paginator = client.get_paginator("list_objects_v2")
+    start = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    for page in paginator.paginate(Bucket=bucket, Prefix=start):
+        for item in page.get("Contents") or []:
+            key = str(item["Key"])
+            parts = key.split("/")
+            if len(parts) < 3 or parts[-3] != DRILLS_DIRECTORY or not key.endswith(".json"):
+                continue
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            try:
+                record = json.loads(body)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("kind") == "DrillEvidence":
+                records.append(record)
+    return records
+
+
+def add_evidence(report: Report, records: list[dict[str, Any]], namespace: str | None) -> None:
+    """Drill runs from the bucket that the cluster does not show (deleted drills, history
+    beyond historyLimit, a new cluster): added to their policy, made if the cluster lacks it."""
+    by_key = {(p.namespace, p.name): p for p in report.policies}
+    for record in records:
+        ns, policy, run = record.get("namespace"), record.get("policy"), record.get("run") or {}
+        start = _time(run.get("startTime"))
+        if not ns or not policy or start is None or start < report.since:
+            continue
+        if namespace is not None and ns != namespace:
+            continue
+        if run.get("result") not in ("Passed", "Failed"):
+            continue
+        target = by_key.get((ns, policy))
+        if target is None:
+            target = by_key[(ns, policy)] = PolicyReport(ns, policy, None, None)
+            report.policies.append(target)
+        drill = str(record.get("drill") or "")
+        if any(d.drill == drill and d.start == start for d in target.drills):
+            continue
+        objectives = record.get("objectives") or {}
+        target.drills.append(
+            DrillRunRow(
+                drill,
+                start,
+                str(run.get("result")),
+                str(run.get("reason") or ""),
+                str(run.get("recoveryPoint") or ""),
+                _num(run.get("rtoSeconds")),
+                _num(run.get("rpoSeconds")),
+                _num(objectives.get("rtoSeconds")),
+                _num(objectives.get("rpoSeconds")),
+            )
+        )
+    for policy_report in report.policies:
+        policy_report.drills.sort(key=lambda r: r.start)
+    report.policies.sort(key=lambda p: (p.namespace, p.name))
 
 
 # --- rendering (pure) --------------------------------------------------------------------------
@@ -430,6 +493,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=parse_since, default=parse_since("90d"), help="e.g. 90d")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument(
+        "--bucket",
+        metavar="S3_URL",
+        help="also read the drills' evidence records under s3://bucket/prefix (a policy's "
+        "storage): runs the cluster no longer shows, or a fresh cluster's history. AWS "
+        "credentials from the environment, as the AWS CLI takes them",
+    )
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --bucket")
     return p
 
 
@@ -456,6 +527,17 @@ def main(argv: Sequence[str]) -> int:
     now = dt.datetime.now(dt.UTC)
     scope = "all namespaces" if namespace is None else f"namespace {namespace}"
     report = build_report(listed, scope, now - args.since, now)
+    if args.bucket:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            bucket, prefix = parse_s3_url(args.bucket)
+            s3 = boto3.client("s3", endpoint_url=args.endpoint_url)
+            add_evidence(report, load_evidence(s3, bucket, prefix), namespace)
+        except (LayoutError, BotoCoreError, ClientError) as error:
+            print(f"error: reading evidence from {args.bucket}: {error}", file=sys.stderr)
+            return 1
     text = render_html(report) if args.format == "html" else render_markdown(report)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:

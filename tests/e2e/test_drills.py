@@ -16,6 +16,7 @@ from tests.e2e.helpers import (
     condition,
     create,
     create_secret,
+    custom_api,
     events_for,
     get,
     new_key,
@@ -322,6 +323,7 @@ def test_kubectl_aegis_drill_run_follows_a_run_on_request_and_status_shows_it(
     pg_database: Any,
     s3_bucket: str,
     moto: Any,
+    aws_env: dict[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     backed_up(k8s_api, namespace, pg_database, s3_bucket, moto.endpoint)
@@ -367,6 +369,29 @@ def test_kubectl_aegis_drill_run_follows_a_run_on_request_and_status_shows_it(
     page = capsys.readouterr().out
     # One backup: no gap to chart; the drill's RTO per run against its objective.
     assert page.count("<svg") == 1 and 'class="objective"' in page, page
+    # The drill deleted, its history is still in the bucket's evidence records.
+    custom_api(k8s_api).delete_namespaced_custom_object(
+        "dr.aegis.dev", "v1alpha1", namespace, PLURAL, "weekly"
+    )
+    wait_for(
+        "the drill to go",
+        lambda: (
+            not custom_api(k8s_api).list_namespaced_custom_object(
+                "dr.aegis.dev", "v1alpha1", namespace, PLURAL
+            )["items"]
+        ),
+    )
+    argv = [
+        "-n",
+        namespace,
+        "--bucket",
+        f"s3://{s3_bucket}/backups",
+        "--endpoint-url",
+        moto.endpoint,
+    ]
+    assert kubectl_report.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| weekly | " in out and "| Passed (DrillPassed) | orders-good |" in out, out
 
 
 def _tables(pg: Any) -> dict[str, int]:
