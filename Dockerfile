@@ -5,9 +5,13 @@
 #   aegis agent backup|...    the data mover inside backup/restore/drill Jobs
 #
 # The agent must run pg_dump/pg_restore of the same major version as the server it talks
-# to, so the image carries PostgreSQL clients 13 to 17 from the PGDG repository
+# to, so the image carries PostgreSQL 13 to 17 from the PGDG repository
 # (/usr/lib/postgresql/<major>/bin) and the Redis tools; redis-server too, because a Redis
 # restore loads the snapshot into a temporary server inside the Job before replaying keys.
+# The PostgreSQL *server* packages (initdb, postgres) are there for restore drills, which
+# restore into a scratch server of the backup's major inside the drill's Job (as the
+# image's non-root user, in /tmp); postgresql-common is told not to create a default
+# cluster, since the image never runs a server of its own.
 #
 #   docker build -t aegis:dev .
 
@@ -48,13 +52,17 @@ RUN set -eux; \
     echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
       > /etc/apt/sources.list.d/pgdg.list; \
     apt-get update; \
-    clients=""; for major in ${PG_MAJORS}; do clients="$clients postgresql-client-$major"; done; \
+    clients=""; for major in ${PG_MAJORS}; do clients="$clients postgresql-client-$major postgresql-$major"; done; \
+    mkdir -p /etc/postgresql-common; \
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates tzdata redis-tools redis-server $clients; \
     rm -rf /var/lib/apt/lists/*; \
     for major in ${PG_MAJORS}; do \
       /usr/lib/postgresql/$major/bin/pg_dump --version; \
       /usr/lib/postgresql/$major/bin/pg_restore --version; \
+      /usr/lib/postgresql/$major/bin/initdb --version; \
+      /usr/lib/postgresql/$major/bin/postgres --version; \
     done; \
     redis-server --version; redis-cli --version; \
     groupadd --system --gid "${GID}" aegis; \

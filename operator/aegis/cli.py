@@ -10,18 +10,20 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
+from aegis.kubectl import VERBS  # stdlib imports only: cheap for the agent too
+
 # command → (module, function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "operator": ("aegis.operator", "main", "run the operator (kopf)"),
     "agent": (
         "aegis.agent.cli",
         "main",
-        "the data mover run inside Jobs: backup|restore|verify|catalog",
+        "the data mover run inside Jobs: backup|restore|drill|verify|catalog",
     ),
     "crds": ("aegis.api.cli", "main", "generate crds/ and charts/aegis/crds/ from the models"),
     "sandbox": ("aegis.sandbox.cli", "main", "a local no-cluster environment: up|demo|down"),
 }
-KUBECTL_VERBS = ("backup", "restore", "failover", "status")
+KUBECTL_VERBS = tuple(VERBS)
 
 
 def _usage() -> str:
@@ -75,7 +77,7 @@ def _missing_sandbox_modules() -> list[str]:
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:
-    """`kubectl aegis ...` (and `aegis backup|restore|failover|status ...`)."""
+    """`kubectl aegis ...` (and `aegis backup|restore|failover|drill|status ...`)."""
     from aegis.kubectl import main as kubectl
 
     return int(kubectl(list(sys.argv[1:] if argv is None else argv)))

@@ -3,6 +3,8 @@
 kubectl aegis backup <policy> [-n NS] [--no-wait]     on-demand backup, followed to the end
 kubectl aegis restore ...                             see `kubectl aegis restore --help`
 kubectl aegis failover status|approve|trigger|failback <plan>
+kubectl aegis drill run|status <drill> [-n NS]       run a drill now (followed), or show its runs
+kubectl aegis report [-n NS|-A] [--since 90d] [--format markdown|html]   DR evidence report
 kubectl aegis status [-n NS]                          every Aegis object and its condition
 """
 
@@ -21,6 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "backup": ("aegis.kubectl", "backup_main"),
     "restore": ("aegis.kubectl_restore", "main"),
     "failover": ("aegis.kubectl_failover", "main"),
+    "drill": ("aegis.kubectl_drill", "main"),
+    "report": ("aegis.kubectl_report", "main"),
     "status": ("aegis.kubectl", "status_main"),
 }
 FOLLOW_INTERVAL = 1.0

@@ -46,3 +46,8 @@ FAILBACK_ANNOTATION: Final = f"{GROUP}/failback"
 ACCEPT_DATA_LOSS_ANNOTATION: Final = f"{GROUP}/accept-data-loss"
 """On a FailoverPlan, with the failover or approve annotation: accepts promoting a secondary
 that lags beyond the plan's limits (value: the reason, recorded in the transition)."""
+RUN_ANNOTATION: Final = f"{GROUP}/run-now"
+"""On a DRDrill: each new value runs it once, now (`kubectl aegis drill run`, the Argo CD
+action "run-drill")."""
+RUN_START_ANNOTATION: Final = f"{GROUP}/run-start"
+"""On a drill Job: the run's start to the microsecond (the RTO clock's zero)."""

@@ -192,6 +192,55 @@ FAILOVER_BLOCKED = Gauge(
 )
 # --- end failover safety ---------------------------------------------------------------
 
+# --- Drills (DRDrill) ---------------------------------------------------------------------
+# Owned by the drill reconciler (reconcilers/drdrill.py); kept apart from the backup block.
+DRILL_LAST_RTO = Gauge(
+    "aegis_drill_last_rto_seconds",
+    "Measured RTO of the drill's last finished run: run start to the checks passing.",
+    ["namespace", "drill"],
+)
+DRILL_LAST_RPO = Gauge(
+    "aegis_drill_last_rpo_seconds",
+    "Measured RPO of the drill's last finished run: run start minus the point's source time.",
+    ["namespace", "drill"],
+)
+DRILL_RTO_OBJECTIVE = Gauge(
+    "aegis_drill_rto_objective_seconds",
+    "The drill's RTO objective (spec.objectives.rtoSeconds).",
+    ["namespace", "drill"],
+)
+DRILL_RPO_OBJECTIVE = Gauge(
+    "aegis_drill_rpo_objective_seconds",
+    "The drill's RPO objective (spec.objectives.rpoSeconds).",
+    ["namespace", "drill"],
+)
+DRILL_LAST_SUCCESS = Gauge(
+    "aegis_drill_last_success_timestamp_seconds",
+    "Completion time of the drill's newest passed run, as a Unix timestamp.",
+    ["namespace", "drill"],
+)
+DRILL_LAST_PASSED = Gauge(
+    "aegis_drill_last_passed",
+    "1 when the drill's last finished run passed, 0 when it failed.",
+    ["namespace", "drill"],
+)
+DRILL_INTERVAL = Gauge(
+    "aegis_drill_interval_seconds",
+    "Seconds between two runs of a scheduled drill (absent for a run-once drill).",
+    ["namespace", "drill"],
+)
+DRILL_CREATED = Gauge(
+    "aegis_drill_created_timestamp_seconds",
+    "Creation time of the drill: an overdue drill that never passed counts from it.",
+    ["namespace", "drill"],
+)
+DRILL_RUNS = Counter(
+    "aegis_drill_runs_total",
+    "Finished drill runs, by result (Passed or Failed) and reason.",
+    ["namespace", "drill", "result", "reason"],
+)
+# --- end of drills -------------------------------------------------------------------------
+
 _server_lock = threading.Lock()
 _server_port: int | None = None
 

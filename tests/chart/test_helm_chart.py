@@ -551,6 +551,9 @@ ALERTS = {
     "AegisFailoverBlocked": ("critical", {"namespace", "plan"}),
     "AegisReplicaStale": ("warning", {"namespace", "plan", "site"}),
     "AegisOperatorDown": ("critical", set()),
+    "AegisDrillFailed": ("warning", {"namespace", "drill"}),
+    "AegisDrillRTOObjectiveMissed": ("warning", {"namespace", "drill"}),
+    "AegisDrillOverdue": ("warning", {"namespace", "drill"}),
 }
 PROM_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 

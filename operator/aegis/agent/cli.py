@@ -1,4 +1,4 @@
-"""`aegis agent backup | restore | verify | catalog`.
+"""`aegis agent backup | restore | drill | verify | catalog`.
 
 Every run ends with one JSON line on stdout: `{"ok": true, ...}` or `{"ok": false,
 "reason": ..., "kind": ...}`; failures also print the reason on stderr and exit 1 (2 for bad
@@ -30,6 +30,7 @@ from aegis.agent.config import (
     validation_reason,
 )
 from aegis.agent.crypto import Keyring, KeyringError, load_keyring
+from aegis.agent.drill import DrillConfig
 from aegis.agent.errors import AgentError
 from aegis.agent.layout import LayoutError, parse_s3_url
 from aegis.agent.log import log
@@ -204,6 +205,18 @@ def build_parser() -> Parser:
     r.add_argument("--work-dir", dest="workDir")
     _storage_flags(r, write=False)
 
+    d = sub.add_parser(
+        "drill",
+        help="restore a recovery point into a scratch server (or a target), check it, "
+        "and measure each phase",
+    )
+    _common_flags(d)
+    d.add_argument("--manifest", dest="manifest", help="s3://bucket/.../manifest.json")
+    d.add_argument("--kind", dest="kind", choices=["postgres", "redis"])
+    d.add_argument("--postgres-major", dest="postgresMajor", type=int)
+    d.add_argument("--work-dir", dest="workDir")
+    _storage_flags(d, write=False)
+
     for name, text in (
         ("verify", "authenticate a stored backup without restoring it"),
         ("catalog", "list the manifests under s3://bucket/prefix"),
@@ -212,7 +225,7 @@ def build_parser() -> Parser:
         _common_flags(v)
         v.add_argument("location", help="s3:// URL")
         _storage_flags(v, write=False)
-    for parser in (b, r, *[sub.choices[n] for n in ("verify", "catalog")]):
+    for parser in (b, r, d, *[sub.choices[n] for n in ("verify", "catalog")]):
         _readable_metavars(parser)
     return root
 
@@ -281,6 +294,8 @@ def settings_from(ns: argparse.Namespace) -> dict[str, Any]:
         merged["checks"] = _read_json(ns._checks_file, "--checks-file")
     if command == "restore" and "manifest" in merged and "bucket" not in merged.get("storage", {}):
         merged.setdefault("storage", {})["bucket"] = parse_s3_url(merged["manifest"])[0]
+    if command == "drill" and "manifest" in merged and "bucket" not in merged.get("storage", {}):
+        merged.setdefault("storage", {})["bucket"] = parse_s3_url(merged["manifest"])[0]
     if command in ("verify", "catalog"):
         merged["location"] = ns.location
         if "bucket" not in merged.get("storage", {}):
@@ -300,6 +315,7 @@ def _read_json(path: str, flag: str) -> Any:
 MODELS: dict[str, type[BaseModel]] = {
     "backup": BackupConfig,
     "restore": RestoreConfig,
+    "drill": DrillConfig,
     "verify": LocationConfig,
     "catalog": LocationConfig,
 }
@@ -381,7 +397,7 @@ def fail(command: str, reason: str, kind: str, code: int, result_file: str | Non
 
 
 def dispatch(command: str, cfg: Any, env: dict[str, str]) -> dict[str, Any]:
-    from aegis.agent import backup, restore
+    from aegis.agent import backup, drill, restore
 
     def keyring() -> Keyring:
         return load_keyring(cfg.keys_dir, env)
@@ -389,6 +405,7 @@ def dispatch(command: str, cfg: Any, env: dict[str, str]) -> dict[str, Any]:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "backup": lambda: backup.run_backup(cfg, env, keyring),
         "restore": lambda: restore.run_restore(cfg, env, keyring),
+        "drill": lambda: drill.run_drill(cfg, env, keyring),
         "verify": lambda: restore.run_verify(cfg, env, keyring),
         "catalog": lambda: restore.run_catalog(cfg, env),
     }

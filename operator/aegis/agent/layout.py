@@ -136,3 +136,15 @@ def parse_point_key(bucket: str, prefix: str, key: str) -> PointRef:
         for v, w in zip(parts[:3], ("namespace", "policy", "recovery point"), strict=True)
     )
     return PointRef(bucket, prefix, namespace, policy, point)
+
+
+DRILLS_DIRECTORY = "_drills"
+"""Beside a policy's point directories: `_` is never the start of a Kubernetes name, so no
+RecoveryPoint's directory (and no point's deletion) can reach the drills' evidence."""
+
+
+def drill_evidence_key(prefix: str, namespace: str, policy: str, drill: str, run: str) -> str:
+    """`<prefix>/<namespace>/<policy>/_drills/<drill>/<run>.json`: the evidence record of one
+    drill run (`run` is its start, `yyyymmddhhmmss` UTC) next to the points it restored."""
+    directory = policy_directory(prefix, namespace, policy)
+    return f"{directory}/{DRILLS_DIRECTORY}/{_check_segment(drill, 'drill')}/{run}.json"

@@ -20,6 +20,8 @@ class Child:
         stdin: int | None = None,
         stdout: int | None = None,
         keep_lines: int = 20,
+        user: int | None = None,
+        group: int | None = None,
     ) -> None:
         self.name = args[0].rsplit("/", 1)[-1]
         self.proc = subprocess.Popen(
@@ -29,6 +31,10 @@ class Child:
             stdout=stdout,
             stderr=subprocess.PIPE,
             bufsize=0,
+            user=user,
+            group=group,
+            # Dropping to another user drops root's supplementary groups too.
+            extra_groups=[] if user is not None else None,
         )
         self._lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self._drain = threading.Thread(

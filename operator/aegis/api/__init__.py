@@ -72,7 +72,15 @@ BACKUP_POLICY = Kind(
         PrinterColumn("Next", ".status.nextScheduleTime", description="Next run (RFC 3339)"),
         PrinterColumn("RPO", ".status.currentRPOSeconds", "integer", "Current RPO in seconds"),
         PrinterColumn("Ready", condition_path("Ready")),
+        PrinterColumn("Last Drill", ".status.lastDrill.result"),
         PrinterColumn("Reason", condition_path("Ready", "reason"), priority=1),
+        PrinterColumn(
+            "Drill RTO",
+            ".status.lastDrill.rtoSeconds",
+            "number",
+            "Measured RTO of the last drill",
+            priority=1,
+        ),
         AGE,
     ),
 )

@@ -163,6 +163,25 @@ class BackupPolicySpec(ApiModel):
     """Options of the backup Jobs."""
 
 
+class PolicyDrill(StatusModel):
+    """The latest finished drill run that restored one of the policy's points."""
+
+    drill: str | None = None
+    """The DRDrill."""
+    time: dt.datetime | None = None
+    """When the run ended."""
+    result: Literal["Passed", "Failed"] | None = None
+    """Its outcome."""
+    reason: str | None = None
+    """Why (the drill's LastDrillPassed reason)."""
+    rto_seconds: float | None = None
+    """Measured RTO of that run: the policy's proven time to recover."""
+    rpo_seconds: float | None = None
+    """Measured RPO of that run."""
+    recovery_point: str | None = None
+    """The point it restored."""
+
+
 class BackupPolicyStatus(StatusModel):
     """Observed state of a BackupPolicy."""
 
@@ -191,3 +210,5 @@ class BackupPolicyStatus(StatusModel):
     the tick (a RunSkipped event names why)."""
     current_rpo_seconds: int | None = Field(default=None, alias="currentRPOSeconds")
     """Now minus the source time of the newest Completed point."""
+    last_drill: PolicyDrill | None = None
+    """The latest finished drill of this policy's points (written by the DRDrill's run)."""

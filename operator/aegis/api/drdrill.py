@@ -108,23 +108,53 @@ class DRDrillSpec(ApiModel):
         return self
 
 
+class DrillPhases(StatusModel):
+    """Where a run's time went, measured (seconds)."""
+
+    queued_seconds: float | None = None
+    """From the run's start (the operator decided to run) to the agent starting in its Job:
+    Job creation, scheduling, image pull."""
+    scratch_seconds: float | None = None
+    """Starting the scratch server (0 with a target)."""
+    download_authenticate_seconds: float | None = None
+    """The verification pass: the payload downloaded, hashed and every chunk authenticated."""
+    restore_seconds: float | None = None
+    """The restore pass into the scratch server or target."""
+    checks_seconds: float | None = None
+    """Running the checks."""
+
+
 class DrillRun(StatusModel):
     """One run of a drill, measured."""
 
     start_time: dt.datetime | None = None
-    """When the run started."""
+    """When the run started: the operator decided to run it (the RTO clock starts here)."""
+    scheduled_time: dt.datetime | None = None
+    """The schedule tick the run belongs to (absent for a run on request)."""
+    trigger: Literal["Scheduled", "Once", "Manual"] | None = None
+    """Why it ran: a schedule tick, a drill without schedule, `kubectl aegis drill run`."""
     completion_time: dt.datetime | None = None
     """When the run ended."""
     result: Literal["Running", "Passed", "Failed"] | None = None
     """Outcome."""
+    reason: str | None = None
+    """CamelCase reason of the outcome (LastDrillPassed's reason)."""
+    job_name: str | None = None
+    """The drill's Job."""
     rto_seconds: float | None = None
-    """Measured time to recover."""
+    """Measured time to recover: run start to the checks passing."""
     rpo_seconds: float | None = None
     """Measured data-loss window: run start - source time of the restored point."""
+    phases: DrillPhases | None = None
+    """RTO broken down by phase."""
     recovery_point: str | None = None
     """The point restored."""
+    source_time: dt.datetime | None = None
+    """Source time of the restored point."""
     checks: list[CheckResult] | None = None
     """Check results."""
+    evidence: str | None = None
+    """s3:// URL of the run's evidence record (JSON) next to the policy's points."""
     message: str | None = None
     """Summary or failure reason."""
 
@@ -133,12 +163,18 @@ class DRDrillStatus(StatusModel):
     """Observed state of a DRDrill."""
 
     conditions: list[Condition] | None = None
-    """Ready, LastDrillPassed."""
+    """Ready (spec valid and the drill type runs), LastDrillPassed (the last finished run)."""
     observed_generation: int | None = None
     """The spec generation last processed."""
     last_run: DrillRun | None = None
-    """The latest run."""
+    """The latest run (Running while it runs)."""
     history: list[DrillRun] | None = None
-    """Earlier runs, newest first."""
+    """Finished runs, newest first, at most spec.historyLimit."""
     next_run_time: dt.datetime | None = None
     """When the next scheduled run is due."""
+    last_schedule_time: dt.datetime | None = None
+    """Every schedule tick at or before this time has been handled (run or missed)."""
+    missed_runs: int | None = None
+    """Ticks that could not run (an earlier run still running, or the operator down)."""
+    last_run_request: str | None = None
+    """The last `dr.aegis.dev/run-now` annotation value acted on."""

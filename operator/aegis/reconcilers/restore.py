@@ -17,14 +17,14 @@ import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aegis import metrics
 from aegis.agent.config import PostgresTargetConfig, RedisTargetConfig, RestoreConfig
 from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.checks import VerifyCheck
-from aegis.api.common import JobOptions, SecretKeyRef
+from aegis.api.common import JobOptions, LocalObjectRef, SecretKeyRef
 from aegis.api.restore import RestoreSpec, RestoreTarget
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
@@ -407,7 +407,17 @@ def _patch(
     return current
 
 
-def resolve_point(namespace: str, spec: RestoreSpec) -> dict[str, Any]:
+class PointSelection(Protocol):
+    """What names a point to restore: a Restore's spec, or a restore drill's settings."""
+
+    @property
+    def recovery_point_ref(self) -> LocalObjectRef | None: ...
+
+    @property
+    def policy_ref(self) -> LocalObjectRef | None: ...
+
+
+def resolve_point(namespace: str, spec: PointSelection) -> dict[str, Any]:
     """The RecoveryPoint to restore: named, or the policy's best. Raises PointBlocked (may
     resolve later) or RestoreRefused (never will)."""
     if spec.recovery_point_ref is not None:

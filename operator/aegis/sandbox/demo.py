@@ -1,7 +1,7 @@
 """`aegis sandbox demo`: the examples, made real in the sandbox, shown as a user sees them.
 
 The demo is a list of named steps; each returns ok or failed with a message, and a summary
-table ends the run. Append a step to :data:`STEPS` to grow the story (restore, failover, drill).
+table ends the run. Append a step to :data:`STEPS` to grow the story (failover next).
 
 The examples in ``examples/`` name placeholder hosts, buckets and credentials. They are not
 edited: :func:`render_documents` substitutes the sandbox's real endpoints into the parsed
@@ -692,6 +692,30 @@ def step_restore(ctx: DemoContext) -> StepResult:
     )
 
 
+def step_drill(ctx: DemoContext) -> StepResult:
+    """The example DRDrill, run now: a scratch PostgreSQL inside its Job, RTO and RPO."""
+    drill = next((d for d in ctx.applied if d["kind"] == "DRDrill"), None)
+    if drill is None:
+        return StepResult(False, "no DRDrill among the examples")
+    name = drill["metadata"]["name"]
+    code, _ = show(
+        ctx,
+        [sys.executable, "-m", "aegis", "drill", "run", name, "-n", NAMESPACE,
+         "--timeout", str(BACKUP_TIMEOUT_SECONDS)],
+        shown=f"kubectl aegis drill run {name} -n {NAMESPACE}",
+    )  # fmt: skip
+    kubectl(ctx, "get", "drill", "-n", NAMESPACE, name)
+    run = ((_get(ctx, "drdrills", name) or {}).get("status") or {}).get("lastRun") or {}
+    if code != 0 or run.get("result") != "Passed":
+        outcome = run.get("result") or "did not run"
+        return StepResult(False, f"{name} {outcome}: {run.get('message')}")
+    return StepResult(
+        True,
+        f"{name} Passed: RTO {run.get('rtoSeconds')}s, RPO {run.get('rpoSeconds')}s, "
+        f"{run.get('recoveryPoint')} Verified",
+    )
+
+
 def step_overview(ctx: DemoContext) -> StepResult:
     """What `kubectl get` shows now: every Aegis object, and the events that explain them."""
     code, _ = kubectl(ctx, "get", "dr", "-A")
@@ -710,9 +734,10 @@ STEPS: list[Step] = [
     Step("backup PostgreSQL (on demand)", step_backup_postgres),
     Step("backup Redis (kubectl aegis backup)", step_backup_redis),
     Step("restore PostgreSQL into a new database", step_restore),
+    Step("restore drill (kubectl aegis drill run)", step_drill),
     Step("overview", step_overview),
 ]
-"""The demo's story, in order. Later steps: failover, drill."""
+"""The demo's story, in order. Later steps: failover."""
 
 
 # --------------------------------------------------------------------------- driver
