@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the tests and the demo run for real: PostgreSQL (initdb,
-# postgres, pg_dump, ...) and redis-server, promtool, plus python3-venv where Debian's python3 lacks it. Only what is missing is installed, so on a
+# postgres, pg_dump, ...) and redis-server, promtool, chromium (headless, for the report test),
+# plus python3-venv where Debian's python3 lacks it. Only what is missing is installed, so on a
 # machine that has them this is instant and needs no network or root.
 set -euo pipefail
 
@@ -15,11 +16,15 @@ fi
 if ! command -v promtool >/dev/null 2>&1; then
   missing+=(prometheus)
 fi
+# Headless Chromium renders `kubectl aegis report --format html` in a test.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
 if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
 if ((${#missing[@]} == 0)); then
-  echo "system packages: postgresql, redis-server, promtool and python3-venv already installed"
+  echo "system packages: postgresql, redis-server, promtool, chromium and python3-venv already installed"
   exit 0
 fi
 
