@@ -12,7 +12,7 @@ from aegis import GROUP, VERSION
 from aegis.api import RECOVERY_POINT as KIND
 from aegis.api.recoverypoint import RecoveryPointSpec
 from aegis.cloud.s3 import S3Problem
-from aegis.handlers.common import KopfLogger, accept, accepted, forget
+from aegis.handlers.common import KopfLogger, accept, forget, now
 from aegis.k8s import objects
 from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
@@ -27,13 +27,21 @@ from aegis.settings import Settings
 def reconcile(
     body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any, reason: str, **_: Any
 ) -> None:
+    """Guard, then the one writer. kopf's own patch carries only the label: every status
+    write goes through `points` against the point as it is now, never this body, which may
+    be stale (a status computed from it would drop a condition written meanwhile)."""
     spec = accept(KIND, body, patch, logger, memo["settings"])
     if spec is None:
         return
     assert isinstance(spec, RecoveryPointSpec)
+    namespace, name = body.metadata["namespace"], body.metadata["name"]
+    cluster = points.ApiCluster()
     phase = body.status.get("phase")
     if spec.trigger == "Imported" or phase in points.TERMINAL:
-        accepted(KIND, body, patch, f"The recovery point is {phase or 'imported'}.")
+        points.accept(
+            cluster, namespace, name, f"The recovery point is {phase or 'imported'}.", now()
+        )
+        points.finish(namespace, name, memo["settings"])  # retells a lost completion event
         return
     # A user's on-demand point carries only spec.policyRef: label it, as the operator's own
     # points are, so that the policy's status, retention and `kubectl get -l` include it.
@@ -44,22 +52,17 @@ def reconcile(
     if spec.trigger == "Scheduled" and reason == "create":
         # The scheduler creates scheduled points and starts their Jobs at the tick; on
         # resume (after a restart) this handler makes sure no point is left without one.
-        accepted(KIND, body, patch, "The scheduler starts this run at its tick.")
+        points.accept(cluster, namespace, name, "The scheduler starts this run at its tick.", now())
         return
     point = dict(body)
     try:
-        job_name, created = points.start(point, settings)
+        job_name, _created = points.start(point, settings)
     except points.PointBlocked as blocked:
         points.block(point, blocked)
         kopf.warn(body, reason=blocked.reason, message=blocked.message)
         raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
-    accepted(KIND, body, patch, f"Backup Job {job_name} runs the backup.")
-    if created:
-        # kopf.info is filtered by settings.posting.level (WARNING, to keep kopf's own
-        # per-handler chatter out of `kubectl describe`): post our Normal events directly.
-        objects.post_event(dict(body), "Normal", "BackupStarted", f"Started backup Job {job_name}")
-        logger.info("Started backup Job %s", job_name)
-    finished = points.finish(point["metadata"]["namespace"], point["metadata"]["name"], settings)
+    logger.info("Backup Job %s runs the backup of %s", job_name, name)
+    finished = points.finish(namespace, name, settings)
     if finished is not None:
         _announce(finished, settings)
         _replan(memo, finished)
@@ -114,9 +117,7 @@ def _replan(memo: Any, finished: points.Finished) -> None:
 
 
 def _announce(finished: points.Finished, settings: Settings) -> None:
-    outcome = finished.outcome
-    kind = "Normal" if outcome.phase == "Completed" else "Warning"
-    objects.post_event(finished.point, kind, outcome.reason, outcome.message)
+    """The point ended (its event was told by the writer): refresh its policy's status."""
     namespace = finished.point["metadata"]["namespace"]
     try:
         backuppolicy.refresh(namespace, finished.policy, settings, dt.datetime.now(dt.UTC))

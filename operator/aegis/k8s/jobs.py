@@ -156,6 +156,63 @@ def _finished_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Termination:
+    """How the agent's container of a Job's newest ended pod ended (its terminated state)."""
+
+    message: str | None
+    reason: str | None
+    """The kubelet's reason: `Completed`, `Error`, `OOMKilled`, `DeadlineExceeded`..."""
+    exit_code: int | None
+    signal: int | None = None
+
+
+def termination_of(pods: list[dict[str, Any]], *, failed_only: bool = False) -> Termination | None:
+    """The terminated state of the newest ended container among `pods` (API dicts)."""
+    newest: tuple[str, Termination] | None = None
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if not terminated:
+                continue
+            exit_code = terminated.get("exitCode")
+            if failed_only and not exit_code:
+                continue
+            when = str(terminated.get("finishedAt") or "")
+            found = Termination(
+                message=(terminated.get("message") or "").strip() or None,
+                reason=terminated.get("reason"),
+                exit_code=exit_code,
+                signal=terminated.get("signal"),
+            )
+            if newest is None or when >= newest[0]:
+                newest = (when, found)
+    return newest[1] if newest else None
+
+
+def killed_reason(termination: Termination | None) -> tuple[str, str] | None:
+    """(reason, message) when the container was killed rather than failing on its own: the
+    kernel's OOM killer (reason OOMKilled) or a signal (exit code above 128). None for an
+    ordinary exit, whose reason is the agent's own message."""
+    if termination is None:
+        return None
+    code = termination.exit_code
+    if termination.reason == "OOMKilled":
+        return (
+            "OOMKilled",
+            f"the agent was killed for exceeding its memory limit (OOMKilled, exit code {code}); "
+            "raise spec.job.resources.limits.memory",
+        )
+    signal = termination.signal or (code - 128 if code is not None and code > 128 else None)
+    if signal is not None:
+        return (
+            "AgentKilled",
+            f"the agent was killed by signal {signal} (exit code {code}) before it finished: "
+            "a node drain, eviction or kill, not an agent error",
+        )
+    return None
+
+
 def job_outcome(job: Mapping[str, Any] | None) -> str:
     """`Missing`, `Running`, `Complete` or `Failed`, from the Job's conditions."""
     if job is None:

@@ -231,14 +231,18 @@ def agent_reason(termination_message: str | None) -> str | None:
     return None
 
 
-def failed(reason_line: str | None, job_condition_message: str | None) -> PointOutcome:
+def failed(
+    reason_line: str | None, job_condition_message: str | None, *, reason: str = "BackupFailed"
+) -> PointOutcome:
+    """A failed backup; `reason` tells an agent error (BackupFailed) from a kill (AgentKilled,
+    OOMKilled) or a deadline (DeadlineExceeded)."""
     message = agent_reason(reason_line) or job_condition_message or "the backup Job failed"
     return PointOutcome(
         phase="Failed",
         status={"phase": "Failed", "message": message},
-        reason="BackupFailed",
+        reason=reason,
         message=message,
-        conditions=[("Complete", "False", "BackupFailed", message)],
+        conditions=[("Complete", "False", reason, message)],
     )
 
 
