@@ -30,6 +30,7 @@ from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION
 from aegis.reconcilers import backup, naming
+from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
 from aegis.reconcilers.recoverypoint import PointBlocked, admit_policy, key_ids, load_policy
 from aegis.settings import Settings
@@ -64,13 +65,24 @@ def _source_time(point: dict[str, Any]) -> str:
     return str(status.get("sourceTime") or status.get("completionTime") or "")
 
 
-def choose_point(points: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
-    """The newest Completed point of `policy` by sourceTime, a Verified one if any exists."""
+def is_corrupted(point: dict[str, Any]) -> bool:
+    """A check proved the point damaged (whatever its phase says)."""
+    status = point.get("status") or {}
+    corrupted = find(status.get("conditions"), "Corrupted")
+    return status.get("phase") == "Corrupted" or (
+        corrupted is not None and corrupted.get("status") == "True"
+    )
+
+
+def choose_point(candidates: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
+    """The newest Completed point of `policy` by sourceTime, a Verified one if any exists;
+    never one a check proved damaged."""
     completed = [
         p
-        for p in points
+        for p in candidates
         if ((p.get("spec") or {}).get("policyRef") or {}).get("name") == policy
         and (p.get("status") or {}).get("phase") == "Completed"
+        and not is_corrupted(p)
     ]
     verified = [p for p in completed if is_verified(p)]
     candidates = verified or completed
@@ -581,6 +593,23 @@ def finish(namespace: str, name: str) -> Finished | None:
         else:
             metrics.RESTORE_FAILURES.labels(namespace).inc()
         return Finished(current, outcome)
+
+
+def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -> bool:
+    """A restore the agent refused for an integrity reason (a damaged or truncated payload,
+    a key that does not open it, a broken manifest) proves its point damaged: mark it
+    Corrupted, so that no restore by policy chooses it again. True when marked."""
+    outcome = finished.outcome
+    restore = finished.restore
+    point_name = (restore.get("status") or {}).get("recoveryPoint")
+    if outcome.phase != "Failed" or outcome.reason not in points.INTEGRITY_KINDS or not point_name:
+        return False
+    if (restore.get("spec") or {}).get("source", {}).get("copy"):
+        return False  # a damaged copy says nothing of the primary objects
+    message = f"restore/{restore['metadata']['name']} refused it: {outcome.message}"
+    return points.mark_corrupted(
+        cluster, restore["metadata"]["namespace"], point_name, outcome.reason, message, now
+    )
 
 
 def mark_point_verified(finished: Finished) -> bool:

@@ -1,0 +1,241 @@
+"""RecoveryPoint integrity end to end: one writer of a point's status whatever kills the
+operator; corrupted points never chosen; no upload or point left behind; Bgsave in a Job.
+
+The kill test runs the operator as `python -m aegis operator` in its own process (as the
+sandbox and a cluster do) so that it can be SIGKILLed: no shutdown hook runs, exactly as
+when a node dies or the OOM killer strikes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from tests.e2e.helpers import condition, create, events_for, get, wait_for
+from tests.e2e.test_backups import jobs, policy_spec, secrets_for, seed
+
+from aegis.sandbox import processes
+
+PLURAL = "recoverypoints"
+TERMINAL = ("Completed", "Failed", "Corrupted")
+
+
+class KillableOperator:
+    """The operator as a child process, started and SIGKILLed at will."""
+
+    def __init__(self, k8s_api: Any, namespace: str, log_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(k8s_api.kubeconfig),
+            "AEGIS_AGENT_COMMAND": f"{sys.executable} -m aegis agent",
+            "AEGIS_WATCH_NAMESPACES": namespace,
+            "AEGIS_METRICS_PORT": "0",
+            "AEGIS_HEALTH_PORT": "0",
+            "AEGIS_LOG_FORMAT": "text",
+            "AEGIS_CATALOG_SYNC_SECONDS": "3600",
+        }
+        self.log_dir = log_dir
+        self.started = 0
+        self.proc: Any = None
+        self.tracked: processes.TrackedProcess | None = None
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.started += 1
+        log = open(self.log_dir / f"operator-{self.started}.log", "wb")  # noqa: SIM115
+        self.proc, self.tracked = processes.spawn(
+            [sys.executable, "-m", "aegis", "operator"],
+            name=f"operator {self.started}",
+            stdout=log,
+            env=self.env,
+        )
+        log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None and self.tracked is not None
+        os.killpg(self.tracked.pgid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        processes.wait_gone(self.tracked, 10)
+        self.proc = self.tracked = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.kill()
+
+
+def phase_of(k8s_api: Any, namespace: str, name: str) -> str | None:
+    phase: str | None = (get(k8s_api, PLURAL, namespace, name).get("status") or {}).get("phase")
+    return phase
+
+
+def test_operator_killed_at_random_moments_leaves_one_job_one_condition_one_event(
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    moto: Any,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the operator at 24+ random moments of 6 backups (before the Job, while it
+    runs, around its end, while the status is written), restarting it each time: every point
+    ends Completed with one Job, Complete=True and one BackupCompleted event."""
+    seed(pg_database, rows=200)
+    secrets_for(k8s_api, namespace, pg_database)
+    create(
+        k8s_api,
+        "backuppolicies",
+        namespace,
+        {
+            "kind": "BackupPolicy",
+            "metadata": {"name": "orders"},
+            "spec": policy_spec(pg_database, s3_bucket, moto.endpoint),
+        },
+    )
+    operator = KillableOperator(k8s_api, namespace, tmp_path)
+    rng = random.Random(os.environ.get("AEGIS_KILL_SEED") or time.time_ns())
+    names = [f"orders-k{i}" for i in range(6)]
+    kills = 0
+    try:
+        for name in names:
+            create(
+                k8s_api,
+                PLURAL,
+                namespace,
+                {
+                    "kind": "RecoveryPoint",
+                    "metadata": {"name": name},
+                    "spec": {"policyRef": {"name": "orders"}},
+                },
+            )
+            # Kill 4 times per point, at moments spread over the operator's start-up, the
+            # Job's creation, the backup and the status write.
+            for _ in range(4):
+                operator.start()
+                time.sleep(rng.uniform(0.3, 4.5))
+                operator.kill()
+                kills += 1
+        operator.start()
+        for name in names:
+            wait_for(
+                f"{name} to end", lambda n=name: phase_of(k8s_api, namespace, n) in TERMINAL, 120
+            )
+        # Let a late duplicate (a second Job, a second event) show up if there is one.
+        time.sleep(2)
+        all_jobs = jobs(k8s_api, namespace)
+        for name in names:
+            point = get(k8s_api, PLURAL, namespace, name)
+            status = point["status"]
+            assert status["phase"] == "Completed", (name, status)
+            complete = condition(point, "Complete")
+            assert complete is not None and complete["status"] == "True", (name, status)
+            assert complete["reason"] == "BackupCompleted"
+            owned = [
+                j
+                for j in all_jobs
+                if any(o.name == name for o in (j.metadata.owner_references or []))
+            ]
+            assert len(owned) == 1, (name, [j.metadata.name for j in owned])
+            reasons = [e["reason"] for e in events_for(k8s_api, namespace, name)]
+            assert reasons.count("BackupCompleted") == 1, (name, reasons)
+            assert reasons.count("BackupStarted") <= 1, (name, reasons)
+    finally:
+        operator.stop()
+    assert kills >= 20
+
+
+def backup_job_of(k8s_api: Any, namespace: str, point: str) -> Any:
+    for job in jobs(k8s_api, namespace):
+        if any(o.name == point for o in (job.metadata.owner_references or [])):
+            return job
+    return None
+
+
+def core(k8s_api: Any) -> client.CoreV1Api:
+    return client.CoreV1Api(k8s_api)
+
+
+def test_a_point_a_restore_refused_is_corrupted_and_never_chosen_by_policy(
+    aegis_operator: Any,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    s3_client: Any,
+    moto: Any,
+) -> None:
+    """Two points; the newest has a flipped byte. A restore by policy picks it and is refused;
+    the point becomes Corrupted (phase, condition, reason, Warning event), and the next
+    restore by policy restores the older, intact point instead of the damaged one again."""
+    from tests.e2e.test_backups import make_policy, on_demand
+    from tests.e2e.test_restore import (
+        make_restore,
+        pg_target,
+        scratch_database_name,
+        seed_varied,
+        wait_restore,
+    )
+
+    seed_varied(pg_database)
+    secrets_for(k8s_api, namespace, pg_database)
+    make_policy(
+        k8s_api, namespace, "orders", policy_spec(pg_database, s3_bucket, moto.endpoint)
+    )
+    older = on_demand(k8s_api, namespace, "orders", "orders-older")
+    newer = on_demand(k8s_api, namespace, "orders", "orders-newer")
+    assert older["status"]["phase"] == newer["status"]["phase"] == "Completed"
+    key = newer["status"]["location"].removeprefix(f"s3://{s3_bucket}/")
+    payload = bytearray(s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    payload[len(payload) // 2] ^= 0x01
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(payload))
+    with scratch_database_name(pg_database.server) as first, scratch_database_name(
+        pg_database.server
+    ) as second:
+        make_restore(
+            k8s_api,
+            namespace,
+            "by-policy-1",
+            {
+                "policyRef": {"name": "orders"},
+                "target": pg_target(pg_database, first, createDatabase=True),
+            },
+        )
+        refused = wait_restore(k8s_api, namespace, "by-policy-1")
+        assert refused["status"]["phase"] == "Failed"
+        assert refused["status"]["recoveryPoint"] == "orders-newer"
+        point = wait_for(
+            "the damaged point Corrupted",
+            lambda: (
+                (p := get(k8s_api, PLURAL, namespace, "orders-newer"))["status"]["phase"]
+                == "Corrupted"
+                and p
+            ),
+            timeout=30,
+        )
+        corrupted = condition(point, "Corrupted")
+        assert corrupted is not None and corrupted["status"] == "True"
+        assert corrupted["reason"] == "Corrupted"
+        assert "by-policy-1" in corrupted["message"]
+        verified = condition(point, "Verified")
+        assert verified is not None and verified["status"] == "False"
+        reasons = [e["reason"] for e in events_for(k8s_api, namespace, "orders-newer")]
+        assert reasons.count("RecoveryPointCorrupted") == 1
+        make_restore(
+            k8s_api,
+            namespace,
+            "by-policy-2",
+            {
+                "policyRef": {"name": "orders"},
+                "target": pg_target(pg_database, second, createDatabase=True),
+            },
+        )
+        restored = wait_restore(k8s_api, namespace, "by-policy-2")
+        assert restored["status"]["recoveryPoint"] == "orders-older"
+        assert restored["status"]["phase"] == "Completed", restored["status"].get("message")
