@@ -239,3 +239,58 @@ def test_a_point_a_restore_refused_is_corrupted_and_never_chosen_by_policy(
         restored = wait_restore(k8s_api, namespace, "by-policy-2")
         assert restored["status"]["recoveryPoint"] == "orders-older"
         assert restored["status"]["phase"] == "Completed", restored["status"].get("message")
+
+
+def test_a_point_deleted_under_retain_is_not_reimported_until_its_tombstone_goes(
+    aegis_operator: Any,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    s3_client: Any,
+    moto: Any,
+) -> None:
+    """Catalog sync (every 5 s here) imports every manifest the cluster does not know; a
+    point its user deleted under deletionPolicy Retain keeps its objects but gets a tombstone,
+    so it stays deleted. A probe manifest copied in afterwards proves a sync ran. Deleting
+    the tombstone re-imports the point on purpose."""
+    from tests.e2e.test_backups import make_policy, on_demand
+
+    seed(pg_database, rows=10)
+    secrets_for(k8s_api, namespace, pg_database)
+    spec = policy_spec(pg_database, s3_bucket, moto.endpoint, deletionPolicy="Retain")
+    make_policy(k8s_api, namespace, "orders", spec)
+    point = on_demand(k8s_api, namespace, "orders", "orders-gone")
+    assert point["status"]["phase"] == "Completed"
+    manifest_key = point["status"]["manifest"]
+    client.CustomObjectsApi(k8s_api).delete_namespaced_custom_object(
+        "dr.aegis.dev", "v1alpha1", namespace, PLURAL, "orders-gone"
+    )
+    wait_for("the point gone", lambda: not _exists(k8s_api, namespace, "orders-gone"), 30)
+    directory = manifest_key.rsplit("/", 1)[0]
+    tombstone = f"{directory}/deleted-by-user.json"
+    s3_client.head_object(Bucket=s3_bucket, Key=manifest_key)  # Retain: objects kept
+    s3_client.head_object(Bucket=s3_bucket, Key=tombstone)
+    probe_key = manifest_key.replace("/orders-gone/", "/orders-probe/")
+    s3_client.copy_object(
+        Bucket=s3_bucket, Key=probe_key, CopySource={"Bucket": s3_bucket, "Key": manifest_key}
+    )
+    wait_for("the probe imported", lambda: _exists(k8s_api, namespace, "orders-probe"), 30)
+    assert not _exists(k8s_api, namespace, "orders-gone")
+    s3_client.delete_object(Bucket=s3_bucket, Key=tombstone)
+    wait_for("the point re-imported", lambda: _exists(k8s_api, namespace, "orders-gone"), 30)
+    reimported = get(k8s_api, PLURAL, namespace, "orders-gone")
+    assert reimported["spec"]["trigger"] == "Imported"
+
+
+def _exists(k8s_api: Any, namespace: str, name: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        get(k8s_api, PLURAL, namespace, name)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True

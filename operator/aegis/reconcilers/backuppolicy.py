@@ -580,7 +580,8 @@ def catalog_sync(namespace: str, policy: str, settings: Settings) -> list[str]:
     client = s3_client_for(spec.storage, namespace, settings)
     known = {p["metadata"]["name"] for p in policy_points(namespace, policy)}
     imported = []
-    for key in s3.list_manifest_keys(
+    # Not a point its user deleted while the policy retains objects (tombstoned).
+    for key in s3.importable_manifest_keys(
         client, spec.storage.bucket, spec.storage.prefix, namespace, policy
     ):
         name = key.rsplit("/", 2)[-2]
