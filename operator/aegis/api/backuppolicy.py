@@ -7,7 +7,7 @@ import zoneinfo
 from typing import Annotated, Literal
 
 from croniter import croniter
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from aegis.api.common import (
     ApiModel,
@@ -20,6 +20,7 @@ from aegis.api.common import (
     RedisTarget,
     S3Location,
     StatusModel,
+    cel,
 )
 
 # Five whitespace-separated fields; the full check is croniter's, in the model.
@@ -123,8 +124,38 @@ class BackupObjectives(ApiModel):
     stay below it. Drives the RPOMet condition and the AegisRPOBreached alert."""
 
 
+def _same_place(a: str, b: str) -> str:
+    return f"(has({a}) ? {a} : '') == (has({b}) ? {b} : '')"
+
+
+COPY_NOT_PRIMARY = {
+    "rule": "!has(self.copies) || self.copies.all(c, !(c.bucket == self.storage.bucket && "
+    + _same_place("c.prefix", "self.storage.prefix")
+    + " && "
+    + _same_place("c.endpoint", "self.storage.endpoint")
+    + "))",
+    "message": "copies: a copy must not be the primary location (same bucket, prefix and "
+    "endpoint as storage): it would copy each backup onto itself",
+}
+
+
+def check_copies(spec: BackupPolicySpec) -> BackupPolicySpec:
+    """The CEL rule COPY_NOT_PRIMARY again, for servers that skip CEL."""
+    primary = spec.storage
+    for i, copy in enumerate(spec.copies or []):
+        if (copy.bucket, copy.prefix, copy.endpoint) == (
+            primary.bucket,
+            primary.prefix,
+            primary.endpoint,
+        ):
+            raise ValueError(f"copies[{i}]: {COPY_NOT_PRIMARY['message'].split(': ', 1)[1]}")
+    return spec
+
+
 class BackupPolicySpec(ApiModel):
     """What to back up, when, where, how and for how long."""
+
+    model_config = ConfigDict(json_schema_extra=cel(COPY_NOT_PRIMARY))
 
     schedule: CronSchedule
     """5-field cron expression, evaluated in `timeZone`."""
@@ -159,6 +190,8 @@ class BackupPolicySpec(ApiModel):
     """The RPO the team promises."""
     job: JobOptions | None = None
     """Options of the backup Jobs."""
+
+    _copies_not_primary = model_validator(mode="after")(check_copies)
 
 
 class BackupPolicyStatus(StatusModel):

@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 from aegis import metrics
 from aegis.agent.config import PostgresTargetConfig, RedisTargetConfig, RestoreConfig
+from aegis.agent.layout import manifest_key_for, parse_s3_url
 from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.checks import VerifyCheck
-from aegis.api.common import JobOptions, SecretKeyRef
+from aegis.api.common import JobOptions, S3Location, SecretKeyRef
 from aegis.api.restore import RestoreSpec, RestoreTarget
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
@@ -149,6 +150,42 @@ def target_config(
     return None, RedisTargetConfig(host=rd.host, port=rd.port, tls=rd.tls, db=rd.db or 0)
 
 
+def source_location(
+    point: dict[str, Any], policy: BackupPolicySpec, copy: str | None
+) -> tuple[S3Location, str | None]:
+    """Where the restore reads: the policy's storage and the point's manifest URL, or with
+    `copy` (a bucket) that copy's location and the manifest the agent wrote next to the
+    copied payload. Raises RestoreRefused when the point has no Completed copy there."""
+    status = point.get("status") or {}
+    if copy is None:
+        return policy.storage, manifest_url(status)
+    name = point["metadata"]["name"]
+    location = next((c for c in policy.copies or [] if c.bucket == copy), None)
+    if location is None:
+        raise RestoreRefused(
+            "CopyNotFound",
+            f"spec.source.copy: the BackupPolicy of {name} has no copy in bucket {copy}; "
+            "name the bucket of one of its spec.copies",
+        )
+    recorded = next(
+        (
+            c
+            for c in status.get("copies") or []
+            if str(c.get("location", "")).startswith(f"s3://{copy}/")
+        ),
+        None,
+    )
+    if recorded is None or recorded.get("state") != "Completed":
+        state = recorded.get("state") if recorded else "missing"
+        raise RestoreRefused(
+            "CopyNotCompleted",
+            f"spec.source.copy: RecoveryPoint {name} has no Completed copy in bucket {copy} "
+            f"(state: {state}); restore from the primary or another copy",
+        )
+    bucket, key = parse_s3_url(str(recorded["location"]))
+    return location, f"s3://{bucket}/{manifest_key_for(key)}"
+
+
 def restore_config(
     point: dict[str, Any],
     policy: BackupPolicySpec,
@@ -156,19 +193,20 @@ def restore_config(
     allow_overwrite: bool,
     checks: list[VerifyCheck] | None,
     settings: Settings,
+    copy: str | None = None,
 ) -> RestoreConfig:
-    """The agent's configuration: the point's manifest in its policy's bucket, the target,
-    and the checks. No secrets: those are env vars from Secrets."""
-    meta, status = point["metadata"], point.get("status") or {}
+    """The agent's configuration: the point's manifest in its policy's bucket (or in the
+    named copy's), the target, and the checks. No secrets: those are env vars from Secrets."""
+    meta = point["metadata"]
     postgres, redis = target_config(target)
-    url = manifest_url(status)
+    storage, url = source_location(point, policy, copy)
     return RestoreConfig(
         manifest=url,
         # Without a recorded manifest key the layout finds it from the names.
         namespace=None if url else meta["namespace"],
         policy=None if url else point["spec"]["policyRef"]["name"],
         recovery_point=None if url else meta["name"],
-        storage=backup.store_config(policy.storage, "", settings.s3_endpoint),
+        storage=backup.store_config(storage, "", settings.s3_endpoint),
         postgres=postgres,
         redis=redis,
         allow_overwrite=allow_overwrite,
@@ -192,13 +230,17 @@ def target_secret_env(target: RestoreTarget) -> list[SecretEnv]:
 
 
 def restore_secret_env(
-    target: RestoreTarget, policy: BackupPolicySpec, key_ids: list[str]
+    target: RestoreTarget,
+    policy: BackupPolicySpec,
+    key_ids: list[str],
+    storage: S3Location | None = None,
 ) -> list[SecretEnv]:
-    """The target's credentials, the bucket's and every key of the policy's key Secret."""
+    """The target's credentials, the bucket's (the storage read: the policy's, or a copy's)
+    and every key of the policy's key Secret."""
     key_secret = policy.encryption.key_secret_ref.name
     return [
         *target_secret_env(target),
-        *backup.s3_secret_env(policy.storage, ""),
+        *backup.s3_secret_env(storage or policy.storage, ""),
         *(SecretEnv(backup.key_env_name(k), SecretKeyRef(name=key_secret, key=k)) for k in key_ids),
     ]
 
@@ -224,7 +266,11 @@ def restore_job_request(
     """The Job that restores `point` (a Completed RecoveryPoint) for `restore`."""
     meta = restore["metadata"]
     name, point_name = meta["name"], point["metadata"]["name"]
-    config = restore_config(point, policy, spec.target, spec.allow_overwrite, spec.verify, settings)
+    copy = spec.source.copy_ if spec.source else None
+    config = restore_config(
+        point, policy, spec.target, spec.allow_overwrite, spec.verify, settings, copy
+    )
+    storage, _ = source_location(point, policy, copy)
     options = restore_job_options(spec.job)
     return JobRequest(
         name=naming.restore_job_name(name),
@@ -236,7 +282,7 @@ def restore_job_request(
         args=["--config-json", config.model_dump_json(by_alias=True, exclude_none=True)],
         image=options.image or settings.agent_image,
         options=options,
-        secret_env=restore_secret_env(spec.target, policy, key_ids),
+        secret_env=restore_secret_env(spec.target, policy, key_ids, storage),
     )
 
 
@@ -604,7 +650,7 @@ def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -
     point_name = (restore.get("status") or {}).get("recoveryPoint")
     if outcome.phase != "Failed" or outcome.reason not in points.INTEGRITY_KINDS or not point_name:
         return False
-    if (restore.get("spec") or {}).get("source", {}).get("copy"):
+    if ((restore.get("spec") or {}).get("source") or {}).get("copy"):
         return False  # a damaged copy says nothing of the primary objects
     message = f"restore/{restore['metadata']['name']} refused it: {outcome.message}"
     return points.mark_corrupted(
