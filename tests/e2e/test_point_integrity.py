@@ -8,6 +8,7 @@ when a node dies or the OOM killer strikes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -294,3 +295,93 @@ def _exists(k8s_api: Any, namespace: str, name: str) -> bool:
             return False
         raise
     return True
+
+
+def test_bgsave_backup_reads_the_servers_rdb_from_its_volume_and_restores(
+    aegis_operator: Any,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    redis_db: Any,
+    s3_bucket: str,
+    s3_client: Any,
+    moto: Any,
+) -> None:
+    """method Bgsave: the Job mounts rdbVolume read-only at /var/lib/aegis/rdb; the Job
+    runner binds the claim to the real redis-server's data dir, so the agent reads the
+    dump.rdb that BGSAVE wrote there. A restore of the point brings every key back."""
+    import uuid
+
+    from tests.e2e.helpers import create_secret, new_key
+    from tests.e2e.test_backups import make_policy, on_demand
+    from tests.e2e.test_restore import make_restore, wait_restore
+
+    from aegis.sandbox.servers import RedisServer
+
+    source = redis_db.client()
+    source.mset({f"k:{i}": f"v-{i}" for i in range(300)})
+    source.expire("k:7", 3600)
+    job_runner.bind_claim(namespace, "redis-data", redis_db.base_dir)
+    create_secret(k8s_api, namespace, "cache", {"password": str(redis_db.password)})
+    create_secret(k8s_api, namespace, "keys", {"2026-01": new_key()})
+    create_secret(
+        k8s_api, namespace, "s3", {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    )
+    spec = {
+        "schedule": "0 3 * * *",
+        "source": {
+            "redis": {
+                "host": redis_db.host,
+                "port": redis_db.port,
+                "passwordSecretRef": {"name": "cache", "key": "password"},
+                "method": "Bgsave",
+                "rdbVolume": {"name": "redis-data"},
+            }
+        },
+        "storage": {
+            "bucket": s3_bucket,
+            "endpoint": moto.endpoint,
+            "credentialsSecretRef": {"name": "s3"},
+        },
+        "encryption": {"keySecretRef": {"name": "keys"}},
+    }
+    make_policy(k8s_api, namespace, "cache", spec)
+    point = on_demand(k8s_api, namespace, "cache", "cache-bgsave")
+    assert point["status"]["phase"] == "Completed", point["status"].get("message")
+    manifest = json.loads(
+        s3_client.get_object(Bucket=s3_bucket, Key=point["status"]["manifest"])["Body"].read()
+    )
+    assert manifest["source"]["method"] == "Bgsave"
+    job = backup_job_of(k8s_api, namespace, "cache-bgsave")
+    (mount,) = [m for m in job.spec.template.spec.containers[0].volume_mounts if m.name == "rdb"]
+    assert mount.mount_path == "/var/lib/aegis/rdb" and mount.read_only is True
+    (volume,) = [v for v in job.spec.template.spec.volumes if v.name == "rdb"]
+    assert volume.persistent_volume_claim.claim_name == "redis-data"
+    assert volume.persistent_volume_claim.read_only is True
+    assert (Path(redis_db.base_dir) / "dump.rdb").exists()
+    target = RedisServer.start(password=uuid.uuid4().hex)
+    try:
+        create_secret(k8s_api, namespace, "target", {"password": str(target.password)})
+        make_restore(
+            k8s_api,
+            namespace,
+            "cache-back",
+            {
+                "recoveryPointRef": {"name": "cache-bgsave"},
+                "target": {
+                    "redis": {
+                        "host": target.host,
+                        "port": target.port,
+                        "passwordSecretRef": {"name": "target", "key": "password"},
+                    }
+                },
+            },
+        )
+        restore = wait_restore(k8s_api, namespace, "cache-back")
+        assert restore["status"]["phase"] == "Completed", restore["status"].get("message")
+        restored = target.client()
+        assert restored.dbsize() == 300
+        assert restored.get("k:42") == b"v-42"
+        assert restored.ttl("k:7") > 3000
+    finally:
+        target.stop()

@@ -68,14 +68,31 @@ class PostgresSource(PostgresTarget):
     """Which parts of the database go into the dump."""
 
 
+BGSAVE_NEEDS_VOLUME = {
+    "rule": "!has(self.method) || self.method != 'Bgsave' || has(self.rdbVolume)",
+    "message": "rdbVolume: method Bgsave reads dump.rdb from the server's volume: name its "
+    "PersistentVolumeClaim in rdbVolume, or use method Sync",
+}
+
+
 class RedisSource(RedisTarget):
     """A Redis server to back up as an RDB snapshot."""
+
+    model_config = ConfigDict(json_schema_extra=cel(BGSAVE_NEEDS_VOLUME))
 
     method: Literal["Sync", "Bgsave"] = "Sync"
     """Sync: take the snapshot a replica would receive, over the network. Bgsave: run BGSAVE
     and read dump.rdb from `rdbVolume` (for servers that forbid SYNC)."""
     rdb_volume: LocalObjectRef | None = None
-    """PersistentVolumeClaim holding the server's dump.rdb, mounted read-only; for Bgsave."""
+    """PersistentVolumeClaim holding the server's dump.rdb at its root, mounted read-only
+    into the backup Job at /var/lib/aegis/rdb; required by Bgsave. A ReadWriteOnce claim
+    needs the Job on the server's node (spec.job.nodeSelector)."""
+
+    @model_validator(mode="after")
+    def _bgsave_volume(self) -> RedisSource:
+        if self.method == "Bgsave" and self.rdb_volume is None:
+            raise ValueError(BGSAVE_NEEDS_VOLUME["message"])
+        return self
 
 
 class BackupSource(HasOneOf):

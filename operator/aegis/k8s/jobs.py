@@ -25,6 +25,16 @@ class SecretEnv:
 
 
 @dataclass(frozen=True)
+class ClaimMount:
+    """A PersistentVolumeClaim mounted into the agent's container (read-only by default)."""
+
+    volume: str
+    claim: str
+    mount_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """Everything that varies between the Jobs the operator runs."""
 
@@ -41,6 +51,7 @@ class JobRequest:
     env: dict[str, str] = field(default_factory=dict)
     secret_env: list[SecretEnv] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
+    mounts: list[ClaimMount] = field(default_factory=list)
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +107,10 @@ def build_job(request: JobRequest) -> dict[str, Any]:
         # pg_dump, the temporary redis-server and Python need a writable scratch dir.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
+    for mount in request.mounts:
+        container["volumeMounts"].append(
+            {"name": mount.volume, "mountPath": mount.mount_path, "readOnly": mount.read_only}
+        )
     if options.resources is not None:
         container["resources"] = options.resources.to_api()
     pod_spec: dict[str, Any] = {
@@ -109,7 +124,14 @@ def build_job(request: JobRequest) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}]
+        + [
+            {
+                "name": m.volume,
+                "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only},
+            }
+            for m in request.mounts
+        ],
     }
     if options.service_account_name:
         pod_spec["serviceAccountName"] = options.service_account_name
