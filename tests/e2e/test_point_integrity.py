@@ -186,9 +186,7 @@ def test_a_point_a_restore_refused_is_corrupted_and_never_chosen_by_policy(
 
     seed_varied(pg_database)
     secrets_for(k8s_api, namespace, pg_database)
-    make_policy(
-        k8s_api, namespace, "orders", policy_spec(pg_database, s3_bucket, moto.endpoint)
-    )
+    make_policy(k8s_api, namespace, "orders", policy_spec(pg_database, s3_bucket, moto.endpoint))
     older = on_demand(k8s_api, namespace, "orders", "orders-older")
     newer = on_demand(k8s_api, namespace, "orders", "orders-newer")
     assert older["status"]["phase"] == newer["status"]["phase"] == "Completed"
@@ -196,9 +194,10 @@ def test_a_point_a_restore_refused_is_corrupted_and_never_chosen_by_policy(
     payload = bytearray(s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     payload[len(payload) // 2] ^= 0x01
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(payload))
-    with scratch_database_name(pg_database.server) as first, scratch_database_name(
-        pg_database.server
-    ) as second:
+    with (
+        scratch_database_name(pg_database.server) as first,
+        scratch_database_name(pg_database.server) as second,
+    ):
         make_restore(
             k8s_api,
             namespace,
