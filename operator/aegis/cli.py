@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "crds": ("aegis.api.cli", "main", "generate crds/ and charts/aegis/crds/ from the models"),
     "sandbox": ("aegis.sandbox.cli", "main", "a local no-cluster environment: up|demo|down"),
 }
-KUBECTL_VERBS = ("backup", "restore", "failover", "status")
+KUBECTL_VERBS = ("backup", "restore", "failover", "status", "verify")
 
 
 def _usage() -> str:

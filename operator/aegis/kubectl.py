@@ -3,6 +3,7 @@
 kubectl aegis backup <policy> [-n NS] [--no-wait]     on-demand backup, followed to the end
 kubectl aegis restore ...                             see `kubectl aegis restore --help`
 kubectl aegis failover status|approve|trigger|failback <plan>
+kubectl aegis verify <point|bp/POLICY> [-n NS]       authenticate stored backups now
 kubectl aegis status [-n NS]                          every Aegis object and its condition
 """
 
@@ -22,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "restore": ("aegis.kubectl_restore", "main"),
     "failover": ("aegis.kubectl_failover", "main"),
     "status": ("aegis.kubectl", "status_main"),
+    "verify": ("aegis.kubectl_verify", "main"),
 }
 FOLLOW_INTERVAL = 1.0
 

@@ -384,3 +384,59 @@ def test_bgsave_backup_reads_the_servers_rdb_from_its_volume_and_restores(
         assert restored.ttl("k:7") > 3000
     finally:
         target.stop()
+
+
+def test_kubectl_aegis_verify_authenticates_a_point_and_marks_a_truncated_one_corrupted(
+    aegis_operator: Any,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    pg_database: Any,
+    s3_bucket: str,
+    s3_client: Any,
+    moto: Any,
+    capsys: Any,
+) -> None:
+    """`kubectl aegis verify rp/NAME` runs a verify Job: every chunk downloaded, hashed and
+    authenticated, the point Verified. `kubectl aegis verify bp/POLICY` on a policy whose
+    newest point was truncated in the bucket: the point becomes Corrupted, never chosen."""
+    from tests.e2e.test_backups import make_policy, on_demand
+
+    from aegis import kubectl_verify
+
+    seed(pg_database, rows=500)
+    secrets_for(k8s_api, namespace, pg_database)
+    make_policy(k8s_api, namespace, "orders", policy_spec(pg_database, s3_bucket, moto.endpoint))
+    good = on_demand(k8s_api, namespace, "orders", "orders-a")
+    assert good["status"]["phase"] == "Completed"
+    assert kubectl_verify.main(["rp/orders-a", "-n", namespace, "--timeout", "90"]) == 0
+    out = capsys.readouterr().out
+    assert "orders-a: Passed:" in out, out
+    point = get(k8s_api, PLURAL, namespace, "orders-a")
+    verified = condition(point, "Verified")
+    assert verified is not None and verified["status"] == "True"
+    assert verified["reason"] == "ChunksAuthenticated"
+    verification = point["status"]["verification"]
+    assert verification["result"] == "Passed" and verification["chunks"] >= 1
+    assert verification["by"].startswith("verify/verify-orders-a-")
+    verify_jobs = [j for j in jobs(k8s_api, namespace) if j.metadata.name.startswith("verify-")]
+    assert len(verify_jobs) == 1
+
+    damaged = on_demand(k8s_api, namespace, "orders", "orders-b")
+    key = damaged["status"]["location"].removeprefix(f"s3://{s3_bucket}/")
+    payload = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=payload[: len(payload) - 100])
+    assert kubectl_verify.main(["bp/orders", "-n", namespace, "--timeout", "90"]) == 1
+    out = capsys.readouterr().out
+    assert "orders-b: Failed:" in out, out
+    point = get(k8s_api, PLURAL, namespace, "orders-b")
+    assert point["status"]["phase"] == "Corrupted"
+    corrupted = condition(point, "Corrupted")
+    assert corrupted is not None and corrupted["reason"] == "Corrupted"
+    assert point["status"]["verification"]["result"] == "Failed"
+    from aegis.reconcilers.restore import choose_point
+
+    everything = client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
+        "dr.aegis.dev", "v1alpha1", namespace, PLURAL
+    )["items"]
+    assert choose_point(everything, "orders")["metadata"]["name"] == "orders-a"

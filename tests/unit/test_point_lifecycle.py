@@ -14,7 +14,7 @@ from aegis.agent.manifest import EncryptionRecord, Manifest, SourceRecord
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.restore import RestoreSpec
 from aegis.k8s.jobs import ClaimMount, JobRequest, Termination, build_job, killed_reason
-from aegis.reconcilers import backup
+from aegis.reconcilers import backup, verification
 from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import find
@@ -502,3 +502,116 @@ def test_killed_reason_reads_the_termination_state() -> None:
     assert killed_reason(Termination(None, "Error", 0)) is None
     reason = killed_reason(Termination(None, "Error", 137, 9))
     assert reason is not None and reason[0] == "AgentKilled"
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+def verify_job(state: str | None, request: str = "request-1") -> dict[str, Any]:
+    job = a_job("verify-orders-1-abc", state)
+    job["metadata"]["annotations"] = {verification.REQUEST_ANNOTATION: request}
+    job["metadata"]["ownerReferences"] = [{"kind": "RecoveryPoint", "name": "orders-1"}]
+    return job
+
+
+def verified_world() -> MemoryCluster:
+    cluster, store = world("Complete", points.Evidence(manifest()))
+    sync(cluster, store)
+    return cluster
+
+
+def test_a_passed_verify_job_verifies_the_point_once() -> None:
+    cluster = verified_world()
+    cluster.terminations["verify-orders-1-abc"] = Termination(
+        '{"ok": true, "chunks": 7, "durationSeconds": 0.5}', "Completed", 0
+    )
+    found = verification.finish(cluster, NS, verify_job("Complete"), NOW)
+    assert found is not None and found.result == "Passed"
+    status = cluster.points["orders-1"]["status"]
+    assert find(status["conditions"], "Verified")["reason"] == "ChunksAuthenticated"
+    assert status["verification"]["chunks"] == 7
+    assert status["verification"]["request"] == "request-1"
+    assert status["phase"] == "Completed"
+    assert verification.finish(cluster, NS, verify_job("Complete"), NOW) is None  # answered
+    assert cluster.reasons("orders-1").count("Verified") == 1
+
+
+def test_a_failed_integrity_check_makes_the_point_corrupted() -> None:
+    cluster = verified_world()
+    cluster.terminations["verify-orders-1-abc"] = Termination(
+        '{"ok": false, "kind": "Corrupted", "reason": "payload is truncated"}', "Error", 1
+    )
+    found = verification.finish(cluster, NS, verify_job("Failed"), NOW)
+    assert found is not None and found.result == "Failed"
+    status = cluster.points["orders-1"]["status"]
+    assert status["phase"] == "Corrupted"
+    assert status["verification"]["result"] == "Failed"
+    assert "truncated" in find(status["conditions"], "Corrupted")["message"]
+
+
+def test_a_verify_that_could_not_tell_changes_nothing() -> None:
+    cluster = verified_world()
+    cluster.terminations["verify-orders-1-abc"] = Termination(
+        '{"ok": false, "kind": "StorageFailed", "reason": "endpoint unreachable"}', "Error", 1
+    )
+    found = verification.finish(cluster, NS, verify_job("Failed"), NOW)
+    assert found is not None and found.result == "Error"
+    status = cluster.points["orders-1"]["status"]
+    assert status["phase"] == "Completed" and "verification" not in status
+    assert "VerificationError" in cluster.reasons("orders-1")
+
+
+def test_a_running_verify_job_is_not_folded() -> None:
+    cluster = verified_world()
+    assert verification.finish(cluster, NS, verify_job(None), NOW) is None
+
+
+def test_the_verification_tick_is_the_latest_cron_time_since_creation() -> None:
+    spec = BackupPolicySpec.model_validate(
+        {**POLICY, "verification": {"schedule": "0 4 * * *", "newest": 2}}
+    )
+    created = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    assert verification.due_request(spec, created, NOW) == "schedule-2026-11-30T04:00:00Z"
+    assert verification.due_request(spec, NOW, NOW) is None  # no tick since creation
+    plain = BackupPolicySpec.model_validate(POLICY)
+    assert verification.due_request(plain, created, NOW) is None
+
+
+def test_newest_completed_points_are_chosen_by_source_time() -> None:
+    candidates = [
+        completed("a", "2026-12-01T01:00:00Z"),
+        completed("b", "2026-12-01T03:00:00Z"),
+        a_point("c", phase="Failed", sourceTime="2026-12-01T04:00:00Z"),
+        completed("d", "2026-12-01T02:00:00Z"),
+    ]
+    names = [p["metadata"]["name"] for p in verification.newest_completed(candidates, 2)]
+    assert names == ["d", "b"]
+
+
+def test_the_verify_job_reads_the_manifest_with_the_keys_and_no_secret_in_args() -> None:
+    spec = BackupPolicySpec.model_validate(
+        {**POLICY, "storage": {"bucket": "primary", "credentialsSecretRef": {"name": "s3"}}}
+    )
+    point = completed(
+        "orders-1",
+        "2026-12-01T01:00:00Z",
+        location="s3://primary/backups/shop/orders/orders-1/payload",
+        manifest="backups/shop/orders/orders-1/manifest.json",
+    )
+    request = verification.verify_job_request(point, spec, ["k1"], Settings(), "request-1")
+    assert request.args[0] == "s3://primary/backups/shop/orders/orders-1/manifest.json"
+    assert request.command[-1] == "verify"
+    assert request.options.backoff_limit == 0
+    assert {e.name for e in request.secret_env} == {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AEGIS_KEY_k1",
+    }
+    assert (
+        request.name
+        == verification.verify_job_request(point, spec, ["k1"], Settings(), "request-1").name
+    )
+    assert (
+        request.name
+        != verification.verify_job_request(point, spec, ["k1"], Settings(), "request-2").name
+    )

@@ -169,6 +169,16 @@ def check_copies(spec: BackupPolicySpec) -> BackupPolicySpec:
     return spec
 
 
+class VerificationSchedule(ApiModel):
+    """Periodic verification: a Job downloads, hashes and authenticates every chunk of the
+    newest points, without restoring them."""
+
+    schedule: CronSchedule
+    """5-field cron expression, evaluated in the policy's `timeZone`."""
+    newest: Annotated[int, Field(ge=1, le=100)] = 1
+    """How many of the newest Completed points each run verifies."""
+
+
 class BackupPolicySpec(ApiModel):
     """What to back up, when, where, how and for how long."""
 
@@ -207,6 +217,8 @@ class BackupPolicySpec(ApiModel):
     """The RPO the team promises."""
     job: JobOptions | None = None
     """Options of the backup Jobs."""
+    verification: VerificationSchedule | None = None
+    """Verify the newest points on a schedule (`kubectl aegis verify` runs it on demand)."""
 
     _copies_not_primary = model_validator(mode="after")(check_copies)
 

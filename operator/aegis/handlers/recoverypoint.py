@@ -10,14 +10,15 @@ import kopf
 
 from aegis import GROUP, VERSION
 from aegis.api import RECOVERY_POINT as KIND
+from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.recoverypoint import RecoveryPointSpec
 from aegis.cloud.s3 import S3Problem
-from aegis.handlers.common import KopfLogger, accept, forget, now
+from aegis.handlers.common import KopfLogger, accept, forget, now, spec_of
 from aegis.k8s import objects
 from aegis.k8s.cache import CACHE
 from aegis.k8s.jobs import job_outcome
 from aegis.labels import PRUNED_ANNOTATION
-from aegis.reconcilers import backuppolicy, naming
+from aegis.reconcilers import backuppolicy, naming, verification
 from aegis.reconcilers import recoverypoint as points
 from aegis.settings import Settings
 
@@ -123,6 +124,99 @@ def _announce(finished: points.Finished, settings: Settings) -> None:
         backuppolicy.refresh(namespace, finished.policy, settings, dt.datetime.now(dt.UTC))
     except objects.NotFound:
         pass
+
+
+# --- verification ------------------------------------------------------------------------
+
+VERIFY_FILTER: dict[str, Any] = {verification.VERIFY_ANNOTATION: kopf.PRESENT}
+VERIFICATION_TICK_SECONDS = 60
+"""How often a policy's verification schedule is looked at (its cron has minute precision)."""
+
+
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="verify-request", annotations=VERIFY_FILTER)
+async def verify_requested(
+    body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any
+) -> None:
+    """`kubectl aegis verify` set (or changed) the point's verify annotation. A watch event,
+    not an update handler: kopf leaves annotations under its own storage prefix (ours,
+    dr.aegis.dev) out of the diff that update handlers see. Every event of an annotated point
+    comes here; a request already answered costs no API call."""
+    if type == "DELETED":
+        return
+    request = f"request-{body.metadata.annotations[verification.VERIFY_ANNOTATION]}"
+    point = dict(body)
+    if verification.answered(point, request):
+        return
+    try:
+        await asyncio.to_thread(_start_verify, point, request, memo["settings"], logger)
+    except kopf.TemporaryError:
+        pass  # told in a Warning event; the next event of the point retries
+
+
+def _start_verify(
+    point: dict[str, Any], request: str, settings: Settings, logger: KopfLogger
+) -> None:
+    try:
+        started = verification.start(points.ApiCluster(), point, request, settings)
+    except points.PointBlocked as blocked:
+        points.ApiCluster().post_event(
+            point, "Warning", blocked.reason, blocked.message, key=f"verify-{blocked.reason}"
+        )
+        raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
+    if started is not None and started[1]:
+        logger.info("Started verify Job %s (%s)", started[0], request)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "backuppolicies",
+    id="verification-schedule",
+    interval=VERIFICATION_TICK_SECONDS,
+    initial_delay=5,
+    when=lambda spec, **_: bool(spec.get("verification")),
+)
+def verification_schedule(body: kopf.Body, memo: Any, logger: KopfLogger, **_: Any) -> None:
+    """A policy's spec.verification tick: verify its newest Completed points once per tick.
+    Here, with the other verification handlers, rather than among the policy's handlers: it
+    acts on points, and each request runs once (the Job name and status.verification.request
+    key it), so a tick seen twice or after a restart starts nothing new."""
+    spec = spec_of(BackupPolicySpec, body)
+    if spec is None or spec.verification is None:
+        return
+    created = dt.datetime.fromisoformat(
+        str(body.metadata.get("creationTimestamp") or now().isoformat()).replace("Z", "+00:00")
+    )
+    request = verification.due_request(spec, created, now())
+    if request is None:
+        return
+    namespace, policy = body.metadata["namespace"], body.metadata["name"]
+    candidates = [
+        p
+        for p in objects.list_custom(KIND, namespace)
+        if ((p.get("spec") or {}).get("policyRef") or {}).get("name") == policy
+    ]
+    for point in verification.newest_completed(candidates, spec.verification.newest):
+        _start_verify(point, request, memo["settings"], logger)
+
+
+@kopf.on.event(
+    "batch",
+    "v1",
+    "jobs",
+    labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "verify"},
+)
+async def verify_job_changed(
+    body: kopf.Body, type: str | None, logger: KopfLogger, **_: Any
+) -> None:
+    """A verify Job changed: when it has ended, its verdict goes to its point."""
+    if type == "DELETED" or job_outcome(dict(body)) == "Running":
+        return
+    found = await asyncio.to_thread(
+        verification.finish, points.ApiCluster(), body.metadata["namespace"], dict(body), now()
+    )
+    if found is not None:
+        logger.info("Verify Job %s: %s (%s)", body.metadata["name"], found.result, found.message)
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="delete-objects")
