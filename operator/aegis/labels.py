@@ -43,3 +43,9 @@ FAILBACK_ANNOTATION: Final = f"{GROUP}/failback"
 ACCEPT_DATA_LOSS_ANNOTATION: Final = f"{GROUP}/accept-data-loss"
 """On a FailoverPlan, with the failover or approve annotation: accepts promoting a secondary
 that lags beyond the plan's limits (value: the reason, recorded in the transition)."""
+VERIFY_ANNOTATION: Final = f"{GROUP}/verify"
+"""On a RecoveryPoint: a verification request (`kubectl aegis verify`); a new value asks
+again. Not a kopf update trigger: kopf leaves annotations under its storage prefix (this
+group) out of the diff, so the operator watches for it."""
+VERIFY_REQUEST_ANNOTATION: Final = f"{GROUP}/verify-request"
+"""On a verify Job: the request it answers."""

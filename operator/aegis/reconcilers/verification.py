@@ -20,7 +20,7 @@ from typing import Any
 
 from croniter import croniter
 
-from aegis import GROUP
+from aegis import labels
 from aegis.agent.config import LocationConfig
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import JobOptions, SecretKeyRef
@@ -31,10 +31,8 @@ from aegis.reconcilers.conditions import ConditionUpdate, iso
 from aegis.reconcilers.restore import manifest_url
 from aegis.settings import Settings
 
-VERIFY_ANNOTATION = f"{GROUP}/verify"
-"""On a RecoveryPoint: a verification request; a new value asks again."""
-REQUEST_ANNOTATION = f"{GROUP}/verify-request"
-"""On a verify Job: the request it answers."""
+VERIFY_ANNOTATION = labels.VERIFY_ANNOTATION
+REQUEST_ANNOTATION = labels.VERIFY_REQUEST_ANNOTATION
 
 
 def verify_job_request(
