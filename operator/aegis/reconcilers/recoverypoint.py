@@ -358,6 +358,8 @@ def merged_status(
             generation=meta.get("generation"),
             now=now,
         )
+        if meta.get("generation") is not None:
+            status["observedGeneration"] = meta["generation"]
     return status
 
 
