@@ -127,6 +127,14 @@ def test_operator_killed_at_random_moments_leaves_one_job_one_condition_one_even
             wait_for(
                 f"{name} to end", lambda n=name: phase_of(k8s_api, namespace, n) in TERMINAL, 120
             )
+        wait_for(
+            "the policy Ready",
+            lambda: (
+                (c := condition(get(k8s_api, "backuppolicies", namespace, "orders"), "Ready"))
+                and c["status"] == "True"
+            ),
+            60,
+        )
         # Let a late duplicate (a second Job, a second event) show up if there is one.
         time.sleep(2)
         all_jobs = jobs(k8s_api, namespace)

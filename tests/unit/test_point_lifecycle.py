@@ -615,3 +615,15 @@ def test_the_verify_job_reads_the_manifest_with_the_keys_and_no_secret_in_args()
         request.name
         != verification.verify_job_request(point, spec, ["k1"], Settings(), "request-2").name
     )
+
+
+def test_accepting_an_imported_point_records_the_generation_it_processed() -> None:
+    cluster = MemoryCluster()
+    cluster.points["orders-1"] = a_point(
+        phase="Completed",
+        conditions=[{"type": "Accepted", "status": "True", "reason": "Imported", "message": "x"}],
+    )
+    points.accept(cluster, NS, "orders-1", "The recovery point is Completed.", NOW)
+    status = cluster.points["orders-1"]["status"]
+    assert status["observedGeneration"] == 1
+    assert find(status["conditions"], "Accepted")["reason"] == "Imported"

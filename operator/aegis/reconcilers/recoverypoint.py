@@ -454,8 +454,14 @@ def write_conditions(
         if point is None:
             return False
         if only_if_new:
-            existing = find((point.get("status") or {}).get("conditions"), updates[0].type)
+            status = point.get("status") or {}
+            existing = find(status.get("conditions"), updates[0].type)
             if existing is not None and existing.get("status") == updates[0].status:
+                generation = point["metadata"].get("generation")
+                if generation is not None and status.get("observedGeneration") != generation:
+                    # Conditions written elsewhere (catalog sync) without it: this handler
+                    # has processed this generation.
+                    cluster.patch_point_status(namespace, name, {"observedGeneration": generation})
                 return False
         if unless_terminal and (point.get("status") or {}).get("phase") in TERMINAL:
             return False
