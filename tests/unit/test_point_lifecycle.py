@@ -627,3 +627,91 @@ def test_accepting_an_imported_point_records_the_generation_it_processed() -> No
     status = cluster.points["orders-1"]["status"]
     assert status["observedGeneration"] == 1
     assert find(status["conditions"], "Accepted")["reason"] == "Imported"
+
+
+# --- Restore: folding its Job, with an in-memory cluster ---------------------------------------
+
+
+class MemoryRestoreCluster:
+    def __init__(self, restore: dict[str, Any]) -> None:
+        self.restore = restore
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, str] = {}
+        self.patches = 0
+
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
+        from aegis.k8s import objects
+
+        if name != self.restore["metadata"]["name"]:
+            raise objects.NotFound(name)
+        return copy.deepcopy(self.restore)
+
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches += 1
+        self.restore.setdefault("status", {}).update(copy.deepcopy(status))
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.jobs.get(name))
+
+    def termination_message(self, namespace: str, job_name: str) -> str | None:
+        return self.messages.get(job_name)
+
+
+def running_restore() -> MemoryRestoreCluster:
+    restore = {
+        "metadata": {"name": "r1", "namespace": NS, "generation": 1},
+        "spec": {
+            "policyRef": {"name": "orders"},
+            "target": {
+                "postgres": {
+                    "host": "db",
+                    "database": "copy",
+                    "userSecretRef": {"name": "db", "key": "u"},
+                    "passwordSecretRef": {"name": "db", "key": "p"},
+                }
+            },
+        },
+        "status": {"phase": "Running", "jobName": "restore-r1", "recoveryPoint": "orders-1"},
+    }
+    return MemoryRestoreCluster(restore)
+
+
+def test_a_restore_job_that_succeeded_completes_the_restore_once() -> None:
+    cluster = running_restore()
+    cluster.jobs["restore-r1"] = a_job("restore-r1", "Complete")
+    cluster.messages["restore-r1"] = (
+        '{"ok": true, "restoredBytes": 4096, "durationSeconds": 2.5, "checks": '
+        '[{"name": "rows", "result": "Passed", "value": 10}]}'
+    )
+    finished = restores.finish(NS, "r1", cluster, NOW)
+    assert finished is not None and finished.outcome.phase == "Completed"
+    status = cluster.restore["status"]
+    assert status["phase"] == "Completed" and status["restoredBytes"] == 4096
+    assert status["durationSeconds"] == 2.5 and status["observedGeneration"] == 1
+    assert find(status["conditions"], "Complete")["status"] == "True"
+    assert restores.finish(NS, "r1", cluster, NOW) is None  # terminal: never again
+    assert cluster.patches == 1
+
+
+def test_a_restore_the_agent_refused_as_corrupted_fails_with_that_reason() -> None:
+    cluster = running_restore()
+    cluster.jobs["restore-r1"] = a_job("restore-r1", "Failed")
+    cluster.messages["restore-r1"] = (
+        '{"ok": false, "kind": "Corrupted", "reason": "payload SHA-256 mismatch"}'
+    )
+    finished = restores.finish(NS, "r1", cluster, NOW)
+    assert finished is not None and finished.outcome.reason == "Corrupted"
+    assert find(cluster.restore["status"]["conditions"], "Failed")["status"] == "True"
+    points_cluster, store = world("Complete", points.Evidence(manifest()))
+    sync(points_cluster, store)
+    assert restores.judge_point(finished, points_cluster, NOW)
+    assert points_cluster.points["orders-1"]["status"]["phase"] == "Corrupted"
+
+
+def test_a_running_or_vanished_restore_job() -> None:
+    cluster = running_restore()
+    cluster.jobs["restore-r1"] = a_job("restore-r1", None)
+    assert restores.finish(NS, "r1", cluster, NOW) is None
+    del cluster.jobs["restore-r1"]
+    finished = restores.finish(NS, "r1", cluster, NOW)
+    assert finished is not None and finished.outcome.reason == "JobMissing"

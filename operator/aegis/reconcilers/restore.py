@@ -17,7 +17,7 @@ import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aegis import metrics
 from aegis.agent.config import PostgresTargetConfig, RedisTargetConfig, RestoreConfig
@@ -445,22 +445,58 @@ def verification_of(
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
+class Cluster(Protocol):
+    """What folding a restore Job into its Restore needs of the API server."""
+
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Restore; raises objects.NotFound."""
+
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def termination_message(self, namespace: str, job_name: str) -> str | None:
+        """The termination message of the Job's newest pod (the agent's JSON result)."""
+
+
+class ApiCluster:
+    """The real API server, through `aegis.k8s.objects`."""
+
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
+        return objects.get_custom(RESTORE, namespace, name)
+
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        objects.patch_custom_status(RESTORE, namespace, name, status)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return objects.get_job(namespace, name)
+
+    def termination_message(self, namespace: str, job_name: str) -> str | None:
+        return objects.job_result_message(namespace, job_name)
+
+
 def _patch(
-    namespace: str, name: str, status: dict[str, Any], updates: list[ConditionUpdate]
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    updates: list[ConditionUpdate],
+    cluster: Cluster | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Merge-patch the status; conditions are recomputed from the current object (the body a
     handler got may be stale) so that no condition is lost."""
-    current = objects.get_custom(RESTORE, namespace, name)
+    cluster = cluster or ApiCluster()
+    current = cluster.get_restore(namespace, name)
     status = dict(status)
     if updates:
         status["conditions"] = set_conditions(
             (current.get("status") or {}).get("conditions"),
             updates,
             generation=current["metadata"].get("generation"),
-            now=dt.datetime.now(dt.UTC),
+            now=now or dt.datetime.now(dt.UTC),
         )
     status["observedGeneration"] = current["metadata"].get("generation")
-    objects.patch_custom_status(RESTORE, namespace, name, status)
+    cluster.patch_restore_status(namespace, name, status)
     current["status"] = {**(current.get("status") or {}), **status}
     return current
 
@@ -589,18 +625,21 @@ def refuse(restore: dict[str, Any], error: RestoreRefused) -> Finished:
     return Finished(current, outcome)
 
 
-def finish(namespace: str, name: str) -> Finished | None:
+def finish(
+    namespace: str, name: str, cluster: Cluster | None = None, now: dt.datetime | None = None
+) -> Finished | None:
     """Fold the ended Job into the Restore. None when there is nothing (more) to do."""
+    cluster = cluster or ApiCluster()
     with _locks[(namespace, name)]:
         try:
-            restore = objects.get_custom(RESTORE, namespace, name)
+            restore = cluster.get_restore(namespace, name)
         except objects.NotFound:
             return None
         status = restore.get("status") or {}
         job_name = status.get("jobName")
         if status.get("phase") in TERMINAL or not job_name:
             return None
-        job = objects.get_job(namespace, job_name)
+        job = cluster.get_job(namespace, job_name)
         state = job_outcome(job)
         if state == "Running":
             return None
@@ -610,7 +649,7 @@ def finish(namespace: str, name: str) -> Finished | None:
         if state == "Missing":
             job_message = f"restore Job {job_name} disappeared before the operator saw it end"
         else:
-            termination = objects.job_result_message(namespace, job_name)
+            termination = cluster.termination_message(namespace, job_name)
             result = parse_result(termination)
             failed = find(((job or {}).get("status") or {}).get("conditions"), "Failed")
             job_message = termination or (failed or {}).get("message")
@@ -618,7 +657,7 @@ def finish(namespace: str, name: str) -> Finished | None:
         outcome = restore_outcome(
             state, result, job_message, status.get("recoveryPoint"), describe_target(spec.target)
         )
-        now = dt.datetime.now(dt.UTC)
+        now = now or dt.datetime.now(dt.UTC)
         duration = measured_duration(result, started, ended)
         if duration is not None:
             outcome.status["durationSeconds"] = duration
@@ -632,7 +671,7 @@ def finish(namespace: str, name: str) -> Finished | None:
                 "completionTime": iso(ended or now),
             }
         )
-        current = _patch(namespace, name, outcome.status, outcome.conditions())
+        current = _patch(namespace, name, outcome.status, outcome.conditions(), cluster, now)
         if outcome.phase == "Completed":
             if duration is not None:
                 metrics.RESTORE_DURATION.labels(namespace).observe(duration)
