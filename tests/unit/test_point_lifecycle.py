@@ -200,6 +200,7 @@ def test_a_missing_manifest_makes_the_point_corrupted() -> None:
     assert finished is not None and finished.outcome.phase == "Corrupted"
     status = cluster.points["orders-1"]["status"]
     assert find(status["conditions"], "Complete")["reason"] == "ManifestMissing"
+    assert find(status["conditions"], "Corrupted")["reason"] == "ManifestMissing"
 
 
 def test_an_agent_error_is_the_agents_reason_and_its_uploads_are_aborted() -> None:

@@ -335,10 +335,16 @@ def derive(
         "completionTime": outcome.status.get("completionTime") or iso(now),
     }
     kind = "Normal" if outcome.phase == "Completed" else "Warning"
+    corrupted = (
+        [ConditionUpdate("Corrupted", "True", outcome.reason, outcome.message)]
+        if outcome.phase == "Corrupted"
+        else []
+    )
     return Derived(
         fields,
         [ConditionUpdate("Accepted", "True", "Accepted", f"The recovery point is {outcome.phase}.")]
-        + [ConditionUpdate(t, s, r, m) for t, s, r, m in outcome.conditions],
+        + [ConditionUpdate(t, s, r, m) for t, s, r, m in outcome.conditions]
+        + corrupted,
         event=(kind, outcome.reason, outcome.message),
         event_key="ended",
         outcome=outcome,
