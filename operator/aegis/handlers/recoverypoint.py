@@ -181,7 +181,7 @@ def verification_schedule(body: kopf.Body, memo: Any, logger: KopfLogger, **_: A
     Here, with the other verification handlers, rather than among the policy's handlers: it
     acts on points, and each request runs once (the Job name and status.verification.request
     key it), so a tick seen twice or after a restart starts nothing new."""
-    spec = spec_of(BackupPolicySpec, body)
+    spec = spec_of(BackupPolicySpec, body, memo["settings"])
     if spec is None or spec.verification is None:
         return
     created = dt.datetime.fromisoformat(
