@@ -542,8 +542,14 @@ def test_a_failed_integrity_check_makes_the_point_corrupted() -> None:
     cluster.terminations["verify-orders-1-abc"] = Termination(
         '{"ok": false, "kind": "Corrupted", "reason": "payload is truncated"}', "Error", 1
     )
+    from prometheus_client import REGISTRY
+
+    labels = {"namespace": NS, "policy": "orders"}
+    before = REGISTRY.get_sample_value("aegis_verification_failures_total", labels) or 0.0
     found = verification.finish(cluster, NS, verify_job("Failed"), NOW)
     assert found is not None and found.result == "Failed"
+    after = REGISTRY.get_sample_value("aegis_verification_failures_total", labels)
+    assert after == before + 1
     status = cluster.points["orders-1"]["status"]
     assert status["phase"] == "Corrupted"
     assert status["verification"]["result"] == "Failed"

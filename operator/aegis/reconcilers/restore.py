@@ -692,9 +692,14 @@ def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -
     if ((restore.get("spec") or {}).get("source") or {}).get("copy"):
         return False  # a damaged copy says nothing of the primary objects
     message = f"restore/{restore['metadata']['name']} refused it: {outcome.message}"
-    return points.mark_corrupted(
-        cluster, restore["metadata"]["namespace"], point_name, outcome.reason, message, now
-    )
+    namespace = restore["metadata"]["namespace"]
+    marked = points.mark_corrupted(cluster, namespace, point_name, outcome.reason, message, now)
+    if marked:
+        policy = ((restore.get("spec") or {}).get("policyRef") or {}).get("name")
+        point = cluster.get_point(namespace, point_name) if not policy else None
+        policy = policy or ((point or {}).get("spec") or {}).get("policyRef", {}).get("name")
+        metrics.verification_ended(namespace, str(policy or ""), passed=False)
+    return marked
 
 
 def mark_point_verified(finished: Finished) -> bool:
@@ -726,4 +731,6 @@ def mark_point_verified(finished: Finished) -> bool:
         point_name,
         {"verification": verification, "conditions": conditions},
     )
+    policy = ((point.get("spec") or {}).get("policyRef") or {}).get("name") or ""
+    metrics.verification_ended(meta["namespace"], policy, passed=True)
     return True

@@ -20,7 +20,7 @@ from typing import Any
 
 from croniter import croniter
 
-from aegis import labels
+from aegis import labels, metrics
 from aegis.agent.config import LocationConfig
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import JobOptions, SecretKeyRef
@@ -197,6 +197,9 @@ def finish(
         return None
     name = owner["name"]
     key = f"verified-{naming.short_hash(request, 8)}"
+    if found.result in ("Passed", "Failed"):
+        policy = ((point.get("spec") or {}).get("policyRef") or {}).get("name") or ""
+        metrics.verification_ended(namespace, policy, passed=found.result == "Passed")
     if found.result == "Failed":
         points.mark_corrupted(
             cluster, namespace, name, found.reason, f"verify/{meta['name']}: {found.message}", now
