@@ -40,6 +40,8 @@ class KillableOperator:
             "AEGIS_HEALTH_PORT": "0",
             "AEGIS_LOG_FORMAT": "text",
             "AEGIS_CATALOG_SYNC_SECONDS": "3600",
+            # PostgreSQL and moto listen on 127.0.0.1 here (docs/tenancy.md).
+            "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
         }
         self.log_dir = log_dir
         self.started = 0
