@@ -5,6 +5,7 @@ kubectl aegis restore ...                             see `kubectl aegis restore
 kubectl aegis failover status|approve|trigger|failback <plan>
 kubectl aegis drill run|status <drill> [-n NS]       run a drill now (followed), or show its runs
 kubectl aegis report [-n NS|-A] [--since 90d] [--format markdown|html]   DR evidence report
+kubectl aegis verify <point|bp/POLICY> [-n NS]       authenticate stored backups now
 kubectl aegis status [-n NS]                          every Aegis object and its condition
 """
 
@@ -26,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "drill": ("aegis.kubectl_drill", "main"),
     "report": ("aegis.kubectl_report", "main"),
     "status": ("aegis.kubectl", "status_main"),
+    "verify": ("aegis.kubectl_verify", "main"),
 }
 FOLLOW_INTERVAL = 1.0
 

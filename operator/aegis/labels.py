@@ -51,3 +51,9 @@ RUN_ANNOTATION: Final = f"{GROUP}/run-now"
 action "run-drill")."""
 RUN_START_ANNOTATION: Final = f"{GROUP}/run-start"
 """On a drill Job: the run's start to the microsecond (the RTO clock's zero)."""
+VERIFY_ANNOTATION: Final = f"{GROUP}/verify"
+"""On a RecoveryPoint: a verification request (`kubectl aegis verify`); a new value asks
+again. Not a kopf update trigger: kopf leaves annotations under its storage prefix (this
+group) out of the diff, so the operator watches for it."""
+VERIFY_REQUEST_ANNOTATION: Final = f"{GROUP}/verify-request"
+"""On a verify Job: the request it answers."""

@@ -27,6 +27,7 @@ from aegis.agent.s3 import (
     MultipartUpload,
     S3Client,
     StorageError,
+    abort_stale_uploads,
     describe_error,
     endpoint_of,
     get_bytes,
@@ -100,6 +101,10 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
     if done is not None:
         log(f"{point.manifest_url} exists: this recovery point is already complete")
         return backup_result(done, point, time.monotonic() - clock, reused=True)
+    try:
+        abort_stale_uploads(client, point.bucket, point.directory + "/")
+    except StorageError as error:
+        raise AgentError(str(error), kind="StorageFailed") from None
 
     source, payload_format = make_source(cfg, env)
     upload = MultipartUpload(
@@ -226,6 +231,7 @@ def make_copy(
     try:
         extra = write_args(store, started)
         if same_endpoint:
+            abort_stale_uploads(client, target.bucket, target.directory + "/")
             size = head_size(client, point.bucket, point.payload_key)
             server_side_copy(
                 client,
@@ -244,6 +250,7 @@ def make_copy(
                 pool=cfg.tuning.upload_concurrency + 4,
                 max_attempts=cfg.tuning.s3_max_attempts,
             )
+            abort_stale_uploads(copy_client, target.bucket, target.directory + "/")
             streamed_copy(
                 client,
                 point.bucket,

@@ -12,6 +12,10 @@ import re
 from dataclasses import dataclass
 
 PAYLOAD_NAME = "payload"
+# Written by the operator next to the manifest when a user deletes a point whose policy keeps
+# its objects (deletionPolicy Retain): catalog sync does not import a tombstoned point again.
+# Deleting this object re-imports the point on purpose (docs/restore.md).
+TOMBSTONE_NAME = "deleted-by-user.json"
 MANIFEST_NAME = "manifest.json"
 _SEGMENT = re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
 
@@ -47,6 +51,10 @@ class PointRef:
         return s3_url(self.bucket, self.payload_key)
 
     @property
+    def tombstone_key(self) -> str:
+        return f"{self.directory}/{TOMBSTONE_NAME}"
+
+    @property
     def manifest_url(self) -> str:
         return s3_url(self.bucket, self.manifest_key)
 
@@ -68,10 +76,20 @@ def _check_segment(value: str, what: str) -> str:
     return value
 
 
+def _checked_prefix(prefix: str) -> str:
+    normalized = normalize_prefix(prefix)
+    if any(part in (".", "..") for part in normalized.split("/")):
+        raise LayoutError(
+            f"prefix {prefix!r} has a '.' or '..' segment: S3 keys are literal, so it would not "
+            "mean a parent directory; write the prefix without them"
+        )
+    return normalized
+
+
 def point_directory(prefix: str, namespace: str, policy: str, point: str) -> str:
     """The key prefix (no trailing slash) holding one recovery point's objects."""
     parts = [
-        normalize_prefix(prefix),
+        _checked_prefix(prefix),
         _check_segment(namespace, "namespace"),
         _check_segment(policy, "policy"),
         _check_segment(point, "recovery point"),
@@ -82,7 +100,7 @@ def point_directory(prefix: str, namespace: str, policy: str, point: str) -> str
 def policy_directory(prefix: str, namespace: str, policy: str) -> str:
     """The key prefix (no trailing slash) holding every point of one policy."""
     parts = [
-        normalize_prefix(prefix),
+        _checked_prefix(prefix),
         _check_segment(namespace, "namespace"),
         _check_segment(policy, "policy"),
     ]

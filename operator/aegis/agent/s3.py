@@ -404,6 +404,29 @@ def list_keys(
         raise StorageError(f"cannot list s3://{bucket}/{prefix}: {describe_error(error)}") from None
 
 
+def abort_stale_uploads(client: S3Client, bucket: str, prefix: str) -> int:
+    """Abort every unfinished multipart upload under `prefix` (a point's directory): what a
+    killed earlier attempt left (a kill runs no abort). Only this point's attempts write
+    there, and only one runs at a time (a Job's pods run one after another), so none of these
+    uploads is live. Returns how many were aborted."""
+    aborted = 0
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                client.abort_multipart_upload(
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                log(f"aborted a stale multipart upload of s3://{bucket}/{upload['Key']}")
+                aborted += 1
+    except (ClientError, BotoCoreError) as error:
+        raise StorageError(
+            f"cannot clean up the uploads under s3://{bucket}/{prefix}: {describe_error(error)}"
+        ) from None
+    return aborted
+
+
 def head_size(client: S3Client, bucket: str, key: str) -> int:
     try:
         return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])

@@ -7,7 +7,7 @@ import zoneinfo
 from typing import Annotated, Literal
 
 from croniter import croniter
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from aegis.api.common import (
     MAX_SECONDS,
@@ -22,6 +22,7 @@ from aegis.api.common import (
     RedisTarget,
     S3Location,
     StatusModel,
+    cel,
 )
 
 # Five whitespace-separated fields; the full check is croniter's, in the model.
@@ -69,14 +70,31 @@ class PostgresSource(PostgresTarget):
     """Which parts of the database go into the dump."""
 
 
+BGSAVE_NEEDS_VOLUME = {
+    "rule": "!has(self.method) || self.method != 'Bgsave' || has(self.rdbVolume)",
+    "message": "rdbVolume: method Bgsave reads dump.rdb from the server's volume: name its "
+    "PersistentVolumeClaim in rdbVolume, or use method Sync",
+}
+
+
 class RedisSource(RedisTarget):
     """A Redis server to back up as an RDB snapshot."""
+
+    model_config = ConfigDict(json_schema_extra=cel(BGSAVE_NEEDS_VOLUME))
 
     method: Literal["Sync", "Bgsave"] = "Sync"
     """Sync: take the snapshot a replica would receive, over the network. Bgsave: run BGSAVE
     and read dump.rdb from `rdbVolume` (for servers that forbid SYNC)."""
     rdb_volume: LocalObjectRef | None = None
-    """PersistentVolumeClaim holding the server's dump.rdb, mounted read-only; for Bgsave."""
+    """PersistentVolumeClaim holding the server's dump.rdb at its root, mounted read-only
+    into the backup Job at /var/lib/aegis/rdb; required by Bgsave. A ReadWriteOnce claim
+    needs the Job on the server's node (spec.job.nodeSelector)."""
+
+    @model_validator(mode="after")
+    def _bgsave_volume(self) -> RedisSource:
+        if self.method == "Bgsave" and self.rdb_volume is None:
+            raise ValueError(BGSAVE_NEEDS_VOLUME["message"])
+        return self
 
 
 class BackupSource(HasOneOf):
@@ -125,8 +143,48 @@ class BackupObjectives(ApiModel):
     stay below it. Drives the RPOMet condition and the AegisRPOBreached alert."""
 
 
+def _same_place(a: str, b: str) -> str:
+    return f"(has({a}) ? {a} : '') == (has({b}) ? {b} : '')"
+
+
+COPY_NOT_PRIMARY = {
+    "rule": "!has(self.copies) || self.copies.all(c, !(c.bucket == self.storage.bucket && "
+    + _same_place("c.prefix", "self.storage.prefix")
+    + " && "
+    + _same_place("c.endpoint", "self.storage.endpoint")
+    + "))",
+    "message": "copies: a copy must not be the primary location (same bucket, prefix and "
+    "endpoint as storage): it would copy each backup onto itself",
+}
+
+
+def check_copies(spec: BackupPolicySpec) -> BackupPolicySpec:
+    """The CEL rule COPY_NOT_PRIMARY again, for servers that skip CEL."""
+    primary = spec.storage
+    for i, copy in enumerate(spec.copies or []):
+        if (copy.bucket, copy.prefix, copy.endpoint) == (
+            primary.bucket,
+            primary.prefix,
+            primary.endpoint,
+        ):
+            raise ValueError(f"copies[{i}]: {COPY_NOT_PRIMARY['message'].split(': ', 1)[1]}")
+    return spec
+
+
+class VerificationSchedule(ApiModel):
+    """Periodic verification: a Job downloads, hashes and authenticates every chunk of the
+    newest points, without restoring them."""
+
+    schedule: CronSchedule
+    """5-field cron expression, evaluated in the policy's `timeZone`."""
+    newest: Annotated[int, Field(ge=1, le=100)] = 1
+    """How many of the newest Completed points each run verifies."""
+
+
 class BackupPolicySpec(ApiModel):
     """What to back up, when, where, how and for how long."""
+
+    model_config = ConfigDict(json_schema_extra=cel(COPY_NOT_PRIMARY))
 
     schedule: CronSchedule
     """5-field cron expression, evaluated in `timeZone`."""
@@ -161,6 +219,10 @@ class BackupPolicySpec(ApiModel):
     """The RPO the team promises."""
     job: JobOptions | None = None
     """Options of the backup Jobs."""
+    verification: VerificationSchedule | None = None
+    """Verify the newest points on a schedule (`kubectl aegis verify` runs it on demand)."""
+
+    _copies_not_primary = model_validator(mode="after")(check_copies)
 
 
 class PolicyDrill(StatusModel):

@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -168,15 +168,68 @@ class ObjectLock(ApiModel):
     """Retention period in days from the time of writing."""
 
 
+# S3's bucket naming rules (general purpose buckets): 3-63 characters; lowercase letters,
+# digits, dots and hyphens; a letter or digit at both ends; no `..`, `.-` or `-.` (the
+# pattern: labels of letters and digits joined by one dot or by hyphens); not an IPv4
+# address; none of the reserved prefixes and suffixes (the CEL rules and `check_bucket`).
+BUCKET_PATTERN = r"^[a-z0-9]+(-+[a-z0-9]+|\.[a-z0-9]+)*$"
+BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+IPV4_PATTERN = r"^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$"
+# Key prefix: `/`-separated segments, none empty, `.` or `..` (S3 keys are literal: a `..`
+# would not mean a parent, it would write keys under a directory named `..`).
+PREFIX_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
+PREFIX_PATTERN = rf"^$|^{PREFIX_SEGMENT}(/{PREFIX_SEGMENT})*$"
+
+
+def check_bucket(value: str) -> str:
+    """The rules the pattern cannot say (RE2 and Rust regexes have no lookahead)."""
+    if re.match(IPV4_PATTERN, value):
+        raise ValueError(f"bucket {value!r} is formatted as an IP address, which S3 refuses")
+    for reserved in BUCKET_RESERVED_PREFIXES:
+        if value.startswith(reserved):
+            raise ValueError(f"bucket {value!r} starts with {reserved!r}, reserved by S3")
+    for reserved in BUCKET_RESERVED_SUFFIXES:
+        if value.endswith(reserved):
+            raise ValueError(f"bucket {value!r} ends with {reserved!r}, reserved by S3")
+    return value
+
+
+BUCKET_RULES = (
+    {
+        "rule": f"!self.bucket.matches('{IPV4_PATTERN}')",
+        "message": "bucket: S3 refuses bucket names formatted as an IP address",
+    },
+    {
+        "rule": " && ".join(f"!self.bucket.startsWith('{p}')" for p in BUCKET_RESERVED_PREFIXES),
+        "message": "bucket: names starting with "
+        + ", ".join(BUCKET_RESERVED_PREFIXES)
+        + " are reserved by S3",
+    },
+    {
+        "rule": " && ".join(f"!self.bucket.endsWith('{p}')" for p in BUCKET_RESERVED_SUFFIXES),
+        "message": "bucket: names ending with "
+        + ", ".join(BUCKET_RESERVED_SUFFIXES)
+        + " are reserved by S3",
+    },
+)
+
+
 class S3Location(ApiModel):
     """A bucket and prefix in S3 or an S3-compatible store."""
 
+    model_config = ConfigDict(json_schema_extra=cel(*BUCKET_RULES))
+
     bucket: Annotated[
-        str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+        str,
+        Field(min_length=3, max_length=63, pattern=BUCKET_PATTERN),
+        AfterValidator(check_bucket),
     ]
-    """Bucket name."""
-    prefix: Annotated[str, Field(max_length=512, pattern=r"^[^/].*[^/]$|^[^/]?$")] = ""
-    """Key prefix inside the bucket, without leading or trailing slash."""
+    """Bucket name, by S3's naming rules: 3-63 lowercase letters, digits, dots and hyphens,
+    a letter or digit at both ends, no `..`, `.-` or `-.`, not an IP address."""
+    prefix: Annotated[str, Field(max_length=512, pattern=PREFIX_PATTERN)] = ""
+    """Key prefix inside the bucket, without leading or trailing slash, empty, `.` or `..`
+    segments."""
     region: str | None = None
     """AWS region of the bucket; absent uses the client default."""
     endpoint: Annotated[str, Field(pattern=r"^https?://")] | None = None

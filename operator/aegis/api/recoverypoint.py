@@ -82,7 +82,14 @@ class VerificationInfo(StatusModel):
     checks: list[CheckResult] | None = None
     """Results of the checks."""
     by: str | None = None
-    """What verified it, e.g. drill/<name> or restore/<name>."""
+    """What verified it, e.g. drill/<name>, restore/<name> or verify/<job>."""
+    request: str | None = None
+    """The verification request this answers (`dr.aegis.dev/verify` annotation value or the
+    policy's verification tick), so a request runs once."""
+    chunks: int | None = None
+    """Encrypted chunks downloaded, hashed and authenticated (verify Jobs)."""
+    message: str | None = None
+    """What was proven, or why it failed."""
 
 
 class RecoveryPointStatus(StatusModel):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from aegis.api.checks import CheckResult, VerifyCheck
 from aegis.api.common import (
+    BUCKET_PATTERN,
     ApiModel,
     Condition,
     HasOneOf,
@@ -45,6 +46,15 @@ class RestoreTarget(HasOneOf):
     """A Redis server; keys are replayed online with their TTLs."""
 
 
+class RestoreSource(ApiModel):
+    """Where the payload is read from; absent reads the policy's primary storage."""
+
+    copy_: Annotated[str, Field(alias="copy", min_length=3, max_length=63, pattern=BUCKET_PATTERN)]
+    """Read the point's copy in this bucket (the `bucket` of one of the policy's
+    spec.copies) instead of the primary storage, e.g. when the primary region is down. The
+    copy must be Completed in the point's status.copies."""
+
+
 class RestoreSpec(ApiModel):
     """What to restore, where to, and how to prove it worked. Immutable."""
 
@@ -59,6 +69,8 @@ class RestoreSpec(ApiModel):
     """The RecoveryPoint to restore."""
     policy_ref: LocalObjectRef | None = None
     """Restore the newest Completed point of this BackupPolicy, preferring a Verified one."""
+    source: RestoreSource | None = None
+    """Read from a copy rather than the primary storage (source.copy)."""
     target: RestoreTarget
     """Where to restore."""
     allow_overwrite: bool = False

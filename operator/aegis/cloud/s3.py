@@ -13,7 +13,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aegis.agent.layout import MANIFEST_NAME, PointRef, is_manifest_key, policy_directory
+from aegis.agent.layout import (
+    MANIFEST_NAME,
+    TOMBSTONE_NAME,
+    PointRef,
+    is_manifest_key,
+    policy_directory,
+)
 from aegis.agent.manifest import Manifest, ManifestError, parse_manifest
 from aegis.api.common import S3Location
 
@@ -180,6 +186,64 @@ def list_manifest_keys(s3: Any, bucket: str, prefix: str, namespace: str, policy
     except (ClientError, BotoCoreError) as error:
         raise _problem(error, f"listing s3://{bucket}/{directory}") from None
     return sorted(keys)
+
+
+def importable_manifest_keys(
+    s3: Any, bucket: str, prefix: str, namespace: str, policy: str
+) -> list[str]:
+    """The policy's manifest keys that catalog sync may import: those without a tombstone
+    (a point its user deleted while its policy retains objects). One listing."""
+    directory = policy_directory(prefix, namespace, policy) + "/"
+    keys: set[str] = set()
+    tombstoned: set[str] = set()
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=directory):
+            for entry in page.get("Contents", []):
+                key = entry["Key"]
+                if is_manifest_key(key):
+                    keys.add(key)
+                elif key.endswith("/" + TOMBSTONE_NAME):
+                    tombstoned.add(key[: -len(TOMBSTONE_NAME)] + MANIFEST_NAME)
+    except (ClientError, BotoCoreError) as error:
+        raise _problem(error, f"listing s3://{bucket}/{directory}") from None
+    return sorted(keys - tombstoned)
+
+
+def write_tombstone(s3: Any, point: PointRef, body: bytes) -> None:
+    """Mark a retained point as deleted by its user, next to its manifest."""
+    try:
+        s3.put_object(
+            Bucket=point.bucket,
+            Key=point.tombstone_key,
+            Body=body,
+            ContentType="application/json",
+        )
+    except (ClientError, BotoCoreError) as error:
+        raise _problem(error, f"writing s3://{point.bucket}/{point.tombstone_key}") from None
+
+
+def abort_uploads(s3: Any, bucket: str, directory: str) -> int:
+    """Abort every unfinished multipart upload under a point's directory (the parts of a
+    failed or killed attempt otherwise stay in the bucket, billed, for good). Returns how
+    many were aborted."""
+    prefix = directory.rstrip("/") + "/"
+    aborted = 0
+    try:
+        for page in s3.get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                s3.abort_multipart_upload(
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted += 1
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchBucket", "NoSuchUpload"):
+            return aborted
+        raise _problem(error, f"aborting uploads under s3://{bucket}/{prefix}") from None
+    except BotoCoreError as error:
+        raise _problem(error, f"aborting uploads under s3://{bucket}/{prefix}") from None
+    return aborted
 
 
 def head_bucket(s3: Any, bucket: str) -> None:

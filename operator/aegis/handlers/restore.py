@@ -10,12 +10,12 @@ from kubernetes.client.exceptions import ApiException
 from aegis import GROUP, VERSION, metrics
 from aegis.api import RESTORE as KIND
 from aegis.api.restore import RestoreSpec
-from aegis.handlers.common import KopfLogger, accept, forget, patch_conditions
+from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions
 from aegis.k8s import objects
 from aegis.reconcilers import naming
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find
-from aegis.reconcilers.recoverypoint import PointBlocked
+from aegis.reconcilers.recoverypoint import ApiCluster, PointBlocked
 from aegis.settings import Settings
 
 
@@ -102,6 +102,13 @@ def _announce(finished: restores.Finished, logger: KopfLogger) -> None:
             logger.warning("Could not record the verification on the point: %s", error.reason)
     else:
         logger.warning("Restore %s failed: %s", name, outcome.message)
+        try:
+            if restores.judge_point(finished, ApiCluster(), now()):
+                logger.warning(
+                    "RecoveryPoint %s is Corrupted", finished.restore["status"].get("recoveryPoint")
+                )
+        except ApiException as error:
+            logger.warning("Could not mark the point Corrupted: %s", error.reason)
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)

@@ -54,11 +54,6 @@ class PointCache:
             return self._policies.get((namespace, name))
 
 
-# Not fed any more: the policy runtime owns its PointCache (made at start-up). Kept only for
-# `reconcilers.recoverypoint.load_policy(cached=...)`, which no caller passes True; remove both.
-CACHE = PointCache()
-
-
 class SecretCache:
     """Secrets by (namespace, name), fed by a watch, so that re-checking a thousand policies'
     references costs no API call and a deleted Secret is seen at the next check.

@@ -25,6 +25,16 @@ class SecretEnv:
 
 
 @dataclass(frozen=True)
+class ClaimMount:
+    """A PersistentVolumeClaim mounted into the agent's container (read-only by default)."""
+
+    volume: str
+    claim: str
+    mount_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """Everything that varies between the Jobs the operator runs."""
 
@@ -41,6 +51,7 @@ class JobRequest:
     env: dict[str, str] = field(default_factory=dict)
     secret_env: list[SecretEnv] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
+    mounts: list[ClaimMount] = field(default_factory=list)
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +107,10 @@ def build_job(request: JobRequest) -> dict[str, Any]:
         # pg_dump, the temporary redis-server and Python need a writable scratch dir.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
+    for mount in request.mounts:
+        container["volumeMounts"].append(
+            {"name": mount.volume, "mountPath": mount.mount_path, "readOnly": mount.read_only}
+        )
     if options.resources is not None:
         container["resources"] = options.resources.to_api()
     pod_spec: dict[str, Any] = {
@@ -109,7 +124,14 @@ def build_job(request: JobRequest) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}]
+        + [
+            {
+                "name": m.volume,
+                "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only},
+            }
+            for m in request.mounts
+        ],
     }
     if options.service_account_name:
         pod_spec["serviceAccountName"] = options.service_account_name
@@ -153,6 +175,63 @@ def _finished_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
             return condition  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How the agent's container of a Job's newest ended pod ended (its terminated state)."""
+
+    message: str | None
+    reason: str | None
+    """The kubelet's reason: `Completed`, `Error`, `OOMKilled`, `DeadlineExceeded`..."""
+    exit_code: int | None
+    signal: int | None = None
+
+
+def termination_of(pods: list[dict[str, Any]], *, failed_only: bool = False) -> Termination | None:
+    """The terminated state of the newest ended container among `pods` (API dicts)."""
+    newest: tuple[str, Termination] | None = None
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if not terminated:
+                continue
+            exit_code = terminated.get("exitCode")
+            if failed_only and not exit_code:
+                continue
+            when = str(terminated.get("finishedAt") or "")
+            found = Termination(
+                message=(terminated.get("message") or "").strip() or None,
+                reason=terminated.get("reason"),
+                exit_code=exit_code,
+                signal=terminated.get("signal"),
+            )
+            if newest is None or when >= newest[0]:
+                newest = (when, found)
+    return newest[1] if newest else None
+
+
+def killed_reason(termination: Termination | None) -> tuple[str, str] | None:
+    """(reason, message) when the container was killed rather than failing on its own: the
+    kernel's OOM killer (reason OOMKilled) or a signal (exit code above 128). None for an
+    ordinary exit, whose reason is the agent's own message."""
+    if termination is None:
+        return None
+    code = termination.exit_code
+    if termination.reason == "OOMKilled":
+        return (
+            "OOMKilled",
+            f"the agent was killed for exceeding its memory limit (OOMKilled, exit code {code}); "
+            "raise spec.job.resources.limits.memory",
+        )
+    signal = termination.signal or (code - 128 if code is not None and code > 128 else None)
+    if signal is not None:
+        return (
+            "AgentKilled",
+            f"the agent was killed by signal {signal} (exit code {code}) before it finished: "
+            "a node drain, eviction or kill, not an agent error",
+        )
     return None
 
 

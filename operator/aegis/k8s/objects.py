@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from aegis import GROUP, VERSION
 from aegis.api import Kind
 from aegis.k8s.client import api_client
+from aegis.k8s.jobs import Termination, termination_of
 
 
 class NotFound(LookupError):
@@ -154,22 +155,20 @@ def job_result_message(namespace: str, job_name: str) -> str | None:
 
 
 def _termination_message(namespace: str, job_name: str, *, failed_only: bool) -> str | None:
+    found = job_termination(namespace, job_name, failed_only=failed_only)
+    return found.message if found else None
+
+
+def job_termination(
+    namespace: str, job_name: str, *, failed_only: bool = False
+) -> Termination | None:
+    """The terminated state (message, reason, exit code) of the Job's newest ended pod."""
     try:
         pods = _core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
     except ApiException:
         return None
-    newest: tuple[dt.datetime, str] | None = None
-    for pod in pods.items:
-        for status in (pod.status and pod.status.container_statuses) or []:
-            terminated = status.state and status.state.terminated
-            if not terminated or not terminated.message:
-                continue
-            if failed_only and not terminated.exit_code:
-                continue
-            when = terminated.finished_at or dt.datetime.min.replace(tzinfo=dt.UTC)
-            if newest is None or when >= newest[0]:
-                newest = (when, terminated.message.strip())
-    return newest[1] if newest else None
+    raw = api_client().sanitize_for_serialization(pods.items)
+    return termination_of(list(raw), failed_only=failed_only)
 
 
 def read_secret(namespace: str, name: str) -> dict[str, bytes]:
@@ -190,12 +189,22 @@ def post_event(
     message: str,
     *,
     component: str = "aegis",
-) -> None:
-    """Post a core/v1 Event from outside a kopf handler (kopf.event needs its context)."""
+    key: str | None = None,
+) -> bool:
+    """Post a core/v1 Event from outside a kopf handler (kopf.event needs its context).
+
+    With `key`, the event gets a deterministic name (`<object>.<uid>.<key>`): posting it again
+    (after an operator restart) is a no-op, so an event that must be told once is told once.
+    Returns False when it already existed or could not be posted."""
     meta = involved["metadata"]
     now = dt.datetime.now(dt.UTC)
+    name_meta: dict[str, str] = (
+        {"name": event_name(meta["name"], meta.get("uid"), key)}
+        if key
+        else {"generateName": f"{meta['name']}."}
+    )
     event = {
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "metadata": {**name_meta, "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": involved.get("apiVersion", f"{GROUP}/{VERSION}"),
             "kind": involved["kind"],
@@ -216,4 +225,11 @@ def post_event(
         _core().create_namespaced_event(meta["namespace"], event)
     except ApiException:
         # Events are best effort, as in every controller: never fail reconciliation on them.
-        pass
+        # A keyed event that exists (409) was told before.
+        return False
+    return True
+
+
+def event_name(name: str, uid: str | None, key: str) -> str:
+    """A DNS-subdomain event name unique to the object (by uid) and the occasion."""
+    return f"{name}.{(uid or '')[:8]}.{key.lower()}".replace("..", ".")[:253]

@@ -25,7 +25,7 @@ from aegis.agent.layout import PointRef
 from aegis.agent.manifest import Manifest
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import JobOptions, S3Location, SecretKeyRef
-from aegis.k8s.jobs import JobRequest, SecretEnv
+from aegis.k8s.jobs import ClaimMount, JobRequest, SecretEnv
 from aegis.reconcilers import naming
 from aegis.settings import Settings
 
@@ -114,7 +114,18 @@ def backup_config(
     )
 
 
-RDB_MOUNT = "/var/lib/aegis/rdb/dump.rdb"
+RDB_DIR = "/var/lib/aegis/rdb"
+RDB_MOUNT = f"{RDB_DIR}/dump.rdb"
+"""Where a Bgsave backup reads the server's dump.rdb: the root of `redis.rdbVolume`, mounted
+read-only (redis writes `dbfilename`, default dump.rdb, at the root of its data dir)."""
+
+
+def backup_mounts(spec: BackupPolicySpec) -> list[ClaimMount]:
+    """Bgsave reads the RDB file the server wrote: its volume, read-only."""
+    redis = spec.source.redis
+    if redis is None or redis.method != "Bgsave" or redis.rdb_volume is None:
+        return []
+    return [ClaimMount("rdb", redis.rdb_volume.name, RDB_DIR, read_only=True)]
 
 
 def backup_secret_env(spec: BackupPolicySpec, key_ids: list[str]) -> list[SecretEnv]:
@@ -160,6 +171,7 @@ def backup_job_request(
         image=options.image or settings.agent_image,
         options=options,
         secret_env=backup_secret_env(spec, key_ids),
+        mounts=backup_mounts(spec),
     )
 
 
@@ -231,14 +243,18 @@ def agent_reason(termination_message: str | None) -> str | None:
     return None
 
 
-def failed(reason_line: str | None, job_condition_message: str | None) -> PointOutcome:
+def failed(
+    reason_line: str | None, job_condition_message: str | None, *, reason: str = "BackupFailed"
+) -> PointOutcome:
+    """A failed backup; `reason` tells an agent error (BackupFailed) from a kill (AgentKilled,
+    OOMKilled) or a deadline (DeadlineExceeded)."""
     message = agent_reason(reason_line) or job_condition_message or "the backup Job failed"
     return PointOutcome(
         phase="Failed",
         status={"phase": "Failed", "message": message},
-        reason="BackupFailed",
+        reason=reason,
         message=message,
-        conditions=[("Complete", "False", "BackupFailed", message)],
+        conditions=[("Complete", "False", reason, message)],
     )
 
 

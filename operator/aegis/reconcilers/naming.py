@@ -43,7 +43,7 @@ MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 COMPONENT: Final = "app.kubernetes.io/component"
 MANAGER: Final = "aegis"
 
-Component = Literal["backup", "restore", "drill"]
+Component = Literal["backup", "restore", "drill", "verify"]
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -148,6 +148,21 @@ def restore_job_name(restore: str) -> str:
 def drill_job_name(drill: str, run: dt.datetime) -> str:
     """The Job of one run of a DRDrill, identified by the run's start time in UTC."""
     return job_name("drill", drill, format_tick(run))
+
+
+def verify_job_name(recovery_point: str, request: str) -> str:
+    """The Job that authenticates one point for one request (an on-demand token or a
+    schedule tick): a retried request finds its Job, a new one gets a new Job."""
+    return job_name("verify", recovery_point, short_hash(request, 8))
+
+
+def verify_job_labels(policy: str, recovery_point: str) -> dict[str, str]:
+    """Labels of a verify Job and its pod template."""
+    return {
+        **common_labels("verify"),
+        POLICY_LABEL: label_value(policy),
+        RECOVERY_POINT_LABEL: label_value(recovery_point),
+    }
 
 
 def common_labels(component: Component) -> dict[str, str]:

@@ -122,8 +122,10 @@ class S3Store:
             raise StoreProblem(problem.reason, str(problem)) from None
 
     def list_manifest_keys(self, location: S3Location, namespace: str, policy: str) -> list[str]:
+        """The manifests catalog sync may import: not those of a point its user deleted while
+        the policy retains objects (tombstoned, see docs/agent.md)."""
         try:
-            return s3.list_manifest_keys(
+            return s3.importable_manifest_keys(
                 self._client(location, namespace),
                 location.bucket,
                 location.prefix,

@@ -1,31 +1,38 @@
 """The RecoveryPoint lifecycle against the cluster and the bucket: start the backup Job once,
 and when it ends, prove the result from the manifest. No kopf import: handlers call these.
 
-Every step is idempotent and keyed by deterministic names, so a restart at any moment neither
-creates a second Job nor loses one: a point with no terminal phase is always driven to its Job,
-and a Job that ended is always folded back into its point.
+One writer: `sync` is the only code that writes a point's phase, its Complete condition and
+its completion event. It reads the point, its Job (by its deterministic name) and, once the
+Job has ended, the evidence (the pod's termination state, the manifest in the bucket), derives
+the status with the pure `derive`, and writes only what differs. The completion event has a
+deterministic name, so telling it again after a restart is a no-op. Whoever calls `sync`,
+however often, whenever the operator was killed, the point ends with one Job, one Complete
+condition and one completion event.
+
+Ports: `Cluster` (the API server) and `Store` (the bucket) are Protocols; `ApiCluster` and
+`BucketStore` are the real ones, tests pass in-memory ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aegis import metrics
-from aegis.agent.manifest import ManifestError
+from aegis.agent.manifest import Manifest, ManifestError
 from aegis.api import BACKUP_POLICY, RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import S3Location
 from aegis.cloud import s3
 from aegis.k8s import objects
-from aegis.k8s.cache import CACHE
-from aegis.k8s.jobs import build_job, job_outcome
+from aegis.k8s.jobs import Termination, build_job, job_outcome, killed_reason
 from aegis.reach import EndpointRefused
-from aegis.reconcilers import backup, tenancy
-from aegis.reconcilers.conditions import ConditionUpdate, iso, set_conditions
+from aegis.reconcilers import backup, naming, tenancy
+from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
 from aegis.settings import Settings
 
@@ -54,11 +61,10 @@ class PolicyContext:
     body: dict[str, Any]
 
 
-def load_policy(namespace: str, name: str, *, cached: bool = False) -> PolicyContext:
-    """The policy, parsed; from the watch cache when `cached` and it is there."""
-    body = CACHE.policy(namespace, name) if cached else None
+def load_policy(namespace: str, name: str) -> PolicyContext:
+    """The policy, parsed."""
     try:
-        body = body or objects.get_custom(BACKUP_POLICY, namespace, name)
+        body = objects.get_custom(BACKUP_POLICY, namespace, name)
     except objects.NotFound:
         raise PointBlocked(
             "PolicyNotFound",
@@ -137,18 +143,387 @@ def s3_client_for(location: S3Location, namespace: str, settings: Settings) -> A
     return s3.client(location, credentials, settings.s3_endpoint)
 
 
-def _patch_point(
-    point: dict[str, Any], status: dict[str, Any], updates: list[ConditionUpdate]
-) -> None:
+# --- ports --------------------------------------------------------------------------------
+
+
+class Cluster(Protocol):
+    """What the point lifecycle needs of the API server."""
+
+    def get_point(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_point_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create_job(self, namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
+
+    def termination(self, namespace: str, job_name: str) -> Termination | None: ...
+
+    def post_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, key: str
+    ) -> None:
+        """Post an event told once per point and `key` (a repeat is a no-op)."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the bucket says about an ended backup: its manifest and the problems found, or
+    why the manifest could not be read."""
+
+    manifest: Manifest | None
+    problems: list[str] = field(default_factory=list)
+    unreadable: str | None = None
+
+
+class Store(Protocol):
+    """What the point lifecycle needs of the point's bucket (its policy's storage)."""
+
+    def evidence(self, point: dict[str, Any]) -> Evidence: ...
+
+    def abort_uploads(self, point: dict[str, Any]) -> int:
+        """Abort the point's unfinished multipart uploads; how many there were."""
+
+
+class ApiCluster:
+    """The real API server, through `aegis.k8s.objects`."""
+
+    def get_point(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return objects.get_custom(RECOVERY_POINT, namespace, name)
+        except objects.NotFound:
+            return None
+
+    def patch_point_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        objects.patch_custom_status(RECOVERY_POINT, namespace, name, status)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return objects.get_job(namespace, name)
+
+    def create_job(self, namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return objects.create_job(namespace, job)
+
+    def termination(self, namespace: str, job_name: str) -> Termination | None:
+        return objects.job_termination(namespace, job_name)
+
+    def post_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, key: str
+    ) -> None:
+        objects.post_event(involved, event_type, reason, message, key=key)
+
+
+class BucketStore:
+    """The point's bucket, found through its policy (read from the API server)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _where(self, point: dict[str, Any]) -> tuple[PolicyContext, Any, Any]:
+        namespace, name = point["metadata"]["namespace"], point["metadata"]["name"]
+        policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+        ref = backup.point_ref(policy.spec, namespace, policy.name, name)
+        return policy, ref, s3_client_for(policy.spec.storage, namespace, self.settings)
+
+    def evidence(self, point: dict[str, Any]) -> Evidence:
+        _, ref, client = self._where(point)
+        try:
+            manifest = s3.read_manifest(client, ref.bucket, ref.manifest_key)
+        except (s3.S3Problem, ManifestError) as error:
+            return Evidence(None, unreadable=str(error))
+        return Evidence(manifest, s3.check_payload(client, manifest, ref))
+
+    def abort_uploads(self, point: dict[str, Any]) -> int:
+        policy, ref, client = self._where(point)
+        aborted = s3.abort_uploads(client, ref.bucket, ref.directory)
+        for copy in policy.spec.copies or []:
+            where = ref.in_bucket(copy.bucket, copy.prefix)
+            copy_client = s3_client_for(copy, policy.namespace, self.settings)
+            aborted += s3.abort_uploads(copy_client, where.bucket, where.directory)
+        return aborted
+
+
+# --- the pure derivation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A point's status as its evidence shows it: fields, condition updates, and the event
+    that tells the state (posted once, under `event_key`)."""
+
+    status: dict[str, Any]
+    conditions: list[ConditionUpdate]
+    event: tuple[str, str, str] | None = None
+    """(type, reason, message)"""
+    event_key: str | None = None
+    outcome: backup.PointOutcome | None = None
+    """Set when the Job has ended: the point is terminal now."""
+
+
+def job_start_time(job: dict[str, Any]) -> str | None:
+    status = job.get("status") or {}
+    started = status.get("startTime") or (job.get("metadata") or {}).get("creationTimestamp")
+    return str(started) if started else None
+
+
+def failed_outcome(
+    job: dict[str, Any] | None, termination: Termination | None, job_name: str
+) -> backup.PointOutcome:
+    """A Job that failed or vanished. A kill or an OOM (the pod's terminated state) is told
+    apart from an agent error, whose reason is the agent's own one-line message."""
+    if job is None:
+        return backup.failed(None, f"backup Job {job_name} disappeared before it ended")
+    failed_condition = find(((job.get("status") or {}).get("conditions")), "Failed") or {}
+    killed = killed_reason(termination)
+    if killed is not None:
+        reason, message = killed
+        return backup.failed(None, message, reason=reason)
+    if failed_condition.get("reason") == "DeadlineExceeded":
+        message = (
+            "the backup Job exceeded its activeDeadlineSeconds and was stopped; raise "
+            "spec.job.activeDeadlineSeconds or make the backup faster"
+        )
+        return backup.failed(None, message, reason="DeadlineExceeded")
+    return backup.failed(
+        termination.message if termination else None, failed_condition.get("message")
+    )
+
+
+def derive(
+    point: dict[str, Any],
+    job: dict[str, Any] | None,
+    termination: Termination | None,
+    evidence: Evidence | None,
+    now: dt.datetime,
+) -> Derived | None:
+    """The status a non-terminal point's evidence proves; None when there is nothing to say
+    (no Job was ever made for it). `evidence` is read only for a Job that completed."""
+    status = point.get("status") or {}
+    name = point["metadata"]["name"]
+    job_name = status.get("jobName") or naming.backup_job_name(name)
+    state = job_outcome(job)
+    if state == "Missing" and not status.get("jobName"):
+        return None
+    start = status.get("startTime") or (job_start_time(job) if job else None) or iso(now)
+    if state == "Running":
+        message = f"backup Job {job_name} is running"
+        return Derived(
+            {"phase": "Running", "jobName": job_name, "startTime": start, "message": message},
+            [
+                ConditionUpdate(
+                    "Accepted", "True", "Accepted", f"Backup Job {job_name} runs the backup."
+                ),
+                ConditionUpdate(
+                    "Complete", "Unknown", "BackupRunning", f"Job {job_name} is running"
+                ),
+            ],
+            event=("Normal", "BackupStarted", f"Started backup Job {job_name}"),
+            event_key="started",
+        )
+    if state == "Complete":
+        assert evidence is not None, "a completed Job is judged by the bucket's evidence"
+        if evidence.manifest is None:
+            outcome = backup.missing_manifest(evidence.unreadable or "not found")
+        else:
+            outcome = backup.completed(evidence.manifest, evidence.problems)
+    else:
+        outcome = failed_outcome(job, termination, job_name)
+    fields = {
+        "jobName": job_name,
+        "startTime": start,
+        **outcome.status,
+        "completionTime": outcome.status.get("completionTime") or iso(now),
+    }
+    kind = "Normal" if outcome.phase == "Completed" else "Warning"
+    corrupted = (
+        [ConditionUpdate("Corrupted", "True", outcome.reason, outcome.message)]
+        if outcome.phase == "Corrupted"
+        else []
+    )
+    return Derived(
+        fields,
+        [ConditionUpdate("Accepted", "True", "Accepted", f"The recovery point is {outcome.phase}.")]
+        + [ConditionUpdate(t, s, r, m) for t, s, r, m in outcome.conditions]
+        + corrupted,
+        event=(kind, outcome.reason, outcome.message),
+        event_key="ended",
+        outcome=outcome,
+    )
+
+
+def merged_status(
+    point: dict[str, Any], fields: dict[str, Any], updates: list[ConditionUpdate], now: dt.datetime
+) -> dict[str, Any]:
+    """The status patch: `fields` plus the conditions recomputed from the point as it is."""
     meta = point["metadata"]
-    now = dt.datetime.now(dt.UTC)
-    current = (point.get("status") or {}).get("conditions")
-    status = dict(status)
+    status = dict(fields)
     if updates:
         status["conditions"] = set_conditions(
-            current, updates, generation=meta.get("generation"), now=now
+            (point.get("status") or {}).get("conditions"),
+            updates,
+            generation=meta.get("generation"),
+            now=now,
         )
-    objects.patch_custom_status(RECOVERY_POINT, meta["namespace"], meta["name"], status)
+        if meta.get("generation") is not None:
+            status["observedGeneration"] = meta["generation"]
+    return status
+
+
+def changes(point: dict[str, Any], patch: dict[str, Any]) -> bool:
+    current = point.get("status") or {}
+    return any(current.get(k) != v for k, v in patch.items())
+
+
+# --- the one writer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finished:
+    point: dict[str, Any]
+    policy: str
+    outcome: backup.PointOutcome
+
+
+def sync(
+    cluster: Cluster, store: Store, namespace: str, name: str, now: dt.datetime
+) -> Finished | None:
+    """Bring the point's status in line with its evidence. Returns Finished when this call
+    moved it to a terminal phase (the caller then refreshes the policy); None otherwise."""
+    with _locks[(namespace, name)]:
+        point = cluster.get_point(namespace, name)
+        if point is None:
+            return None
+        status = point.get("status") or {}
+        if status.get("phase") in TERMINAL:
+            _retell(cluster, point)
+            return None
+        job_name = status.get("jobName") or naming.backup_job_name(name)
+        job = cluster.get_job(namespace, job_name)
+        state = job_outcome(job)
+        termination = cluster.termination(namespace, job_name) if state == "Failed" else None
+        evidence = store.evidence(point) if state == "Complete" else None
+        derived = derive(point, job, termination, evidence, now)
+        if derived is None:
+            return None
+        patch = merged_status(point, derived.status, derived.conditions, now)
+        if changes(point, patch):
+            cluster.patch_point_status(namespace, name, patch)
+        point["status"] = {**status, **patch}
+        if derived.event is not None and derived.event_key is not None:
+            # Written state first, then the event: a kill in between is retold on resume.
+            cluster.post_event(point, *derived.event, key=derived.event_key)
+        if derived.outcome is None:
+            return None
+        policy = point["spec"]["policyRef"]["name"]
+        if derived.outcome.phase != "Completed":
+            _abort_uploads(store, point)
+        _record_metrics(namespace, policy, point, derived.outcome)
+        return Finished(point, policy, derived.outcome)
+
+
+def _retell(cluster: Cluster, point: dict[str, Any]) -> None:
+    """A terminal point whose event may have been lost in a kill: tell it (a no-op when it
+    was told). Only for phases this writer sets from a Job."""
+    status = point.get("status") or {}
+    complete = find(status.get("conditions"), "Complete")
+    if not status.get("jobName") or complete is None or complete.get("status") == "Unknown":
+        return
+    kind = "Normal" if complete.get("status") == "True" else "Warning"
+    cluster.post_event(
+        point, kind, str(complete.get("reason")), str(complete.get("message") or ""), key="ended"
+    )
+
+
+def _abort_uploads(store: Store, point: dict[str, Any]) -> None:
+    # Best effort: the next attempt's agent aborts them too.
+    try:
+        store.abort_uploads(point)
+    except (PointBlocked, s3.S3Problem):
+        pass
+
+
+def write_conditions(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    fields: dict[str, Any],
+    updates: list[ConditionUpdate],
+    now: dt.datetime,
+    *,
+    unless_terminal: bool = True,
+    only_if_new: bool = False,
+) -> bool:
+    """Merge fields and conditions into a point read now, under the point's lock (never a
+    handler's stale body). False when the point is gone or (by default) terminal."""
+    with _locks[(namespace, name)]:
+        point = cluster.get_point(namespace, name)
+        if point is None:
+            return False
+        if only_if_new:
+            status = point.get("status") or {}
+            existing = find(status.get("conditions"), updates[0].type)
+            if existing is not None and existing.get("status") == updates[0].status:
+                generation = point["metadata"].get("generation")
+                if generation is not None and status.get("observedGeneration") != generation:
+                    # Conditions written elsewhere (catalog sync) without it: this handler
+                    # has processed this generation.
+                    cluster.patch_point_status(namespace, name, {"observedGeneration": generation})
+                return False
+        if unless_terminal and (point.get("status") or {}).get("phase") in TERMINAL:
+            return False
+        patch = merged_status(point, fields, updates, now)
+        if changes(point, patch):
+            cluster.patch_point_status(namespace, name, patch)
+        return True
+
+
+def accept(cluster: Cluster, namespace: str, name: str, message: str, now: dt.datetime) -> None:
+    """The spec is accepted (the point's state conditions are `sync`'s)."""
+    write_conditions(
+        cluster,
+        namespace,
+        name,
+        {},
+        [ConditionUpdate("Accepted", "True", "Accepted", message)],
+        now,
+        unless_terminal=False,
+        only_if_new=True,
+    )
+
+
+INTEGRITY_KINDS = frozenset({"Corrupted", "WrongKey", "ManifestInvalid", "ManifestNotFound"})
+"""Agent error kinds that prove a point cannot be restored (not a passing outage)."""
+
+
+def mark_corrupted(
+    cluster: Cluster, namespace: str, name: str, reason: str, message: str, now: dt.datetime
+) -> bool:
+    """A check proved the point damaged (a restore or a verification refused it): phase
+    Corrupted, Verified=False, and never again chosen by a restore by policy."""
+    with _locks[(namespace, name)]:
+        point = cluster.get_point(namespace, name)
+        if point is None:
+            return False
+        status = point.get("status") or {}
+        fields: dict[str, Any] = {"phase": "Corrupted", "message": message}
+        verification = status.get("verification") or {}
+        fields["verification"] = {
+            **{k: v for k, v in verification.items() if k in ("restoreSeconds",)},
+            "time": iso(now),
+            "result": "Failed",
+            "message": message[:1024],
+        }
+        updates = [
+            ConditionUpdate("Corrupted", "True", reason, message),
+            ConditionUpdate("Verified", "False", reason, message),
+        ]
+        patch = merged_status(point, fields, updates, now)
+        if changes(point, patch):
+            cluster.patch_point_status(namespace, name, patch)
+        point["status"] = {**status, **patch}
+    cluster.post_event(point, "Warning", "RecoveryPointCorrupted", message, key="corrupted")
+    return True
+
+
+# --- entry points the handlers and the scheduler call ---------------------------------------
 
 
 def backup_job(
@@ -168,94 +543,38 @@ def start(point: dict[str, Any], settings: Settings) -> tuple[str, bool]:
 
 
 def launch(point: dict[str, Any], job: dict[str, Any], settings: Settings) -> tuple[str, bool]:
-    """Create the prepared Job (or find it) and record it in the point's status."""
+    """Create the prepared Job (or find it) and let the writer record it (and its end, if
+    it has ended already)."""
     meta = point["metadata"]
-    namespace, name = meta["namespace"], job["metadata"]["name"]
-    existing, created = objects.create_job(namespace, job)
-    status = point.get("status") or {}
-    if created or status.get("jobName") != name:
-        mark_running(point, name)
-    if job_outcome(existing) != "Running":
-        finish(namespace, meta["name"], settings)
-    return name, created
+    _, created = ApiCluster().create_job(meta["namespace"], job)
+    finish(meta["namespace"], meta["name"], settings)
+    return job["metadata"]["name"], created
 
 
 def mark_running(point: dict[str, Any], job_name: str) -> None:
-    status = point.get("status") or {}
-    _patch_point(
-        point,
-        {
-            "phase": "Running",
-            "jobName": job_name,
-            "startTime": status.get("startTime") or iso(dt.datetime.now(dt.UTC)),
-            "message": f"backup Job {job_name} is running",
-        },
-        [ConditionUpdate("Complete", "Unknown", "BackupRunning", f"Job {job_name} is running")],
-    )
+    """The Job was created: record it. Kept for the scheduler; the writer derives Running from
+    the Job itself, so this is `sync` (which needs the bucket only after the Job ended)."""
+    meta = point["metadata"]
+    try:
+        sync(ApiCluster(), _NoStore(), meta["namespace"], meta["name"], dt.datetime.now(dt.UTC))
+    except PointBlocked:
+        pass  # ended already: its Job event (or the resume handler) folds it in with evidence
 
 
-@dataclass(frozen=True)
-class Finished:
-    point: dict[str, Any]
-    policy: str
-    outcome: backup.PointOutcome
+class _NoStore:
+    """For `mark_running`: a Job just created has not ended, so no bucket is read; if it had,
+    the evidence is left to the next `finish` (its Job event or the resume handler)."""
+
+    def evidence(self, point: dict[str, Any]) -> Evidence:
+        raise PointBlocked("EvidencePending", "the bucket is read when the Job has ended", 1)
+
+    def abort_uploads(self, point: dict[str, Any]) -> int:
+        return 0
 
 
 def finish(namespace: str, name: str, settings: Settings) -> Finished | None:
-    """Fold an ended Job into its point. None when there is nothing (more) to do."""
-    with _locks[(namespace, name)]:
-        try:
-            point = objects.get_custom(RECOVERY_POINT, namespace, name)
-        except objects.NotFound:
-            return None
-        status = point.get("status") or {}
-        if status.get("phase") in TERMINAL or not status.get("jobName"):
-            return None
-        job = objects.get_job(namespace, status["jobName"])
-        state = job_outcome(job)
-        if state == "Running":
-            return None
-        policy_name = point["spec"]["policyRef"]["name"]
-        if state == "Missing":
-            outcome = backup.failed(
-                None, f"backup Job {status['jobName']} disappeared before it ended"
-            )
-        elif state == "Failed":
-            reason_line = objects.job_failure_message(namespace, status["jobName"])
-            condition: dict[str, Any] = next(
-                (
-                    c
-                    for c in (job or {}).get("status", {}).get("conditions") or []
-                    if c.get("type") == "Failed"
-                ),
-                {},
-            )
-            outcome = backup.failed(reason_line, condition.get("message"))
-        else:
-            outcome = _prove(namespace, policy_name, name, settings)
-        _patch_point(
-            point,
-            {
-                **outcome.status,
-                "completionTime": outcome.status.get("completionTime")
-                or iso(dt.datetime.now(dt.UTC)),
-            },
-            [ConditionUpdate(t, s, r, m) for t, s, r, m in outcome.conditions],
-        )
-        _record_metrics(namespace, policy_name, point, outcome)
-        point["status"] = {**status, **outcome.status}
-        return Finished(point, policy_name, outcome)
-
-
-def _prove(namespace: str, policy_name: str, name: str, settings: Settings) -> backup.PointOutcome:
-    policy = load_policy(namespace, policy_name)
-    ref = backup.point_ref(policy.spec, namespace, policy_name, name)
-    client = s3_client_for(policy.spec.storage, namespace, settings)
-    try:
-        manifest = s3.read_manifest(client, ref.bucket, ref.manifest_key)
-    except (s3.S3Problem, ManifestError) as error:
-        return backup.missing_manifest(str(error))
-    return backup.completed(manifest, s3.check_payload(client, manifest, ref))
+    """Fold the point's Job into its status (the one writer). None when nothing ended now."""
+    return sync(ApiCluster(), BucketStore(settings), namespace, name, dt.datetime.now(dt.UTC))
 
 
 def _record_metrics(
@@ -263,8 +582,10 @@ def _record_metrics(
 ) -> None:
     metrics.copies_ended(namespace, policy, outcome.status.get("copies"))
     if outcome.phase == "Completed":
-        started = backup.parse_time(outcome.status.get("startTime"))
-        ended = backup.parse_time(outcome.status.get("completionTime"))
+        started = backup.parse_time(
+            outcome.status.get("startTime") or (point.get("status") or {}).get("startTime")
+        )
+        ended = backup.parse_time((point.get("status") or {}).get("completionTime"))
         if started and ended:
             metrics.BACKUP_DURATION.labels(namespace, policy).observe(
                 (ended - started).total_seconds()
@@ -275,10 +596,14 @@ def _record_metrics(
 
 def block(point: dict[str, Any], blocked: PointBlocked) -> None:
     """Report why the point cannot start, without failing it: the cause may be fixed."""
-    _patch_point(
-        point,
+    meta = point["metadata"]
+    write_conditions(
+        ApiCluster(),
+        meta["namespace"],
+        meta["name"],
         {"phase": "Pending", "message": blocked.message},
         [ConditionUpdate("Accepted", "False", blocked.reason, blocked.message)],
+        dt.datetime.now(dt.UTC),
     )
 
 
@@ -295,9 +620,14 @@ def delete_objects(
         # Without its policy the point's bucket is unknown; deleting the policy keeps points
         # and their objects, by design.
         return None
-    if not pruned and policy.spec.deletion_policy == "Retain":
-        return None
     ref = backup.point_ref(policy.spec, namespace, policy.name, name)
+    if not pruned and policy.spec.deletion_policy == "Retain":
+        # The objects stay; a tombstone next to the manifest keeps catalog sync from importing
+        # the point again. Only a point with a manifest can be re-imported, so only it needs one.
+        if (point.get("status") or {}).get("manifest"):
+            client = s3_client_for(policy.spec.storage, namespace, settings)
+            s3.write_tombstone(client, ref, tombstone_body(point, dt.datetime.now(dt.UTC)))
+        return None
     now = dt.datetime.now(dt.UTC)
     locations = [(policy.spec.storage, ref)] + [
         (copy, ref.in_bucket(copy.bucket, copy.prefix)) for copy in policy.spec.copies or []
@@ -309,3 +639,19 @@ def delete_objects(
         if until is not None:
             latest_lock = max(latest_lock or until, until)
     return latest_lock
+
+
+def tombstone_body(point: dict[str, Any], now: dt.datetime) -> bytes:
+    """What the tombstone says: who was deleted, when, and how to undo it."""
+    meta = point["metadata"]
+    return json.dumps(
+        {
+            "recoveryPoint": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "deletedTime": iso(now),
+            "note": "deleted by its user under deletionPolicy Retain; delete this object "
+            "to let catalog sync import the point again",
+        },
+        indent=2,
+    ).encode()

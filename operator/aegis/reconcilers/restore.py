@@ -21,15 +21,17 @@ from typing import Any, Literal, Protocol
 
 from aegis import metrics
 from aegis.agent.config import PostgresTargetConfig, RedisTargetConfig, RestoreConfig
+from aegis.agent.layout import manifest_key_for, parse_s3_url
 from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.checks import VerifyCheck
-from aegis.api.common import JobOptions, LocalObjectRef, SecretKeyRef
+from aegis.api.common import JobOptions, LocalObjectRef, S3Location, SecretKeyRef
 from aegis.api.restore import RestoreSpec, RestoreTarget
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION
 from aegis.reconcilers import backup, naming
+from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
 from aegis.reconcilers.recoverypoint import PointBlocked, admit_policy, key_ids, load_policy
 from aegis.settings import Settings
@@ -64,13 +66,24 @@ def _source_time(point: dict[str, Any]) -> str:
     return str(status.get("sourceTime") or status.get("completionTime") or "")
 
 
-def choose_point(points: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
-    """The newest Completed point of `policy` by sourceTime, a Verified one if any exists."""
+def is_corrupted(point: dict[str, Any]) -> bool:
+    """A check proved the point damaged (whatever its phase says)."""
+    status = point.get("status") or {}
+    corrupted = find(status.get("conditions"), "Corrupted")
+    return status.get("phase") == "Corrupted" or (
+        corrupted is not None and corrupted.get("status") == "True"
+    )
+
+
+def choose_point(candidates: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
+    """The newest Completed point of `policy` by sourceTime, a Verified one if any exists;
+    never one a check proved damaged."""
     completed = [
         p
-        for p in points
+        for p in candidates
         if ((p.get("spec") or {}).get("policyRef") or {}).get("name") == policy
         and (p.get("status") or {}).get("phase") == "Completed"
+        and not is_corrupted(p)
     ]
     verified = [p for p in completed if is_verified(p)]
     candidates = verified or completed
@@ -137,6 +150,42 @@ def target_config(
     return None, RedisTargetConfig(host=rd.host, port=rd.port, tls=rd.tls, db=rd.db or 0)
 
 
+def source_location(
+    point: dict[str, Any], policy: BackupPolicySpec, copy: str | None
+) -> tuple[S3Location, str | None]:
+    """Where the restore reads: the policy's storage and the point's manifest URL, or with
+    `copy` (a bucket) that copy's location and the manifest the agent wrote next to the
+    copied payload. Raises RestoreRefused when the point has no Completed copy there."""
+    status = point.get("status") or {}
+    if copy is None:
+        return policy.storage, manifest_url(status)
+    name = point["metadata"]["name"]
+    location = next((c for c in policy.copies or [] if c.bucket == copy), None)
+    if location is None:
+        raise RestoreRefused(
+            "CopyNotFound",
+            f"spec.source.copy: the BackupPolicy of {name} has no copy in bucket {copy}; "
+            "name the bucket of one of its spec.copies",
+        )
+    recorded = next(
+        (
+            c
+            for c in status.get("copies") or []
+            if str(c.get("location", "")).startswith(f"s3://{copy}/")
+        ),
+        None,
+    )
+    if recorded is None or recorded.get("state") != "Completed":
+        state = recorded.get("state") if recorded else "missing"
+        raise RestoreRefused(
+            "CopyNotCompleted",
+            f"spec.source.copy: RecoveryPoint {name} has no Completed copy in bucket {copy} "
+            f"(state: {state}); restore from the primary or another copy",
+        )
+    bucket, key = parse_s3_url(str(recorded["location"]))
+    return location, f"s3://{bucket}/{manifest_key_for(key)}"
+
+
 def restore_config(
     point: dict[str, Any],
     policy: BackupPolicySpec,
@@ -144,19 +193,20 @@ def restore_config(
     allow_overwrite: bool,
     checks: list[VerifyCheck] | None,
     settings: Settings,
+    copy: str | None = None,
 ) -> RestoreConfig:
-    """The agent's configuration: the point's manifest in its policy's bucket, the target,
-    and the checks. No secrets: those are env vars from Secrets."""
-    meta, status = point["metadata"], point.get("status") or {}
+    """The agent's configuration: the point's manifest in its policy's bucket (or in the
+    named copy's), the target, and the checks. No secrets: those are env vars from Secrets."""
+    meta = point["metadata"]
     postgres, redis = target_config(target)
-    url = manifest_url(status)
+    storage, url = source_location(point, policy, copy)
     return RestoreConfig(
         manifest=url,
         # Without a recorded manifest key the layout finds it from the names.
         namespace=None if url else meta["namespace"],
         policy=None if url else point["spec"]["policyRef"]["name"],
         recovery_point=None if url else meta["name"],
-        storage=backup.store_config(policy.storage, "", settings.s3_endpoint),
+        storage=backup.store_config(storage, "", settings.s3_endpoint),
         postgres=postgres,
         redis=redis,
         allow_overwrite=allow_overwrite,
@@ -180,13 +230,17 @@ def target_secret_env(target: RestoreTarget) -> list[SecretEnv]:
 
 
 def restore_secret_env(
-    target: RestoreTarget, policy: BackupPolicySpec, key_ids: list[str]
+    target: RestoreTarget,
+    policy: BackupPolicySpec,
+    key_ids: list[str],
+    storage: S3Location | None = None,
 ) -> list[SecretEnv]:
-    """The target's credentials, the bucket's and every key of the policy's key Secret."""
+    """The target's credentials, the bucket's (the storage read: the policy's, or a copy's)
+    and every key of the policy's key Secret."""
     key_secret = policy.encryption.key_secret_ref.name
     return [
         *target_secret_env(target),
-        *backup.s3_secret_env(policy.storage, ""),
+        *backup.s3_secret_env(storage or policy.storage, ""),
         *(SecretEnv(backup.key_env_name(k), SecretKeyRef(name=key_secret, key=k)) for k in key_ids),
     ]
 
@@ -212,7 +266,11 @@ def restore_job_request(
     """The Job that restores `point` (a Completed RecoveryPoint) for `restore`."""
     meta = restore["metadata"]
     name, point_name = meta["name"], point["metadata"]["name"]
-    config = restore_config(point, policy, spec.target, spec.allow_overwrite, spec.verify, settings)
+    copy = spec.source.copy_ if spec.source else None
+    config = restore_config(
+        point, policy, spec.target, spec.allow_overwrite, spec.verify, settings, copy
+    )
+    storage, _ = source_location(point, policy, copy)
     options = restore_job_options(spec.job)
     return JobRequest(
         name=naming.restore_job_name(name),
@@ -224,7 +282,7 @@ def restore_job_request(
         args=["--config-json", config.model_dump_json(by_alias=True, exclude_none=True)],
         image=options.image or settings.agent_image,
         options=options,
-        secret_env=restore_secret_env(spec.target, policy, key_ids),
+        secret_env=restore_secret_env(spec.target, policy, key_ids, storage),
     )
 
 
@@ -387,22 +445,58 @@ def verification_of(
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
+class Cluster(Protocol):
+    """What folding a restore Job into its Restore needs of the API server."""
+
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Restore; raises objects.NotFound."""
+
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def termination_message(self, namespace: str, job_name: str) -> str | None:
+        """The termination message of the Job's newest pod (the agent's JSON result)."""
+
+
+class ApiCluster:
+    """The real API server, through `aegis.k8s.objects`."""
+
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
+        return objects.get_custom(RESTORE, namespace, name)
+
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        objects.patch_custom_status(RESTORE, namespace, name, status)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return objects.get_job(namespace, name)
+
+    def termination_message(self, namespace: str, job_name: str) -> str | None:
+        return objects.job_result_message(namespace, job_name)
+
+
 def _patch(
-    namespace: str, name: str, status: dict[str, Any], updates: list[ConditionUpdate]
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    updates: list[ConditionUpdate],
+    cluster: Cluster | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Merge-patch the status; conditions are recomputed from the current object (the body a
     handler got may be stale) so that no condition is lost."""
-    current = objects.get_custom(RESTORE, namespace, name)
+    cluster = cluster or ApiCluster()
+    current = cluster.get_restore(namespace, name)
     status = dict(status)
     if updates:
         status["conditions"] = set_conditions(
             (current.get("status") or {}).get("conditions"),
             updates,
             generation=current["metadata"].get("generation"),
-            now=dt.datetime.now(dt.UTC),
+            now=now or dt.datetime.now(dt.UTC),
         )
     status["observedGeneration"] = current["metadata"].get("generation")
-    objects.patch_custom_status(RESTORE, namespace, name, status)
+    cluster.patch_restore_status(namespace, name, status)
     current["status"] = {**(current.get("status") or {}), **status}
     return current
 
@@ -541,18 +635,21 @@ def refuse(restore: dict[str, Any], error: RestoreRefused) -> Finished:
     return Finished(current, outcome)
 
 
-def finish(namespace: str, name: str) -> Finished | None:
+def finish(
+    namespace: str, name: str, cluster: Cluster | None = None, now: dt.datetime | None = None
+) -> Finished | None:
     """Fold the ended Job into the Restore. None when there is nothing (more) to do."""
+    cluster = cluster or ApiCluster()
     with _locks[(namespace, name)]:
         try:
-            restore = objects.get_custom(RESTORE, namespace, name)
+            restore = cluster.get_restore(namespace, name)
         except objects.NotFound:
             return None
         status = restore.get("status") or {}
         job_name = status.get("jobName")
         if status.get("phase") in TERMINAL or not job_name:
             return None
-        job = objects.get_job(namespace, job_name)
+        job = cluster.get_job(namespace, job_name)
         state = job_outcome(job)
         if state == "Running":
             return None
@@ -562,7 +659,7 @@ def finish(namespace: str, name: str) -> Finished | None:
         if state == "Missing":
             job_message = f"restore Job {job_name} disappeared before the operator saw it end"
         else:
-            termination = objects.job_result_message(namespace, job_name)
+            termination = cluster.termination_message(namespace, job_name)
             result = parse_result(termination)
             failed = find(((job or {}).get("status") or {}).get("conditions"), "Failed")
             job_message = termination or (failed or {}).get("message")
@@ -570,7 +667,7 @@ def finish(namespace: str, name: str) -> Finished | None:
         outcome = restore_outcome(
             state, result, job_message, status.get("recoveryPoint"), describe_target(spec.target)
         )
-        now = dt.datetime.now(dt.UTC)
+        now = now or dt.datetime.now(dt.UTC)
         duration = measured_duration(result, started, ended)
         if duration is not None:
             outcome.status["durationSeconds"] = duration
@@ -584,13 +681,35 @@ def finish(namespace: str, name: str) -> Finished | None:
                 "completionTime": iso(ended or now),
             }
         )
-        current = _patch(namespace, name, outcome.status, outcome.conditions())
+        current = _patch(namespace, name, outcome.status, outcome.conditions(), cluster, now)
         if outcome.phase == "Completed":
             if duration is not None:
                 metrics.RESTORE_DURATION.labels(namespace).observe(duration)
         else:
             metrics.RESTORE_FAILURES.labels(namespace).inc()
         return Finished(current, outcome)
+
+
+def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -> bool:
+    """A restore the agent refused for an integrity reason (a damaged or truncated payload,
+    a key that does not open it, a broken manifest) proves its point damaged: mark it
+    Corrupted, so that no restore by policy chooses it again. True when marked."""
+    outcome = finished.outcome
+    restore = finished.restore
+    point_name = (restore.get("status") or {}).get("recoveryPoint")
+    if outcome.phase != "Failed" or outcome.reason not in points.INTEGRITY_KINDS or not point_name:
+        return False
+    if ((restore.get("spec") or {}).get("source") or {}).get("copy"):
+        return False  # a damaged copy says nothing of the primary objects
+    message = f"restore/{restore['metadata']['name']} refused it: {outcome.message}"
+    namespace = restore["metadata"]["namespace"]
+    marked = points.mark_corrupted(cluster, namespace, point_name, outcome.reason, message, now)
+    if marked:
+        policy = ((restore.get("spec") or {}).get("policyRef") or {}).get("name")
+        point = cluster.get_point(namespace, point_name) if not policy else None
+        policy = policy or ((point or {}).get("spec") or {}).get("policyRef", {}).get("name")
+        metrics.verification_ended(namespace, str(policy or ""), passed=False)
+    return marked
 
 
 def mark_point_verified(finished: Finished) -> bool:
@@ -622,4 +741,6 @@ def mark_point_verified(finished: Finished) -> bool:
         point_name,
         {"verification": verification, "conditions": conditions},
     )
+    policy = ((point.get("spec") or {}).get("policyRef") or {}).get("name") or ""
+    metrics.verification_ended(meta["namespace"], policy, passed=True)
     return True

@@ -23,7 +23,16 @@ What a pod gets, as kubelet builds it (the rules are in :mod:`aegis.sandbox.pode
   resolves), ``HOME``, ``LANG=C.UTF-8`` and ``PYTHONUNBUFFERED=1`` (so logs are live), plus
   the runner's ``extra_env``.
 - The working dir is the container's ``workingDir`` if it exists on the host, else a fresh
-  per-pod temp dir. Volumes are not materialised: only the environment reaches the process.
+  per-pod temp dir.
+- Volumes: there is no mount namespace, so a mount is materialised by *path rewriting*: a
+  ``hostPath`` volume is the host directory itself, and a ``persistentVolumeClaim`` volume is
+  the local directory a test bound to it with ``bind_claim(namespace, claim, path)`` (an
+  unbound claim fails the attempt with ``FailedMount``). Wherever the container's
+  ``mountPath`` appears as a path in its ``command``, ``args`` or ``env`` values, it is
+  replaced by that local directory (JSON arguments stay valid). So an agent told to read
+  ``/var/lib/aegis/rdb/dump.rdb`` reads the file the real redis-server wrote in the bound
+  directory. ``readOnly`` is not enforced. ``emptyDir`` and other volumes are not
+  materialised.
 
 What the Job controller does that is honoured: ``activeDeadlineSeconds`` (counted from
 ``startTime``; the process group is killed and the Job fails with ``DeadlineExceeded``),
@@ -31,7 +40,8 @@ What the Job controller does that is honoured: ``activeDeadlineSeconds`` (counte
 ``completions`` (run one after another; ``parallelism`` is not honoured), ``suspend`` (not
 started, or killed and restarted on resume) and deletion (a Job deleted, or given a
 ``deletionTimestamp``, has its process killed). Not done: Pod objects, Events,
-``ttlSecondsAfterFinished``, ``podFailurePolicy``, indexed completion, volumes.
+``ttlSecondsAfterFinished``, ``podFailurePolicy``, indexed completion, volumes other than
+``hostPath`` and bound ``persistentVolumeClaim``.
 
 Each Job's stdout and stderr go to ``<log_dir>/<namespace>/<job>.log``, one header and one
 footer line per attempt. Headers show the command as written in the Job, before ``$(VAR)``
@@ -66,6 +76,8 @@ from aegis.sandbox.podenv import (
     container_argv,
     generate_pod_name,
     resolve_env,
+    rewrite_mounted_paths,
+    volume_mounts,
 )
 from aegis.sandbox.processes import TrackedProcess
 
@@ -224,6 +236,8 @@ class JobRunner:
         self.watch_timeout_seconds = watch_timeout_seconds
         self.extra_env = dict(extra_env or {})
         self.default_entrypoint = tuple(default_entrypoint)
+        self.claims: dict[tuple[str, str], str] = {}
+        """Local directories standing in for PersistentVolumeClaims (`bind_claim`)."""
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -285,6 +299,11 @@ class JobRunner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def bind_claim(self, namespace: str, claim: str, path: str | Path) -> None:
+        """Make PersistentVolumeClaim `claim` of `namespace` the local directory `path` for
+        the Jobs that mount it (see the module docstring on volumes)."""
+        self.claims[(namespace, claim)] = str(Path(path).resolve())
 
     def log_path(self, namespace: str, job: str) -> Path:
         return self.log_dir / namespace / f"{job}.log"
@@ -816,6 +835,10 @@ class _JobRun(threading.Thread):
         try:
             env = resolve_env(containers[0], pod, self.runner.lookup(self.namespace))
             argv = container_argv(containers[0], env, self.runner.default_entrypoint)
+            mounts = volume_mounts(containers[0], pod_spec, self.namespace, self.runner.claims)
+            if mounts:
+                argv = [rewrite_mounted_paths(a, mounts) for a in argv]
+                env = {k: rewrite_mounted_paths(v, mounts) for k, v in env.items()}
         except ContainerConfigError as error:
             _append_log(
                 log_path,

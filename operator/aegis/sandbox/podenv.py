@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets as random_source
 from collections.abc import Callable, Mapping, Sequence
@@ -208,3 +209,48 @@ def container_argv(
         )
     args = [str(a) for a in container.get("args") or []]
     return [expand_references(part, env) for part in command + args]
+
+
+def volume_mounts(
+    container: JsonDict,
+    pod_spec: JsonDict,
+    namespace: str,
+    claims: Mapping[tuple[str, str], str],
+) -> dict[str, str]:
+    """The container's mounts the sandbox can materialise, as {mountPath: local path}.
+
+    There is no mount namespace here: a `hostPath` volume is the host directory itself, and
+    a `persistentVolumeClaim` volume is the local directory bound to `(namespace, claimName)`
+    (`JobRunner.bind_claim`). `emptyDir` and other volumes are not materialised. A claim
+    that is not bound fails the attempt, as a pod whose volume cannot mount never starts.
+    `readOnly` cannot be enforced on a plain directory: the process is trusted to honour it."""
+    volumes = {v.get("name"): v for v in pod_spec.get("volumes") or []}
+    mounts: dict[str, str] = {}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount.get("name")) or {}
+        path = str(mount.get("mountPath") or "").rstrip("/")
+        if not path:
+            continue
+        if "hostPath" in volume:
+            mounts[path] = str(volume["hostPath"].get("path") or "").rstrip("/")
+        elif "persistentVolumeClaim" in volume:
+            claim = str(volume["persistentVolumeClaim"].get("claimName") or "")
+            local = claims.get((namespace, claim))
+            if local is None:
+                raise ContainerConfigError(
+                    f"FailedMount: PersistentVolumeClaim {claim} is not bound in the sandbox "
+                    "(JobRunner.bind_claim)"
+                )
+            mounts[path] = str(local).rstrip("/")
+    return mounts
+
+
+def rewrite_mounted_paths(text: str, mounts: Mapping[str, str]) -> str:
+    """`text` (an argument or env value) with each mount path, where it stands as a path
+    (followed by `/`, a quote or the end), replaced by its local path; a JSON argument stays
+    valid JSON."""
+    for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        replacement = json.dumps(local)[1:-1] if '"' in text else local
+        pattern = re.compile(re.escape(mount_path) + r'(?=/|"|$)')
+        text = pattern.sub(replacement.replace("\\", "\\\\"), text)
+    return text

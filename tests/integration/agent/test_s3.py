@@ -103,6 +103,74 @@ def test_s3_cut_off_mid_upload_leaves_no_multipart_upload(
     assert keys == []
 
 
+def test_a_killed_attempts_upload_is_aborted_by_the_next_attempt(
+    redis_db: RedisServer,
+    moto: MotoServer,
+    s3_bucket: str,
+    s3_client: Any,
+    keys_dir: Path,
+    proxy_factory: Any,
+) -> None:
+    """SIGKILL runs no abort: the agent killed mid-upload (here the moment its store is cut
+    off, so even its own abort cannot get through) leaves a multipart upload with parts.
+    The next attempt of the same point aborts it before uploading, and succeeds."""
+    import signal
+    import subprocess
+
+    from tests.integration.agent.helpers import AEGIS
+
+    fill_random(redis_db, 3000, 10_000)  # ~30 MB, incompressible
+    proxy = proxy_factory(moto.endpoint, cut_after=12 << 20)
+    env = {
+        **os.environ,
+        **moto.aws_env(),
+        "AEGIS_S3_ENDPOINT": proxy.endpoint,
+        "AWS_ENDPOINT_URL_S3": proxy.endpoint,
+        "AWS_ENDPOINT_URL": proxy.endpoint,
+        "REDISCLI_AUTH": redis_db.password or "",
+    }
+    redis_db.client().config_set("repl-diskless-sync-delay", "0")
+    args = [
+        "backup", "--source", "redis", "--host", redis_db.host, "--port", str(redis_db.port),
+        "--bucket", s3_bucket, "--prefix", "dr", "--namespace", "cache", "--policy",
+        "sessions", "--point", "rp-killed", "--keys-dir", str(keys_dir), "--compression",
+        "none", "--part-size", str(5 << 20),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [AEGIS, "agent", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert proxy.cut_event.wait(120), "the upload never reached the cut"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    proxy.restore()
+    left = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads") or []
+    assert [u["Key"] for u in left] == ["dr/cache/sessions/rp-killed/payload"]
+    assert s3_client.list_parts(
+        Bucket=s3_bucket, Key=left[0]["Key"], UploadId=left[0]["UploadId"]
+    ).get("Parts")
+    proxy.close()
+    run = backup(
+        redis_db,
+        moto.aws_env(),
+        s3_bucket,
+        keys_dir,
+        "--compression",
+        "none",
+        "--part-size",
+        str(5 << 20),
+        point="rp-killed",
+    )
+    assert run.code == 0, run.stderr[-2000:]
+    assert "aborted a stale multipart upload" in run.stderr
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
 def test_copies_lock_sse_storage_class_and_catalog(
     redis_db: RedisServer, moto: MotoServer, s3_client: Any, keys_dir: Path, tmp_path: Path
 ) -> None:
