@@ -39,8 +39,7 @@ def grants(group: str, resources: tuple[str, ...] | list[str], verbs: str) -> se
 # e2e suite runs the operator under these rules and fails on a refusal or an unused grant,
 # tests/e2e/test_rbac_least_privilege.py).
 NAMESPACED_GRANTS: set[Grant] = (
-    grants("dr.aegis.dev", [k for k in KINDS if k != "drdrills"], "get list watch patch")
-    | grants("dr.aegis.dev", ("drdrills",), "list watch patch")
+    grants("dr.aegis.dev", KINDS, "get list watch patch")
     | grants("dr.aegis.dev", ("recoverypoints",), "create delete")
     | grants("dr.aegis.dev", [f"{k}/status" for k in KINDS], "patch")
     | grants("dr.aegis.dev", ("failoverapprovals",), "get list watch patch")

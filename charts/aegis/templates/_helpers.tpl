@@ -81,14 +81,11 @@ There is no `*` anywhere, no `update` (kopf and Aegis send merge patches, never 
 */}}
 {{- define "aegis.namespacedRules" -}}
 # kopf watches the kinds and patches their finalizers and progress annotations; the
-# reconcilers read the objects they follow (a Restore's RecoveryPoint, a plan's state).
+# reconcilers read the objects they follow (a Restore's RecoveryPoint, a plan's state, a
+# drill's run).
 - apiGroups: ["dr.aegis.dev"]
-  resources: ["backuppolicies", "recoverypoints", "restores", "failoverplans"]
+  resources: ["backuppolicies", "recoverypoints", "restores", "failoverplans", "drdrills"]
   verbs: ["get", "list", "watch", "patch"]
-# Drills are only accepted (kopf's watch and patches): no reconciler reads them.
-- apiGroups: ["dr.aegis.dev"]
-  resources: ["drdrills"]
-  verbs: ["list", "watch", "patch"]
 # Scheduled runs and the catalog import create RecoveryPoints; retention deletes them.
 - apiGroups: ["dr.aegis.dev"]
   resources: ["recoverypoints"]
