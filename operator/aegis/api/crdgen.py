@@ -179,7 +179,9 @@ PEERING_CRD: dict[str, Any] = {
         ],
     },
 }
-PEERING_HEADER = "# kopf's peering CRD (leader election of the operator's replicas), by `aegis crds`.\n"
+PEERING_HEADER = (
+    "# kopf's peering CRD (leader election of the operator's replicas), by `aegis crds`.\n"
+)
 
 
 def rendered() -> dict[str, str]:
