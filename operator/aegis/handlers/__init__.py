@@ -79,7 +79,11 @@ def _elect(settings: kopf.OperatorSettings, aegis: Settings, logger: KopfLogger)
     settings.peering.priority = peering.seniority_priority()
     settings.peering.lifetime = aegis.peering_lifetime
     settings.peering.stealth = True  # no log line per keep-alive
-    created = peering.ensure_peering(aegis.peering)
+    try:
+        created = peering.ensure_peering(aegis.peering)
+    except peering.PeeringUnavailable as error:
+        # exit with the reason rather than stay paused forever with pods that look Ready
+        raise kopf.PermanentError(str(error)) from None
     logger.info(
         "Leader election in ClusterKopfPeering %s%s: priority %s (the oldest replica leads)",
         aegis.peering,

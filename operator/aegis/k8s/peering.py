@@ -59,6 +59,10 @@ def peering_object(name: str) -> dict[str, Any]:
     }
 
 
+class PeeringUnavailable(RuntimeError):
+    """The peering CRD is not installed: without it every replica would stay paused."""
+
+
 def ensure_peering(name: str) -> bool:
     """Create the peering object unless it exists; True when created. kopf waits (paused)
     until it sees the object, so a replica must not depend on someone else creating it."""
@@ -68,6 +72,13 @@ def ensure_peering(name: str) -> bool:
             PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering_object(name)
         )
     except ApiException as error:
+        if error.status == 404:
+            # kopf would wait silently (paused, "peering CRD is missing" at debug level)
+            raise PeeringUnavailable(
+                f"leader election needs the CRD {PEERING_PLURAL}.{PEERING_GROUP}: apply "
+                f"crds/{PEERING_PLURAL}.{PEERING_GROUP}.yaml (the chart installs it unless "
+                "--skip-crds), or run one replica without election (AEGIS_PEERING empty)"
+            ) from None
         if error.status != 409:
             raise
         return False
