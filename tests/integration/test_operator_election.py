@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,13 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
             return found
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @contextlib.contextmanager
@@ -96,12 +105,14 @@ def test_a_new_replica_never_preempts_the_leader_and_a_graceful_exit_hands_over(
         def log(name: str) -> str:
             return (tmp_path / f"{name}.log").read_text(errors="replace")
 
-        def start(name: str, lifetime: int) -> None:
+        def start(name: str, lifetime: int, health_port: int = 0) -> None:
             with (tmp_path / f"{name}.log").open("ab") as out:
                 procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "aegis", "operator"],
                     env=operator_env(kubeconfig, POD_ID=name,
-                                     AEGIS_PEERING_LIFETIME=str(lifetime)),
+                                     AEGIS_PEERING_LIFETIME=str(lifetime),
+                                     AEGIS_HEALTH_PORT=str(health_port),
+                                     AEGIS_METRICS_ADDRESS="127.0.0.1"),
                     stdout=out, stderr=subprocess.STDOUT)
             wait_for(f"{name} registered", lambda: name in records())
 
@@ -110,7 +121,8 @@ def test_a_new_replica_never_preempts_the_leader_and_a_graceful_exit_hands_over(
             # handover within that proves a removed it on exit; b and c renew every second.
             start("a", lifetime=30)
             wait_for("a leads", lambda: RESUMED in log("a"))
-            start("b", lifetime=3)
+            health = free_port()
+            start("b", lifetime=3, health_port=health)
             start("c", lifetime=3)  # a rollout's new pod
             # c has renewed its keep-alive (and so re-read the peers) twice and stayed
             # paused, like b: only the oldest acts.
@@ -118,6 +130,10 @@ def test_a_new_replica_never_preempts_the_leader_and_a_graceful_exit_hands_over(
                 seen = records()["c"]["lastseen"]
                 wait_for("c renews its keep-alive", lambda s=seen: records()["c"]["lastseen"] != s)
             assert RESUMED not in log("b") and RESUMED not in log("c")
+            # A paused replica is Ready (its /healthz answers): a rollout with
+            # maxUnavailable 0 waits for the new pod's readiness, which must not need leading.
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as rsp:
+                assert rsp.status == 200
             priorities = {n: r["priority"] for n, r in records().items()}
             assert priorities["a"] > priorities["b"] > priorities["c"]
 
