@@ -29,8 +29,9 @@ def main(argv: list[str]) -> int:
         if settings.health_port
         else None
     )
+    # Standalone or peering is decided by the `aegis-configure` startup handler
+    # (AEGIS_PEERING), which overrides whatever is set here.
     kopf.run(
-        standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=liveness,

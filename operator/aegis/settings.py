@@ -103,6 +103,13 @@ class Settings:
     connect_timeout_seconds: float = 3.0
     """Timeout of the TCP reachability check of a policy's source
     (AEGIS_CONNECT_TIMEOUT_SECONDS)."""
+    peering: str = ""
+    """Name of the ClusterKopfPeering object the replicas elect their leader in
+    (AEGIS_PEERING); empty runs standalone: one replica, no election (k8s/peering.py)."""
+    peering_lifetime: int = 15
+    """Seconds a replica's keep-alive stays valid (AEGIS_PEERING_LIFETIME): the longest a
+    killed leader (or a lost node) delays the takeover by another replica. Keep-alives are
+    sent 5 to 10 s before it runs out, so shorter means more API writes."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -123,6 +130,9 @@ class Settings:
             n.strip() for n in env.get("AEGIS_WATCH_NAMESPACES", "").split(",") if n.strip()
         )
         command = tuple(env.get("AEGIS_AGENT_COMMAND", "aegis agent").split())
+        lifetime = _int("AEGIS_PEERING_LIFETIME", cls.peering_lifetime)
+        if lifetime < 3:
+            raise ValueError(f"AEGIS_PEERING_LIFETIME={lifetime}: use 3 seconds or more")
         return cls(
             namespaces=namespaces,
             agent_image=env.get("AEGIS_AGENT_IMAGE", cls.agent_image),
@@ -150,4 +160,6 @@ class Settings:
             connect_timeout_seconds=float(
                 _positive("AEGIS_CONNECT_TIMEOUT_SECONDS", int(cls.connect_timeout_seconds))
             ),
+            peering=env.get("AEGIS_PEERING", "").strip(),
+            peering_lifetime=lifetime,
         )

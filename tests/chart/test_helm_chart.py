@@ -54,6 +54,9 @@ NAMESPACED_GRANTS: set[Grant] = (
 CLUSTER_GRANTS: set[Grant] = grants(
     "apiextensions.k8s.io", ("customresourcedefinitions",), "list watch"
 )
+# With leader election (the default): kopf peering on the release's ClusterKopfPeering; patch
+# is limited to that one object by resourceNames (test_leader_election_...).
+PEERING_GRANTS: set[Grant] = grants("kopf.dev", ("clusterkopfpeerings",), "list watch create patch")
 # Only with watchNamespaces: kopf's namespace observer.
 NAMESPACE_OBSERVER_GRANTS: set[Grant] = grants("", ("namespaces",), "list watch")
 
@@ -244,7 +247,8 @@ def test_rendered_builtin_kinds_are_valid(render: Render, values: Path) -> None:
                     f"{error.message} at {'.'.join(map(str, error.path))}"
                 )
         checked += 1
-    assert len(by_kind(docs, "CustomResourceDefinition")) == 6
+    # Aegis's six kinds and kopf's ClusterKopfPeering (leader election)
+    assert len(by_kind(docs, "CustomResourceDefinition")) == 7
     assert checked >= 5 + 2  # at least the CRDs, the Deployment and its Service
 
 
@@ -300,12 +304,26 @@ def test_deployment_meets_the_restricted_pod_security_standard(
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
-def test_deployment_runs_one_operator_with_probes_and_ports(render: Render, values: Path) -> None:
+def test_deployment_runs_elected_replicas_with_probes_and_ports(
+    render: Render, values: Path
+) -> None:
     docs = render(values)
     deployment = one(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = operator_container(docs)
+    elected = "AEGIS_PEERING" in env_of(container)
+    if elected:
+        # a rollout surges a new pod first: a replica stays ready to take over
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        }
+        assert env_of(container)["AEGIS_PEERING"] == deployment["metadata"]["name"]
+        (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
+        assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    else:
+        # no election: never two operators side by side
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert container["command"] + container["args"] == ["aegis", "operator"]
     env = env_of(container)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -335,7 +353,25 @@ def test_defaults(render: Render) -> None:
     assert env["AEGIS_LOG_FORMAT"] == "json"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
+    # Two replicas with an elected leader, spread over nodes, never both evicted by a drain.
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert env["AEGIS_PEERING"] == "aegis" and env["AEGIS_PEERING_LIFETIME"] == "15"
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
 
 
 def test_custom_values_reach_the_pod(render: Render) -> None:
@@ -359,7 +395,10 @@ def test_custom_values_reach_the_pod(render: Render) -> None:
     assert container["livenessProbe"]["periodSeconds"] == 30
     assert spec["nodeSelector"] == values["nodeSelector"]
     assert spec["tolerations"] == values["tolerations"]
+    # a custom affinity replaces the default anti-affinity
     assert spec["affinity"] == values["affinity"]
+    assert deployment["spec"]["replicas"] == 3
+    assert (env["AEGIS_PEERING"], env["AEGIS_PEERING_LIFETIME"]) == ("dr-operator", "10")
     assert spec["imagePullSecrets"] == values["imagePullSecrets"]
     assert spec["priorityClassName"] == "system-cluster-critical"
     assert spec["securityContext"]["runAsUser"] == 10001
@@ -397,7 +436,7 @@ def test_cluster_mode_grants_exactly_what_the_operator_calls(render: Render) -> 
     docs = render(VALUES["default"])
     (role,) = by_kind(docs, "ClusterRole")
     assert not by_kind(docs, "Role")
-    assert granted([role]) == NAMESPACED_GRANTS | CLUSTER_GRANTS
+    assert granted([role]) == NAMESPACED_GRANTS | CLUSTER_GRANTS | PEERING_GRANTS
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -428,7 +467,9 @@ def test_namespaced_mode_yields_roles_in_each_watched_namespace(render: Render) 
     # Cluster-wide, only what is cluster-scoped by nature: no Secret is readable outside the
     # watched namespaces.
     (cluster_role,) = by_kind(docs, "ClusterRole")
-    assert granted([cluster_role]) == CLUSTER_GRANTS | NAMESPACE_OBSERVER_GRANTS
+    assert granted([cluster_role]) == (
+        CLUSTER_GRANTS | NAMESPACE_OBSERVER_GRANTS | PEERING_GRANTS
+    )
     (cluster_binding,) = by_kind(docs, "ClusterRoleBinding")
     assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
 
@@ -447,6 +488,53 @@ def test_no_rbac_and_an_existing_service_account(render: Render) -> None:
     assert pod["serviceAccountName"] == "aegis-managed-elsewhere"
 
 
+def test_leader_election_patches_only_its_own_peering_object(render: Render) -> None:
+    (role,) = by_kind(render(VALUES["default"]), "ClusterRole")
+    peering = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
+    named = [r for r in peering if "patch" in r["verbs"]]
+    assert named == [
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "resourceNames": ["aegis"],
+            "verbs": ["patch"],
+        }
+    ]
+    # list/watch/create cannot be limited by name; nothing else is granted on them
+    assert all(r.get("resourceNames") is None for r in peering if r not in named)
+
+
+def test_single_standalone_replica_has_no_election_no_pdb_no_peering_rbac(
+    render: Render, template_args: Callable[..., list[str]], helm: Helm
+) -> None:
+    docs = render(None, "--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "AEGIS_PEERING" not in env_of(operator_container(docs))
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
+    assert not by_kind(docs, "PodDisruptionBudget")
+    assert not {g for g in granted(by_kind(docs, "ClusterRole")) if g[0] == "kopf.dev"}
+    # several replicas without an election would all act: refused at render time
+    result = helm(*template_args(None, "--set", "leaderElection.enabled=false"))
+    assert result.returncode != 0 and "needs leaderElection.enabled" in result.stderr
+
+
+def test_hard_anti_affinity_over_zones(render: Render) -> None:
+    docs = render(
+        None,
+        "--set", "replicaCount=3",
+        "--set", "podAntiAffinity=hard",
+        "--set", "podAntiAffinityTopologyKey=topology.kubernetes.io/zone",
+    )
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "topology.kubernetes.io/zone"
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
 # ---- the values schema --------------------------------------------------------------------
 
 
@@ -456,7 +544,9 @@ def test_no_rbac_and_an_existing_service_account(render: Render) -> None:
         ("metrics.port=abc", "metrics.port"),
         ("health.port=0", "health.port"),
         ("metrics.port=70000", "metrics.port"),
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=0", "replicaCount"),
+        ("leaderElection.lifetimeSeconds=1", "leaderElection.lifetimeSeconds"),
+        ("podAntiAffinity=always", "podAntiAffinity"),
         ("logFormat=xml", "logFormat"),
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("watchNamespaces[0]=Not_A_Namespace", "watchNamespaces"),

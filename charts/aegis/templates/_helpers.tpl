@@ -139,6 +139,18 @@ There is no `*` anywhere, no `update` (kopf and Aegis send merge patches, never 
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if .Values.leaderElection.enabled }}
+# Leader election (kopf peering, operator/aegis/k8s/peering.py): each replica creates the
+# peering object if missing, watches it, and patches its keep-alive into it; patches only
+# the release's own object.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["list", "watch", "create"]
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  resourceNames: [{{ include "aegis.fullname" . | quote }}]
+  verbs: ["patch"]
+{{- end }}
 {{- end }}
 
 {{/*

@@ -144,9 +144,53 @@ def render(kind: Kind) -> str:
     return HEADER + yaml.safe_dump(crd_for(kind), sort_keys=False, width=100)
 
 
+# kopf's own peering CRD (the schema of kopf's docs/peering.rst), for leader election of the
+# operator's replicas (k8s/peering.py). Cluster-scoped: one election per installation. Helm
+# skips a CRD that already exists, so another kopf operator having installed it is fine.
+PEERING_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "clusterkopfpeerings.kopf.dev"},
+    "spec": {
+        "scope": "Cluster",
+        "group": "kopf.dev",
+        "names": {
+            "kind": "ClusterKopfPeering",
+            "plural": "clusterkopfpeerings",
+            "singular": "clusterkopfpeering",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "status": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+PEERING_HEADER = (
+    "# kopf's peering CRD (leader election of the operator's replicas), by `aegis crds`.\n"
+)
+
+
 def rendered() -> dict[str, str]:
     """File name → content of every CRD."""
-    return {f"{k.crd_name}.yaml": render(k) for k in KINDS}
+    files = {f"{k.crd_name}.yaml": render(k) for k in KINDS}
+    files["clusterkopfpeerings.kopf.dev.yaml"] = PEERING_HEADER + yaml.safe_dump(
+        PEERING_CRD, sort_keys=False, width=100
+    )
+    return files
 
 
 def write(root: Path) -> list[Path]:

@@ -13,6 +13,7 @@ import kopf
 
 from aegis import GROUP, metrics
 from aegis.handlers.common import KopfLogger
+from aegis.k8s import peering
 from aegis.k8s.client import api_client, credentials
 from aegis.labels import FINALIZER
 from aegis.settings import Settings
@@ -56,13 +57,39 @@ def configure(
     # Only our own events (and kopf's errors) reach users' `kubectl describe`, not one
     # "Handler succeeded" event per reconciliation.
     settings.posting.level = logging.WARNING
-    settings.peering.standalone = True
+    _elect(settings, aegis_settings, logger)
     # A watch that stalls silently (a dropped connection through a proxy) is re-established.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = aegis_settings.handler_workers
     port = metrics.serve(aegis_settings.metrics_port, aegis_settings.metrics_address)
     logger.info("Aegis operator configured; metrics on port %s", port)
+
+
+def _elect(settings: kopf.OperatorSettings, aegis: Settings, logger: KopfLogger) -> None:
+    """Standalone, or one of several replicas of which only the elected one acts (kopf
+    pauses the others: no watch, no handler, no daemon). See aegis/k8s/peering.py."""
+    if not aegis.peering:
+        settings.peering.standalone = True
+        return
+    settings.peering.standalone = False
+    settings.peering.mandatory = True  # paused until the peering object says we lead
+    settings.peering.clusterwide = True  # one election per installation, any namespaces
+    settings.peering.name = aegis.peering
+    settings.peering.priority = peering.seniority_priority()
+    settings.peering.lifetime = aegis.peering_lifetime
+    settings.peering.stealth = True  # no log line per keep-alive
+    try:
+        created = peering.ensure_peering(aegis.peering)
+    except peering.PeeringUnavailable as error:
+        # exit with the reason rather than stay paused forever with pods that look Ready
+        raise kopf.PermanentError(str(error)) from None
+    logger.info(
+        "Leader election in ClusterKopfPeering %s%s: priority %s (the oldest replica leads)",
+        aegis.peering,
+        " (created)" if created else "",
+        settings.peering.priority,
+    )
 
 
 from aegis.handlers import (  # noqa: E402  (registered after the startup handler, on purpose)
