@@ -19,8 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,6 +33,7 @@ from aegis.api.drdrill import DRDrillSpec, DrillObjectives, RestoreDrill
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION, RUN_ANNOTATION, RUN_START_ANNOTATION
+from aegis.locks import KeyedLocks
 from aegis.reconcilers import backup, naming, schedule
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
@@ -438,7 +437,7 @@ def evidence_record(
 
 # --- against the cluster ----------------------------------------------------------------------
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks = KeyedLocks()  # per object: this process's writers of one object take turns
 Clock = Callable[[], dt.datetime]
 
 
@@ -468,7 +467,7 @@ def _patch(
 
 def set_ready(namespace: str, name: str, update: ConditionUpdate, wall: Clock) -> None:
     """The Ready condition, written through the same read-modify-write as the runs."""
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         _patch(namespace, name, {}, [update], wall())
 
 
@@ -498,7 +497,7 @@ def admit(drill: dict[str, Any], spec: DRDrillSpec, wall: Clock) -> bool:
 def tick(namespace: str, name: str, app: Settings, now: dt.datetime, wall: Clock) -> float | None:
     """What the drill scheduler calls: fold in a run that ended, start one that is due, and
     say when to ask again."""
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         try:
             drill = objects.get_custom(DR_DRILL, namespace, name)
         except objects.NotFound:
@@ -615,7 +614,7 @@ def run_identity(decision: Decision, drill: dict[str, Any], started: dt.datetime
 
 def finish(namespace: str, name: str, app: Settings, wall: Clock) -> bool:
     """Fold an ended drill Job into its drill; True when a run was finished."""
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         try:
             drill = objects.get_custom(DR_DRILL, namespace, name)
         except objects.NotFound:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +28,7 @@ from aegis.api.common import S3Location
 from aegis.cloud import s3
 from aegis.k8s import objects
 from aegis.k8s.jobs import Termination, build_job, job_outcome, killed_reason
+from aegis.locks import KeyedLocks
 from aegis.reach import EndpointRefused
 from aegis.reconcilers import backup, naming, tenancy
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
@@ -38,7 +37,7 @@ from aegis.settings import Settings
 
 TERMINAL = ("Completed", "Failed", "Corrupted", "Expired")
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks = KeyedLocks()  # per object: this process's writers of one object take turns
 
 
 class PointBlocked(Exception):
@@ -387,7 +386,7 @@ def sync(
 ) -> Finished | None:
     """Bring the point's status in line with its evidence. Returns Finished when this call
     moved it to a terminal phase (the caller then refreshes the policy); None otherwise."""
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         point = cluster.get_point(namespace, name)
         if point is None:
             return None
@@ -453,7 +452,7 @@ def write_conditions(
 ) -> bool:
     """Merge fields and conditions into a point read now, under the point's lock (never a
     handler's stale body). False when the point is gone or (by default) terminal."""
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         point = cluster.get_point(namespace, name)
         if point is None:
             return False
@@ -498,7 +497,7 @@ def mark_corrupted(
 ) -> bool:
     """A check proved the point damaged (a restore or a verification refused it): phase
     Corrupted, Verified=False, and never again chosen by a restore by policy."""
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         point = cluster.get_point(namespace, name)
         if point is None:
             return False

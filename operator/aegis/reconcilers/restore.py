@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,6 +28,7 @@ from aegis.api.restore import RestoreSpec, RestoreTarget
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION
+from aegis.locks import KeyedLocks
 from aegis.reconcilers import backup, naming
 from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
@@ -442,7 +441,7 @@ def verification_of(
 
 # --- against the cluster ----------------------------------------------------------------------
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks = KeyedLocks()  # per object: this process's writers of one object take turns
 
 
 class Cluster(Protocol):
@@ -574,7 +573,7 @@ def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Sta
         f"restore Job {request.name} restores {point_name}{chosen} into "
         f"{describe_target(spec.target)}"
     )
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         _patch(
             namespace,
             name,
@@ -597,7 +596,7 @@ def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Sta
 def block(restore: dict[str, Any], blocked: PointBlocked) -> None:
     """Say why the Restore cannot start yet, without failing it: the cause may be fixed."""
     meta = restore["metadata"]
-    with _locks[(meta["namespace"], meta["name"])]:
+    with _locks.hold((meta["namespace"], meta["name"])):
         _patch(
             meta["namespace"],
             meta["name"],
@@ -617,7 +616,7 @@ def refuse(restore: dict[str, Any], error: RestoreRefused) -> Finished:
     meta = restore["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     outcome = refused(error)
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         current = _patch(
             namespace,
             name,
@@ -640,7 +639,7 @@ def finish(
 ) -> Finished | None:
     """Fold the ended Job into the Restore. None when there is nothing (more) to do."""
     cluster = cluster or ApiCluster()
-    with _locks[(namespace, name)]:
+    with _locks.hold((namespace, name)):
         try:
             restore = cluster.get_restore(namespace, name)
         except objects.NotFound:
