@@ -28,6 +28,15 @@ def _connection(api: Any) -> kopf.ConnectionInfo:
         private_key_path=cfg.key_file)
 
 
+@pytest.fixture(autouse=True)
+def default_registry_restored() -> Any:
+    """kopf's `run` with an explicit registry makes it the process-wide default for good;
+    the e2e suite's operator, later in the same process, must find Aegis's handlers there."""
+    saved = kopf.get_default_registry()
+    yield
+    kopf.set_default_registry(saved)
+
+
 def _operator(api: Any, namespace: str,
               calls: collections.Counter[str]) -> tuple[kopf.OperatorRegistry,
                                                         kopf.OperatorSettings]:
