@@ -288,3 +288,21 @@ def test_a_deleted_key_secret_makes_a_ready_policy_not_ready_and_its_tick_starts
     scheduling = condition(get(k8s_api, POLICIES, namespace, "orders"), "Scheduling")
     assert scheduling is not None and scheduling["reason"] == "RunSkipped"
     assert "KeySecretNotFound" in scheduling["message"]
+
+    # An on-demand backup of the same not-Ready policy: refused with the reason, no Job,
+    # until the policy can back up again.
+    create(k8s_api, POINTS, namespace, {
+        "kind": "RecoveryPoint", "metadata": {"name": "orders-now"},
+        "spec": {"policyRef": {"name": "orders"}, "trigger": "Manual"},
+    })
+    blocked = wait_for(
+        "the on-demand point blocked",
+        lambda: (
+            (p := get(k8s_api, POINTS, namespace, "orders-now"))
+            and "PolicyNotReady" in str(p.get("status") or {})
+            and p
+        ),
+        30,
+    )
+    assert "KeySecretNotFound" in str(blocked["status"])
+    assert job_names(k8s_api, namespace) == set()

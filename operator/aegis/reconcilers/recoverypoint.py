@@ -536,9 +536,30 @@ def backup_job(
     return build_job(backup.backup_job_request(point, policy.spec, key_ids(policy), settings))
 
 
+POLICY_NOT_READY_RETRY_SECONDS = 15
+
+
+def refuse_unless_policy_ready(policy: PolicyContext) -> None:
+    """An on-demand backup of a policy the operator found unable to back up (Ready=False: a
+    missing key Secret, bucket or source) would start a Job doomed to fail: say why instead,
+    and start once the policy is Ready again."""
+    ready = find((policy.body.get("status") or {}).get("conditions"), "Ready")
+    if ready is not None and ready.get("status") == "False":
+        raise PointBlocked(
+            "PolicyNotReady",
+            f"BackupPolicy {policy.name} is not Ready ({ready.get('reason')}: "
+            f"{ready.get('message')}); the backup starts once the policy is Ready",
+            POLICY_NOT_READY_RETRY_SECONDS,
+        )
+
+
 def start(point: dict[str, Any], settings: Settings) -> tuple[str, bool]:
-    """Make sure the point's backup Job exists. Returns (job name, created now)."""
-    return launch(point, backup_job(point, settings), settings)
+    """Make sure the point's backup Job exists (unless its policy cannot back up). Returns
+    (job name, created now)."""
+    policy = load_policy(point["metadata"]["namespace"], point["spec"]["policyRef"]["name"])
+    if not point.get("status", {}).get("jobName"):  # a Job already made is followed, not gated
+        refuse_unless_policy_ready(policy)
+    return launch(point, backup_job(point, settings, policy), settings)
 
 
 def launch(point: dict[str, Any], job: dict[str, Any], settings: Settings) -> tuple[str, bool]:
