@@ -67,6 +67,9 @@ class Settings:
     """Address /metrics and /healthz listen on (AEGIS_METRICS_ADDRESS)."""
     s3_endpoint: str | None = None
     """Default S3 endpoint when a policy names none (AEGIS_S3_ENDPOINT); for test stores."""
+    kms_endpoint: str | None = None
+    """Default KMS endpoint when a policy's KMS key names none (AEGIS_KMS_ENDPOINT); for
+    test emulators."""
     reachable_namespaces: tuple[str, ...] = ()
     """Namespaces a FailoverPlan's scale steps and workload checks may name besides its own
     (AEGIS_REACHABLE_NAMESPACES, comma-separated; `*` is every namespace). Empty: only its own."""
@@ -145,6 +148,7 @@ class Settings:
             status_seconds=_int("AEGIS_STATUS_SECONDS", cls.status_seconds),
             metrics_address=env.get("AEGIS_METRICS_ADDRESS") or cls.metrics_address,
             s3_endpoint=env.get("AEGIS_S3_ENDPOINT") or None,
+            kms_endpoint=env.get("AEGIS_KMS_ENDPOINT") or None,
             reachable_namespaces=_list("AEGIS_REACHABLE_NAMESPACES"),
             allowed_job_images=_list("AEGIS_ALLOWED_JOB_IMAGES"),
             allowed_service_accounts=_list("AEGIS_ALLOWED_SERVICE_ACCOUNTS"),

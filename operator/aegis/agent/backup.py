@@ -10,8 +10,10 @@ from typing import Any, Protocol
 
 from aegis import __version__
 from aegis.agent.config import BackupConfig, StoreConfig, postgres_credentials, redis_credentials
-from aegis.agent.crypto import ALGORITHM, KEY_WRAP, TAG_BYTES, DataKey, new_data_key
+from aegis.agent.crypto import ALGORITHM, KEY_WRAP, TAG_BYTES, DataKey
 from aegis.agent.errors import AgentError
+from aegis.agent.keys import new_wrapped_data_key, with_wraps
+from aegis.agent.kms import encryption_context
 from aegis.agent.layout import PointRef, normalize_prefix
 from aegis.agent.log import Progress, human_bytes, log
 from aegis.agent.manifest import (
@@ -89,8 +91,13 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
         cfg.recovery_point,
     )
     tuning = cfg.tuning
-    keyring = keyring_loader()
-    data_key = new_data_key(keyring)
+    data_key, wraps = new_wrapped_data_key(
+        keyring_loader,
+        cfg.key_secret,
+        cfg.kms_keys,
+        env,
+        encryption_context(cfg.namespace, cfg.policy, cfg.recovery_point),
+    )
     client = make_client(
         cfg.storage, env, pool=tuning.upload_concurrency + 4, max_attempts=tuning.s3_max_attempts
     )
@@ -164,7 +171,7 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
         sha256=sealed.sha256,
         compression=cfg.compression,
         compression_level=tuning.compression_level,
-        encryption=encryption_record(data_key, tuning.chunk_size),
+        encryption=with_wraps(encryption_record(data_key, tuning.chunk_size), wraps),
         storage=storage_record(cfg.storage),
         locked_until=locked_until(cfg.storage, started),
         agent_version=__version__,

@@ -112,6 +112,14 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
         dest="keysDir",
         help="directory of key files named by key id (default AEGIS_KEYS_DIR or /etc/aegis/keys)",
     )
+    p.add_argument(
+        "--kms-key",
+        dest="_kms_keys",
+        action="append",
+        metavar="ARN",
+        help="AWS KMS key (key id, key ARN or alias ARN): backup wraps the data key for it "
+        "too; restore/verify open a KMS wrap with it. Repeatable",
+    )
     p.add_argument("--progress-seconds", dest="progressSeconds", type=float)
     p.add_argument(
         "--result-file",
@@ -285,6 +293,10 @@ def settings_from(ns: argparse.Namespace) -> dict[str, Any]:
         if kind == "redis" and ns._tls:
             endpoint["tls"] = True
     merged = deep_merge(base, flags)
+    if getattr(ns, "_kms_keys", None):
+        merged["kmsKeys"] = list(merged.get("kmsKeys", [])) + [
+            {"keyId": key} for key in ns._kms_keys
+        ]
     if copies:
         storage = merged.get("storage", {})
         merged["copies"] = list(merged.get("copies", [])) + [

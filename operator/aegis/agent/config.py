@@ -77,6 +77,20 @@ class StoreConfig(AgentModel):
     """Bucket addressing; absent: path style with a custom endpoint, else auto."""
 
 
+class KmsKeyConfig(AgentModel):
+    """An AWS KMS key that wraps the data key (mirrors the API's KmsKey)."""
+
+    key_id: Annotated[str, Field(min_length=1, max_length=2048)]
+    """Key id, key ARN, alias ARN or alias/name."""
+    region: str | None = None
+    """Region of the key; absent: the ARN's, else AWS_REGION, else us-east-1."""
+    endpoint: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """KMS endpoint; absent uses AEGIS_KMS_ENDPOINT, AWS_ENDPOINT_URL_KMS or AWS."""
+    credentials_env_prefix: Annotated[str, Field(pattern=r"^[A-Z0-9_]*$")] = ""
+    """Read <prefix>AWS_ACCESS_KEY_ID / <prefix>AWS_SECRET_ACCESS_KEY; unset: ambient
+    credentials (IRSA web identity, instance profile)."""
+
+
 class PostgresSourceConfig(AgentModel):
     host: Annotated[str, Field(min_length=1)]
     """Server host."""
@@ -146,6 +160,9 @@ class TuningConfig(AgentModel):
 class Common(AgentModel):
     keys_dir: str | None = None
     """Directory of key files (one per key id); default AEGIS_KEYS_DIR or /etc/aegis/keys."""
+    kms_keys: list[KmsKeyConfig] = []
+    """AWS KMS keys: a backup wraps its data key for each; restore and verify use them (and
+    any KMS wrap in the manifest, with ambient credentials) when no Secret key opens it."""
     tuning: TuningConfig = TuningConfig()
     """Performance knobs."""
     progress_seconds: Annotated[float, Field(ge=0)] = 5.0
@@ -173,6 +190,9 @@ class BackupConfig(Common):
     """Further buckets the payload and manifest are copied to."""
     compression: Compression = "Zstd"
     """Zstd, Gzip or None."""
+    key_secret: bool | None = None
+    """Wrap the data key for the newest key of the keyring (the policy's key Secret). None:
+    when a keyring is available, and required when no kmsKeys are given."""
 
     @model_validator(mode="before")
     @classmethod

@@ -76,17 +76,39 @@ class SourceRecord(_Model):
     """Per-table row counts (PostgreSQL), for `matchesBackup` checks."""
 
 
+class KeyWrap(_Model):
+    """One wrapped copy of the data key: any one of them opens the backup."""
+
+    key_wrap: str
+    """AES-KW (RFC 3394, by a key of the policy's key Secret) or AWS-KMS (KMS Encrypt)."""
+    key_id: str
+    """AES-KW: the Secret's key id. AWS-KMS: the key ARN KMS reported at Encrypt."""
+    wrapped_key: str
+    """The wrapped data key (AES-KW output or the KMS CiphertextBlob), base64."""
+    region: str | None = None
+    """AWS-KMS: region of the key."""
+    encryption_context: dict[str, str] | None = None
+    """AWS-KMS: the encryption context of Encrypt (the manifest's namespace, policy and
+    recoveryPoint); Decrypt needs exactly this."""
+
+    def wrapped_key_bytes(self) -> bytes:
+        return base64.b64decode(self.wrapped_key)
+
+
 class EncryptionRecord(_Model):
     """How the payload is encrypted; see docs/encryption-format.md."""
 
     algorithm: str
     """AES-256-GCM-STREAM."""
     key_id: str
-    """Id of the policy key that wraps the data key."""
+    """Key id of the first wrap (kept for readers that know only one wrap)."""
     key_wrap: str
-    """How the data key is wrapped: AES-KW (RFC 3394) by the policy key."""
+    """How the first wrap was made: AES-KW (RFC 3394) by the policy key, or AWS-KMS."""
     wrapped_key: str
-    """The wrapped data key, base64."""
+    """The first wrap's wrapped data key, base64."""
+    wraps: list[KeyWrap] | None = None
+    """Every wrapped copy of the data key, the first one included; absent in manifests
+    written before multi-wrap (then the fields above are the only wrap)."""
     chunk_size: int
     """Plaintext bytes per sealed chunk (the last may be shorter)."""
     nonce_prefix: str
@@ -96,6 +118,11 @@ class EncryptionRecord(_Model):
 
     def wrapped_key_bytes(self) -> bytes:
         return base64.b64decode(self.wrapped_key)
+
+    def all_wraps(self) -> list[KeyWrap]:
+        if self.wraps:
+            return list(self.wraps)
+        return [KeyWrap(key_wrap=self.key_wrap, key_id=self.key_id, wrapped_key=self.wrapped_key)]
 
     def nonce_prefix_bytes(self) -> bytes:
         return bytes.fromhex(self.nonce_prefix)

@@ -14,6 +14,7 @@ from typing import Any
 
 from aegis.agent.checks import Check, CheckOutcome, parse_checks, run_checks
 from aegis.agent.config import (
+    KmsKeyConfig,
     LocationConfig,
     PostgresTargetConfig,
     RedisTargetConfig,
@@ -21,8 +22,9 @@ from aegis.agent.config import (
     postgres_credentials,
     redis_credentials,
 )
-from aegis.agent.crypto import IntegrityError, Keyring, KeyringError, unwrap_data_key
+from aegis.agent.crypto import IntegrityError, Keyring
 from aegis.agent.errors import AgentError
+from aegis.agent.keys import open_data_key
 from aegis.agent.layout import (
     PointRef,
     is_manifest_key,
@@ -70,14 +72,15 @@ def manifest_location(cfg: RestoreConfig) -> tuple[str, str]:
     return point.bucket, point.manifest_key
 
 
-def data_key_for(manifest: Manifest, keyring_loader: KeyringLoader) -> bytes:
-    try:
-        return unwrap_data_key(
-            keyring_loader(), manifest.encryption.key_id, manifest.encryption.wrapped_key_bytes()
-        )
-    except KeyringError as error:
-        kind = "WrongKey" if str(error).startswith("wrong key") else "KeyNotFound"
-        raise AgentError(str(error), kind=kind) from None
+def data_key_for(
+    manifest: Manifest,
+    keyring_loader: KeyringLoader,
+    kms_keys: list[KmsKeyConfig] | None = None,
+    env: dict[str, str] | None = None,
+) -> bytes:
+    """The data key from any wrap this agent can open (agent/keys.py)."""
+    data_key, _ = open_data_key(manifest, keyring_loader, kms_keys or [], env or {})
+    return data_key
 
 
 def payload_stream(client: S3Client, manifest: Manifest) -> Any:
@@ -130,7 +133,7 @@ def run_restore(
             f"be restored into a {target} target",
             kind="InvalidConfig",
         )
-    data_key = data_key_for(manifest, keyring_loader)
+    data_key = data_key_for(manifest, keyring_loader, cfg.kms_keys, env)
     if cfg.postgres is not None:
         return _restore_postgres(cfg, cfg.postgres, env, client, manifest, data_key, checks, clock)
     assert cfg.redis is not None
@@ -417,7 +420,7 @@ def run_verify(
     key = manifest_key_for(key)
     client = make_client(cfg.storage, env, max_attempts=cfg.tuning.s3_max_attempts)
     manifest = load_manifest(client, bucket, key)
-    data_key = data_key_for(manifest, keyring_loader)
+    data_key = data_key_for(manifest, keyring_loader, cfg.kms_keys, env)
     opened, seconds = check_payload(
         client, manifest, data_key, cfg.progress_seconds, decompress=True
     )

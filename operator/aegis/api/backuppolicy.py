@@ -21,6 +21,7 @@ from aegis.api.common import (
     PostgresTarget,
     RedisTarget,
     S3Location,
+    SecretRef,
     StatusModel,
     cel,
 )
@@ -108,12 +109,57 @@ class BackupSource(HasOneOf):
     """A Redis server."""
 
 
-class Encryption(ApiModel):
-    """Client-side encryption: every backup is encrypted before it leaves the Job."""
+# Key id (uuid or multi-Region mrk-), key ARN, alias ARN, or alias/name.
+KMS_KEY_ID = (
+    r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[-a-zA-Z0-9]+|alias/[-a-zA-Z0-9/_]+)"
+    r"|alias/[-a-zA-Z0-9/_]+|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
 
-    key_secret_ref: LocalObjectRef
+
+class KmsKey(ApiModel):
+    """An AWS KMS key that wraps each backup's data key (KMS Encrypt with an encryption
+    context naming the point), so the backups open without this cluster's Secrets."""
+
+    key_id: Annotated[str, Field(max_length=2048, pattern=KMS_KEY_ID)]
+    """Key id, key ARN or alias ARN (`arn:aws:kms:eu-west-1:111122223333:alias/aegis`). An
+    alias is resolved at each backup; the manifest records the key ARN it named."""
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$")] | None = None
+    """Region of the key; absent: the ARN's region, else the Job's AWS_REGION."""
+    endpoint: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """KMS endpoint URL (VPC endpoint, or an emulator in tests); absent means AWS. The same
+    address rules as the S3 endpoint apply."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; absent uses the Job's
+    ambient credentials (IRSA web identity, instance profile)."""
+
+
+ENCRYPTION_RULE = {
+    "rule": "has(self.keySecretRef) || (has(self.kmsKeys) && size(self.kmsKeys) > 0)",
+    "message": "encryption: set keySecretRef, kmsKeys, or both (at least one wrapping key)",
+}
+
+
+class Encryption(ApiModel):
+    """Client-side encryption: every backup is encrypted before it leaves the Job, with a
+    fresh data key wrapped once for each wrapping key (the Secret's newest key and every KMS
+    key); any one wrap opens the backup."""
+
+    model_config = ConfigDict(json_schema_extra=cel(ENCRYPTION_RULE))
+
+    key_secret_ref: LocalObjectRef | None = None
     """Secret whose keys are key ids and whose values are 32-byte keys (raw, base64 or hex).
-    The greatest key id (sorted as text) encrypts new backups; every key id decrypts."""
+    The greatest key id (sorted as text) encrypts new backups; every key id decrypts. A
+    Secret of this cluster is lost with it: add kmsKeys, or export the keys
+    (`kubectl aegis keys export`) and keep them offline."""
+    kms_keys: Annotated[list[KmsKey], Field(max_length=8)] | None = None
+    """AWS KMS keys that also wrap each backup's data key. New keys apply to new backups;
+    `kubectl aegis keys rewrap` adds one to existing backups."""
+
+    @model_validator(mode="after")
+    def _some_key(self) -> Encryption:
+        if self.key_secret_ref is None and not self.kms_keys:
+            raise ValueError(ENCRYPTION_RULE["message"])
+        return self
 
 
 class Retention(ApiModel):

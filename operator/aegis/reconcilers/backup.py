@@ -26,7 +26,7 @@ from aegis.agent.manifest import Manifest
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import JobOptions, S3Location, SecretKeyRef
 from aegis.k8s.jobs import ClaimMount, JobRequest, SecretEnv
-from aegis.reconcilers import naming
+from aegis.reconcilers import keys, naming
 from aegis.settings import Settings
 
 KEY_ENV_PREFIX = "AEGIS_KEY_"
@@ -111,6 +111,8 @@ def backup_config(
             for i, copy in enumerate(spec.copies or [])
         ],
         compression=spec.compression,
+        kms_keys=keys.kms_key_configs(spec, settings.kms_endpoint),
+        key_secret=spec.encryption.key_secret_ref is not None,
     )
 
 
@@ -144,8 +146,8 @@ def backup_secret_env(spec: BackupPolicySpec, key_ids: list[str]) -> list[Secret
     env += s3_secret_env(spec.storage, "")
     for i, copy in enumerate(spec.copies or []):
         env += s3_secret_env(copy, f"COPY{i}_")
-    key_secret = spec.encryption.key_secret_ref.name
-    env += [SecretEnv(key_env_name(k), SecretKeyRef(name=key_secret, key=k)) for k in key_ids]
+    env += keys.key_secret_env(spec, key_ids, KEY_ENV_PREFIX)
+    env += keys.kms_secret_env(spec)
     return env
 
 

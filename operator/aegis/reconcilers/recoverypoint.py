@@ -78,7 +78,10 @@ def load_policy(namespace: str, name: str) -> PolicyContext:
 
 def key_ids(policy: PolicyContext) -> list[str]:
     """Key ids of the policy's key Secret (names only: values stay in the Secret)."""
-    secret = policy.spec.encryption.key_secret_ref.name
+    ref = policy.spec.encryption.key_secret_ref
+    if ref is None:
+        return []  # KMS keys only: the Job wraps and unwraps with KMS
+    secret = ref.name
     try:
         data = objects.read_secret(policy.namespace, secret)
     except objects.NotFound:
@@ -102,6 +105,17 @@ def admit_policy(policy: PolicyContext, settings: Settings) -> None:
         raise PointBlocked(error.reason, f"BackupPolicy {policy.name}: {error.message}")
     for location in [policy.spec.storage, *(policy.spec.copies or [])]:
         admit_endpoint(location, settings)
+    for kms_key in policy.spec.encryption.kms_keys or []:
+        if kms_key.endpoint:
+            try:
+                settings.endpoints.check_resolved_url("KMS endpoint", kms_key.endpoint)
+            except EndpointRefused as refused:
+                raise PointBlocked(EndpointRefused.REASON, str(refused)) from None
+            except OSError as error:
+                raise PointBlocked(
+                    "KmsUnreachable",
+                    f"KMS endpoint {kms_key.endpoint}: cannot resolve it ({error})",
+                ) from None
 
 
 def admit_endpoint(location: S3Location, settings: Settings) -> None:

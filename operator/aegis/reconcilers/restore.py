@@ -29,7 +29,7 @@ from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION
 from aegis.locks import KeyedLocks
-from aegis.reconcilers import backup, naming
+from aegis.reconcilers import backup, keys, naming
 from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers.conditions import ConditionUpdate, find, iso, set_conditions
 from aegis.reconcilers.recoverypoint import PointBlocked, admit_policy, key_ids, load_policy
@@ -206,6 +206,7 @@ def restore_config(
         policy=None if url else point["spec"]["policyRef"]["name"],
         recovery_point=None if url else meta["name"],
         storage=backup.store_config(storage, "", settings.s3_endpoint),
+        kms_keys=keys.kms_key_configs(policy, settings.kms_endpoint),
         postgres=postgres,
         redis=redis,
         allow_overwrite=allow_overwrite,
@@ -234,13 +235,13 @@ def restore_secret_env(
     key_ids: list[str],
     storage: S3Location | None = None,
 ) -> list[SecretEnv]:
-    """The target's credentials, the bucket's (the storage read: the policy's, or a copy's)
-    and every key of the policy's key Secret."""
-    key_secret = policy.encryption.key_secret_ref.name
+    """The target's credentials, the bucket's (the storage read: the policy's, or a copy's),
+    every key of the policy's key Secret and the credentials of its KMS keys."""
     return [
         *target_secret_env(target),
         *backup.s3_secret_env(storage or policy.storage, ""),
-        *(SecretEnv(backup.key_env_name(k), SecretKeyRef(name=key_secret, key=k)) for k in key_ids),
+        *keys.key_secret_env(policy, key_ids, backup.KEY_ENV_PREFIX),
+        *keys.kms_secret_env(policy),
     ]
 
 
