@@ -7,6 +7,8 @@ kubectl aegis drill run|status <drill> [-n NS]       run a drill now (followed),
 kubectl aegis report [-n NS|-A] [--since 90d] [--format markdown|html]   DR evidence report
 kubectl aegis verify <point|bp/POLICY> [-n NS]       authenticate stored backups now
 kubectl aegis status [-n NS]                          every Aegis object and its condition
+kubectl aegis keys export <policy> [-n NS]            recovery key bundle, for offline storage
+kubectl aegis keys rewrap <policy> --kms-key ARN      add a KMS wrap to existing backups
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "report": ("aegis.kubectl_report", "main"),
     "status": ("aegis.kubectl", "status_main"),
     "verify": ("aegis.kubectl_verify", "main"),
+    "keys": ("aegis.kubectl_keys", "main"),
 }
 FOLLOW_INTERVAL = 1.0
 
