@@ -386,6 +386,10 @@ def test_endpoints_of_every_kind_are_checked_naming_the_field() -> None:
     copies = [{"bucket": "replica", "endpoint": "http://[fe80::1]:9000"}]
     refused = tenancy.refusal(policy(copies=copies), "shop", Settings())
     assert refused is not None and refused.field == "spec.copies[0].endpoint"
+    encryption = {"kmsKeys": [{"keyId": "alias/aegis"},
+                              {"keyId": "alias/b", "endpoint": "http://169.254.169.254/"}]}
+    refused = tenancy.refusal(policy(encryption=encryption), "shop", Settings())
+    assert refused is not None and refused.field == "spec.encryption.kmsKeys[1].endpoint"
 
     spec = plan().to_api()
     spec["primary"]["checks"][1]["http"]["url"] = "http://metadata.google.internal/"

@@ -80,6 +80,9 @@ def _check_spec(spec: BaseModel, namespace: str, settings: Settings) -> None:
             where = "spec.storage" if i == 0 else f"spec.copies[{i - 1}]"
             if location.endpoint:
                 _url(rule, f"{where}.endpoint", location.endpoint)
+        for i, kms_key in enumerate(spec.encryption.kms_keys or []):
+            if kms_key.endpoint:
+                _url(rule, f"spec.encryption.kmsKeys[{i}].endpoint", kms_key.endpoint)
         source = spec.source.postgres or spec.source.redis
         if source is not None:
             kind = "postgres" if spec.source.postgres else "redis"

@@ -289,6 +289,7 @@ def _start_operator(state: SandboxState, sandbox_dir: Path, env: dict[str, str])
         "AEGIS_LOG_FORMAT": "text",
         "AEGIS_CATALOG_SYNC_SECONDS": "30",
         "AEGIS_S3_ENDPOINT": state.moto["endpoint"],
+        "AEGIS_KMS_ENDPOINT": state.moto["endpoint"],
         # Every server of the sandbox listens on 127.0.0.1 (docs/tenancy.md).
         "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
     }

@@ -100,6 +100,18 @@ def test_a_backup_wrapped_for_a_secret_key_and_a_kms_key_restores_with_either_al
         )
         restored_matches(pg_database, run, kms_only)
         assert f"data key opened with KMS key {key_arn}" in run.stderr
+        # No key material in the output or the manifest: neither the data key nor the Secret's.
+        data_key = kms.unwrap(
+            KmsKeyConfig(key_id=key_arn, endpoint=moto.endpoint),
+            {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+            base64.b64decode(wraps[1]["wrappedKey"]),
+            wraps[1]["encryptionContext"],
+            "us-east-1",
+        )
+        secret_key = (keys_dir / "2025-01").read_text().strip()
+        seen = run.stdout + run.stderr + json.dumps(manifest_of(s3_client, s3_bucket))
+        for material in (data_key.hex(), base64.b64encode(data_key).decode(), secret_key):
+            assert material not in seen
     finally:
         pg_database.server.drop_database(secret_only)
         pg_database.server.drop_database(kms_only)
