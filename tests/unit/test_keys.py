@@ -160,3 +160,23 @@ def test_the_escrow_warning_is_posted_once_per_generation() -> None:
     assert not keys.escrow_warning(not_escrowed, written, 3)  # a timer re-check: no repeat
     assert keys.escrow_warning(not_escrowed, written, 4)  # a new generation, still no KMS key
     assert not keys.escrow_warning(escrowed, written, 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "failures"),
+    [
+        ({"keySecretRef": {"name": "k"}}, 0),
+        ({"kmsKeys": [{"keyId": KEY_ARN}]}, 0),
+        ({"keySecretRef": {"name": "k"}, "kmsKeys": [{"keyId": KEY_ARN}]}, 0),
+        ({}, 1),
+        ({"kmsKeys": []}, 1),
+    ],
+)
+def test_the_generated_cel_rule_evaluates_as_the_model_does(
+    value: dict[str, Any], failures: int
+) -> None:
+    from aegis.sandbox.apiserver_cel import evaluate_rules
+
+    causes = evaluate_rules(value, None, Encryption.model_json_schema(), "spec.encryption")
+    assert len(causes) == failures
+    assert all("at least one wrapping key" in c.message for c in causes)
