@@ -4,11 +4,16 @@ real agent, real PostgreSQL, moto S3 and KMS.
 - a policy whose only key is a Secret of the cluster says so (KeyEscrowed=False and one
   Warning), and adding a KMS key clears it;
 - restore from nothing: a brand-new cluster with none of the old Secrets, a policy naming only
-  the KMS key, catalog sync rebuilds the points, and the newest restores and checks out.
+  the KMS key (or a key Secret recreated from the exported bundle), catalog sync rebuilds the
+  points, and the newest restores and checks out.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,8 @@ from tests.e2e.test_restore import (
 
 from aegis.k8s import client as aegis_client
 from aegis.sandbox.apiserver import ApiServer
+
+AEGIS = str(Path(sys.executable).with_name("aegis"))
 
 
 def kms_key(moto: Any) -> str:
@@ -111,7 +118,9 @@ def test_a_policy_keyed_only_in_this_cluster_says_so_until_a_kms_key_is_added(
     )
 
 
-def test_restore_from_nothing_with_kms_access_only(
+@pytest.mark.parametrize("access", ["kms", "bundle"])
+def test_restore_from_nothing(
+    access: str,
     aegis_operator: OperatorHandle,
     job_runner: Any,
     k8s_api: Any,
@@ -131,10 +140,24 @@ def test_restore_from_nothing_with_kms_access_only(
     secrets_for(k8s_api, namespace, pg_database)
     arn = kms_key(moto)
     spec = policy_spec(pg_database, s3_bucket, moto.endpoint)
-    spec["encryption"]["kmsKeys"] = [kms_entry(moto, arn)]
+    if access == "kms":
+        spec["encryption"]["kmsKeys"] = [kms_entry(moto, arn)]
     make_policy(k8s_api, namespace, "orders", spec)
     original = on_demand(k8s_api, namespace, "orders", "orders-before")
     assert original["status"]["phase"] == "Completed", original["status"].get("message")
+    bundle: dict[str, Any] = {}
+    if access == "bundle":
+        # Before the disaster: the recovery key bundle, exported and stored offline.
+        exported = subprocess.run(
+            [AEGIS, "keys", "export", "orders", "-n", namespace],
+            env={**os.environ, "KUBECONFIG": str(k8s_api.kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert exported.returncode == 0, exported.stderr
+        bundle = json.loads(exported.stdout)
     aegis_operator.stop()
 
     # The disaster: a new cluster. The CRDs and the policy come from Git, the bucket and the
@@ -166,7 +189,12 @@ def test_restore_from_nothing_with_kms_access_only(
         runner.start()
         runner.wait_synced()
         aegis_operator.start()
-        dr_spec = {**spec, "suspend": True, "encryption": {"kmsKeys": [kms_entry(moto, arn)]}}
+        if access == "kms":
+            encryption: dict[str, Any] = {"kmsKeys": [kms_entry(moto, arn)]}
+        else:  # the key Secret recreated from the bundle; no KMS key named at all
+            create_secret(dr_api, namespace, bundle["keySecret"], bundle["keys"])
+            encryption = {"keySecretRef": {"name": bundle["keySecret"]}}
+        dr_spec = {**spec, "suspend": True, "encryption": encryption}
         create(
             dr_api,
             "backuppolicies",
@@ -185,7 +213,7 @@ def test_restore_from_nothing_with_kms_access_only(
         assert imported["spec"]["trigger"] == "Imported"
         assert imported["status"]["sha256"] == original["status"]["sha256"]
         escrow = wait_for("KeyEscrowed", lambda: escrowed(dr_api, namespace, "orders"))
-        assert escrow["status"] == "True"
+        assert escrow["status"] == ("True" if access == "kms" else "False")
 
         with scratch_database_name(pg_database.server) as new_db:
             make_restore(
@@ -207,8 +235,12 @@ def test_restore_from_nothing_with_kms_access_only(
                 assert table_checksums(conn) == seeded
             job = client.BatchV1Api(dr_api).read_namespaced_job("restore-from-nothing", namespace)
             env_names = {e.name for e in job.spec.template.spec.containers[0].env}
-            assert not [n for n in env_names if n.startswith("AEGIS_KEY_")]
-            assert "KMS0_AWS_SECRET_ACCESS_KEY" in env_names
+            if access == "kms":
+                assert not [n for n in env_names if n.startswith("AEGIS_KEY_")]
+                assert "KMS0_AWS_SECRET_ACCESS_KEY" in env_names
+            else:
+                assert "AEGIS_KEY_2026-01" in env_names
+                assert not [n for n in env_names if n.startswith("KMS")]
         aegis_operator.stop()
         operator_identity.other_usage.append(fresh.usage(identity.user))
     finally:
