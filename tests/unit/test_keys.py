@@ -152,16 +152,6 @@ def test_a_kms_only_policy_passes_no_key_secret_to_the_job() -> None:
     assert not [e for e in container["env"] if e["name"].startswith("AEGIS_KEY_")]
 
 
-def test_the_escrow_warning_is_posted_once_per_generation() -> None:
-    not_escrowed = keys.escrow_condition(Encryption.model_validate({"keySecretRef": {"name": "k"}}))
-    escrowed = keys.escrow_condition(Encryption.model_validate({"kmsKeys": [{"keyId": KEY_ARN}]}))
-    written = [{"type": "KeyEscrowed", "status": "False", "observedGeneration": 3}]
-    assert keys.escrow_warning(not_escrowed, None, 3)
-    assert not keys.escrow_warning(not_escrowed, written, 3)  # a timer re-check: no repeat
-    assert keys.escrow_warning(not_escrowed, written, 4)  # a new generation, still no KMS key
-    assert not keys.escrow_warning(escrowed, written, 4)
-
-
 @pytest.mark.parametrize(
     ("value", "failures"),
     [

@@ -118,6 +118,7 @@ def run_drill(
             allow_overwrite=False,
             work_dir=cfg.work_dir,
             keys_dir=cfg.keys_dir,
+            kms_keys=cfg.kms_keys,
             tuning=cfg.tuning,
             progress_seconds=cfg.progress_seconds,
         )

@@ -28,6 +28,7 @@ from aegis.k8s.cache import PointCache, SecretCache
 from aegis.k8s.jobs import build_job
 from aegis.reconcilers import (
     backup,
+    keys,
     policy_catalog,
     policy_references,
     policy_status,
@@ -255,7 +256,7 @@ class PolicyRuntime:
                 asked = True
             self.ticks.references[key] = problem
         ready = policy_references.ready_condition(self.ticks.problem(key), spec)
-        updates = [ready]
+        updates = [ready, keys.escrow_condition(spec.encryption)]
         scheduling = self.ticks.scheduling.get(key)
         if scheduling is not None:
             updates.append(scheduling)

@@ -28,13 +28,13 @@ from aegis.agent.drill import DrillConfig
 from aegis.agent.layout import PointRef, drill_evidence_key, normalize_prefix, s3_url
 from aegis.api import BACKUP_POLICY, DR_DRILL, RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
-from aegis.api.common import SecretKeyRef
 from aegis.api.drdrill import DRDrillSpec, DrillObjectives, RestoreDrill
 from aegis.k8s import objects
-from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
+from aegis.k8s.jobs import JobRequest, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION, RUN_ANNOTATION, RUN_START_ANNOTATION
 from aegis.locks import KeyedLocks
 from aegis.reconcilers import backup, naming, schedule
+from aegis.reconcilers import keys as wrapping
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
 from aegis.reconcilers.recoverypoint import (
@@ -189,6 +189,7 @@ def drill_config(
     return DrillConfig(
         manifest=point_manifest_url(point, policy),
         storage=backup.store_config(policy.storage, "", app.s3_endpoint),
+        kms_keys=wrapping.kms_key_configs(policy, app.kms_endpoint),
         kind=point_kind(point, policy),
         postgres_major=postgres_major(point),
         postgres=postgres,
@@ -212,13 +213,8 @@ def drill_job_request(
     config = drill_config(point, policy, spec, app)
     secret_env = [
         *backup.s3_secret_env(policy.storage, ""),
-        *(
-            SecretEnv(
-                backup.key_env_name(k),
-                SecretKeyRef(name=policy.encryption.key_secret_ref.name, key=k),
-            )
-            for k in keys
-        ),
+        *wrapping.key_secret_env(policy, keys, backup.KEY_ENV_PREFIX),
+        *wrapping.kms_secret_env(policy),
     ]
     if spec.target is not None:
         secret_env = [*restores.target_secret_env(spec.target), *secret_env]

@@ -9,8 +9,6 @@ ignore it: it is not Ready), with the two fixes.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aegis.agent.config import KmsKeyConfig
 from aegis.api.backuppolicy import BackupPolicySpec, Encryption
 from aegis.api.common import SecretKeyRef
@@ -53,22 +51,6 @@ def escrow_condition(encryption: Encryption) -> ConditionUpdate:
         f"the only key that opens these backups is in Secret {secret} of this cluster: lose "
         f"the cluster and the backups cannot be decrypted. Fix: {ESCROW_FIX} (an export is "
         "not visible to the operator; this condition stays False until a KMS key is added)",
-    )
-
-
-def escrow_warning(
-    update: ConditionUpdate, previous: list[dict[str, Any]] | None, generation: int | None
-) -> bool:
-    """Whether to post the Warning event for `update`: once per generation of a policy that
-    is not escrowed (the condition was not already False for this generation), so a timer
-    re-checking the policy does not repeat it."""
-    if update.status != "False":
-        return False
-    was = next((c for c in previous or [] if c.get("type") == KEY_ESCROWED), None)
-    return not (
-        was is not None
-        and was.get("status") == "False"
-        and was.get("observedGeneration") == generation
     )
 
 

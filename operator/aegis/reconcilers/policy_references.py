@@ -104,9 +104,10 @@ def check_references(
         schedule.next_tick(spec.schedule, spec.time_zone, now)
     except schedule.ScheduleError as error:
         return Problem("InvalidSchedule", str(error))
-    problem = check_keys(cluster, namespace, spec.encryption.key_secret_ref.name)
-    if problem:
-        return problem
+    if spec.encryption.key_secret_ref is not None:  # absent: KMS keys only
+        problem = check_keys(cluster, namespace, spec.encryption.key_secret_ref.name)
+        if problem:
+            return problem
     refs: list[tuple[str, str, str]] = []
     if spec.source.postgres is not None:
         pg = spec.source.postgres

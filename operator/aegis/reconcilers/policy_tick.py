@@ -403,8 +403,8 @@ def _prepare(
     assert upcoming.run_name is not None
     meta = body["metadata"]
     point = _create_point(ports.cluster, body, upcoming.run_name, upcoming.run)
-    secret = spec.encryption.key_secret_ref.name
-    key_ids = sorted(ports.cluster.read_secret(meta["namespace"], secret))
+    ref = spec.encryption.key_secret_ref
+    key_ids = sorted(ports.cluster.read_secret(meta["namespace"], ref.name)) if ref else []
     job = ports.build_job(point, spec, key_ids)
     fired_update = {
         **update,

@@ -23,7 +23,7 @@ from aegis.agent.layout import manifest_key_for, parse_s3_url
 from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.checks import VerifyCheck
-from aegis.api.common import JobOptions, LocalObjectRef, S3Location, SecretKeyRef
+from aegis.api.common import JobOptions, LocalObjectRef, S3Location
 from aegis.api.restore import RestoreSpec, RestoreTarget
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
