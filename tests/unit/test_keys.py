@@ -170,3 +170,25 @@ def test_the_generated_cel_rule_evaluates_as_the_model_does(
     causes = evaluate_rules(value, None, Encryption.model_json_schema(), "spec.encryption")
     assert len(causes) == failures
     assert all("at least one wrapping key" in c.message for c in causes)
+
+
+def test_the_verify_job_of_a_kms_only_policy_carries_the_kms_keys() -> None:
+    from aegis.agent.config import LocationConfig
+    from aegis.reconcilers import verification
+
+    policy = spec({"kmsKeys": [{"keyId": KEY_ARN, "credentialsSecretRef": {"name": "kms"}}]})
+    point = {
+        **point_body(),
+        "status": {
+            "phase": "Completed",
+            "location": "s3://bkt/backups/shop/orders/p/payload",
+            "manifest": "backups/shop/orders/p/manifest.json",
+        },
+    }
+    job = build_job(verification.verify_job_request(point, policy, [], SETTINGS, "now"))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    config = LocationConfig.model_validate(json.loads(container["args"][-1]))
+    assert [(k.key_id, k.credentials_env_prefix) for k in config.kms_keys] == [(KEY_ARN, "KMS0_")]
+    names = {e["name"] for e in container["env"]}
+    assert "KMS0_AWS_SECRET_ACCESS_KEY" in names
+    assert not [n for n in names if n.startswith("AEGIS_KEY_")]

@@ -23,9 +23,10 @@ from croniter import croniter
 from aegis import labels, metrics
 from aegis.agent.config import LocationConfig
 from aegis.api.backuppolicy import BackupPolicySpec
-from aegis.api.common import JobOptions, SecretKeyRef
-from aegis.k8s.jobs import JobRequest, SecretEnv, Termination, build_job, job_outcome
+from aegis.api.common import JobOptions
+from aegis.k8s.jobs import JobRequest, Termination, build_job, job_outcome
 from aegis.reconcilers import backup, naming
+from aegis.reconcilers import keys as wrapping
 from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers.conditions import ConditionUpdate, iso
 from aegis.reconcilers.restore import manifest_url
@@ -50,13 +51,15 @@ def verify_job_request(
             "NoManifest", f"RecoveryPoint {meta['name']} records no manifest to verify"
         )
     config = LocationConfig(
-        location=url, storage=backup.store_config(policy.storage, "", settings.s3_endpoint)
+        location=url,
+        storage=backup.store_config(policy.storage, "", settings.s3_endpoint),
+        kms_keys=wrapping.kms_key_configs(policy, settings.kms_endpoint),
     )
     options = (policy.job or JobOptions()).model_copy(update={"backoff_limit": 0})
-    key_secret = policy.encryption.key_secret_ref.name
     secret_env = [
         *backup.s3_secret_env(policy.storage, ""),
-        *(SecretEnv(backup.key_env_name(k), SecretKeyRef(name=key_secret, key=k)) for k in key_ids),
+        *wrapping.key_secret_env(policy, key_ids, backup.KEY_ENV_PREFIX),
+        *wrapping.kms_secret_env(policy),
     ]
     policy_name = point["spec"]["policyRef"]["name"]
     return JobRequest(
