@@ -4,6 +4,9 @@ Route53 zone. Replication lag gates promotion; failback is a switchover with zer
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +37,6 @@ from tests.e2e.test_failover import (
     wait_state,
 )
 
-from aegis.kubectl_failover import main as kubectl_failover
 from aegis.sandbox.servers import MotoServer, PostgresServer, RedisServer
 
 __all__ = ["endpoints"]  # the fixture, re-exported for this module's tests
@@ -467,8 +469,16 @@ def test_plan_approved_by_failoverapproval_objects_ignores_the_annotations(
     assert (condition(fa, "Succeeded") or {}).get("status") == "True"
     assert len(hook.posts()) == 1
 
-    # kubectl aegis creates a FailoverApproval for such a plan (generateName)
-    assert kubectl_failover(["trigger", "gated", "-n", namespace, "--reason", "twice"]) == 0
+    # kubectl aegis creates a FailoverApproval for such a plan (generateName), run by a person
+    # who holds that permission (the test's admin kubeconfig; in this process the API client
+    # is the operator's, which may not approve)
+    trigger = subprocess.run(
+        [sys.executable, "-m", "aegis", "failover", "trigger", "gated", "-n", namespace,
+         "--reason", "twice"],
+        env={**os.environ, "KUBECONFIG": str(k8s_api.kubeconfig)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert trigger.returncode == 0, trigger.stderr
     items = client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
         "dr.aegis.dev", "v1alpha1", namespace, "failoverapprovals")["items"]
     (again,) = [i["metadata"]["name"] for i in items if i["metadata"]["name"] != "go"]
