@@ -16,6 +16,14 @@ from aegis import metrics
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+@pytest.fixture(autouse=True)
+def now_is_now() -> None:
+    """The RPO gauge is computed at scrape time from the real clock: every test's "now" is
+    taken when it starts, not when the module was collected (a whole suite can run between)."""
+    global NOW
+    NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
 def iso(when: dt.datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
