@@ -42,7 +42,7 @@ NAMESPACED_GRANTS: set[Grant] = (
     grants("dr.aegis.dev", KINDS, "get list watch patch")
     | grants("dr.aegis.dev", ("recoverypoints",), "create delete")
     | grants("dr.aegis.dev", [f"{k}/status" for k in KINDS], "patch")
-    | grants("dr.aegis.dev", ("failoverapprovals",), "get list watch patch")
+    | grants("dr.aegis.dev", ("failoverapprovals",), "list watch patch")
     | grants("dr.aegis.dev", ("failoverapprovals/status",), "patch")
     | grants("", ("events",), "create")
     | grants("", ("secrets",), "get list watch")  # the reference checks read a watch cache

@@ -100,11 +100,12 @@ There is no `*` anywhere, no `update` (kopf and Aegis send merge patches, never 
     - drdrills/status
     - failoverapprovals/status
   verbs: ["patch"]
-# FailoverApprovals are read (a plan acts on each once) and never created by the operator:
+# FailoverApprovals are watched and listed (a plan acts on each once; nothing GETs one) and
+# never created by the operator:
 # creating one is the approvers' permission (see the aegis-failover-approver ClusterRole).
 - apiGroups: ["dr.aegis.dev"]
   resources: ["failoverapprovals"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Events on the resources it reconciles (kopf and Aegis post core/v1 events).
 - apiGroups: [""]
   resources: ["events"]
