@@ -38,10 +38,12 @@ from aegis.reconcilers import keys as wrapping
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
 from aegis.reconcilers.recoverypoint import (
+    ApiCluster,
     PointBlocked,
     PolicyContext,
     key_ids,
     load_policy,
+    mark_corrupted,
     s3_client_for,
 )
 from aegis.reconcilers.validation import SpecError, parse_spec
@@ -676,7 +678,10 @@ def _record(
     elif point_name and verdict.reason == "PointCorrupted" and result is not None:
         # Only the agent's own authentication failure proves corruption (a point refused
         # because it is already Corrupted is left as it is).
-        _mark_corrupted(namespace, point_name, name, verdict.message, wall())
+        mark_corrupted(
+            ApiCluster(), namespace, point_name, "Corrupted",
+            f"drill/{name}: {verdict.message}", wall(),
+        )
     status = drill.get("status") or {}
     history = with_history(status.get("history"), run, spec.history_limit)
     current = _patch(
@@ -813,34 +818,6 @@ def _mark_verified(
         namespace,
         point_name,
         {"verification": verification, "conditions": conditions},
-    )
-
-
-def _mark_corrupted(
-    namespace: str, point_name: str, drill: str, message: str, now: dt.datetime
-) -> None:
-    """The agent failed to authenticate the point's bytes: the point is Corrupted, so no
-    Restore or drill chooses it again."""
-    try:
-        point = objects.get_custom(RECOVERY_POINT, namespace, point_name)
-    except objects.NotFound:
-        return
-    conditions = set_conditions(
-        (point.get("status") or {}).get("conditions"),
-        [ConditionUpdate("Verified", "False", "Corrupted", f"drill/{drill}: {message}")],
-        generation=point["metadata"].get("generation"),
-        now=now,
-    )
-    objects.patch_custom_status(
-        RECOVERY_POINT,
-        namespace,
-        point_name,
-        {
-            "phase": "Corrupted",
-            "message": f"drill/{drill}: {message}"[:1024],
-            "verification": {"time": wire_time(now), "result": "Failed", "by": f"drill/{drill}"},
-            "conditions": conditions,
-        },
     )
 
 
