@@ -44,6 +44,18 @@ class Credentials:
     secret_access_key: str
 
 
+def credentials_from_secret(secret_name: str, data: dict[str, bytes]) -> Credentials:
+    """The S3 credentials held by a Secret's data; S3Problem `S3CredentialsInvalid` naming
+    the missing key (never a value)."""
+    try:
+        return Credentials(data[ACCESS_KEY].decode().strip(), data[SECRET_KEY].decode().strip())
+    except KeyError as missing:
+        raise S3Problem(
+            "S3CredentialsInvalid",
+            f"S3 credentials Secret {secret_name} lacks key {missing.args[0]}",
+        ) from None
+
+
 _clients: dict[tuple[str | None, str, Credentials | None], Any] = {}
 _clients_lock = threading.Lock()
 

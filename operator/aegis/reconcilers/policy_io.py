@@ -105,14 +105,9 @@ class S3Store:
                     "S3CredentialsNotFound", f"S3 credentials Secret {ref.name} does not exist"
                 ) from None
             try:
-                credentials = s3.Credentials(
-                    data[s3.ACCESS_KEY].decode().strip(), data[s3.SECRET_KEY].decode().strip()
-                )
-            except KeyError as missing:
-                raise StoreProblem(
-                    "S3CredentialsInvalid",
-                    f"S3 credentials Secret {ref.name} lacks key {missing.args[0]}",
-                ) from None
+                credentials = s3.credentials_from_secret(ref.name, data)
+            except s3.S3Problem as problem:
+                raise StoreProblem(problem.reason, str(problem)) from None
         return s3.client(location, credentials, self._settings.s3_endpoint)
 
     def head_bucket(self, location: S3Location, namespace: str) -> None:

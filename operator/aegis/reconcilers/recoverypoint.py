@@ -145,14 +145,9 @@ def s3_client_for(location: S3Location, namespace: str, settings: Settings) -> A
                 "S3CredentialsNotFound", f"S3 credentials Secret {ref.name} does not exist"
             ) from None
         try:
-            credentials = s3.Credentials(
-                data[s3.ACCESS_KEY].decode().strip(), data[s3.SECRET_KEY].decode().strip()
-            )
-        except KeyError as missing:
-            raise PointBlocked(
-                "S3CredentialsInvalid",
-                f"S3 credentials Secret {ref.name} lacks key {missing.args[0]}",
-            ) from None
+            credentials = s3.credentials_from_secret(ref.name, data)
+        except s3.S3Problem as problem:
+            raise PointBlocked(problem.reason, str(problem)) from None
     return s3.client(location, credentials, settings.s3_endpoint)
 
 
