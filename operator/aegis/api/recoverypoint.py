@@ -32,10 +32,10 @@ class RecoveryPointSpec(ApiModel):
 class SourceInfo(StatusModel):
     """What was backed up."""
 
-    kind: Literal["Postgres", "Redis"]
+    kind: Literal["Postgres", "Redis", "Command"]
     """Kind of source."""
     database: str | None = None
-    """Database name (PostgreSQL)."""
+    """Database name (PostgreSQL; a command source's `database` label)."""
     server_version: str | None = None
     """Server version at backup time."""
     position: str | None = None

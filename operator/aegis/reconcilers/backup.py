@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aegis.agent.config import (
+    COMMAND_ENV_PREFIX,
     BackupConfig,
+    CommandSourceConfig,
     ObjectLockConfig,
     PostgresSourceConfig,
     RedisSourceConfig,
@@ -24,7 +26,7 @@ from aegis.agent.config import (
 from aegis.agent.layout import PointRef
 from aegis.agent.manifest import Manifest
 from aegis.api.backuppolicy import BackupPolicySpec
-from aegis.api.common import JobOptions, S3Location, SecretKeyRef
+from aegis.api.common import JobOptions, S3Location, SecretEnvVar, SecretKeyRef
 from aegis.k8s.jobs import ClaimMount, JobRequest, SecretEnv
 from aegis.reconcilers import keys, naming
 from aegis.settings import Settings
@@ -77,8 +79,14 @@ def backup_config(
     spec: BackupPolicySpec, namespace: str, policy: str, point: str, settings: Settings
 ) -> BackupConfig:
     source = spec.source
-    postgres = redis = None
-    if source.postgres is not None:
+    postgres = redis = command = None
+    if source.command is not None:
+        command = CommandSourceConfig(
+            dump=source.command.dump,
+            env=[var.name for var in source.command.env or []],
+            database=source.command.database,
+        )
+    elif source.postgres is not None:
         pg = source.postgres
         options = pg.dump_options
         postgres = PostgresSourceConfig(
@@ -105,6 +113,7 @@ def backup_config(
         recovery_point=point,
         postgres=postgres,
         redis=redis,
+        command=command,
         storage=store_config(spec.storage, "", settings.s3_endpoint),
         copies=[
             store_config(copy, f"COPY{i}_", settings.s3_endpoint)
@@ -130,10 +139,20 @@ def backup_mounts(spec: BackupPolicySpec) -> list[ClaimMount]:
     return [ClaimMount("rdb", redis.rdb_volume.name, RDB_DIR, read_only=True)]
 
 
+def command_secret_env(variables: list[SecretEnvVar] | None) -> list[SecretEnv]:
+    """A command's variables, each carried as AEGIS_CMDENV_<name> from its Secret key (the
+    agent renames them for the command only)."""
+    return [
+        SecretEnv(f"{COMMAND_ENV_PREFIX}{var.name}", var.secret_key_ref) for var in variables or []
+    ]
+
+
 def backup_secret_env(spec: BackupPolicySpec, key_ids: list[str]) -> list[SecretEnv]:
     """Every secret the backup needs, as Secret key references."""
     env: list[SecretEnv] = []
-    if spec.source.postgres is not None:
+    if spec.source.command is not None:
+        env += command_secret_env(spec.source.command.env)
+    elif spec.source.postgres is not None:
         env += [
             SecretEnv("AEGIS_PG_USER", spec.source.postgres.user_secret_ref),
             SecretEnv("AEGIS_PG_PASSWORD", spec.source.postgres.password_secret_ref),
@@ -170,7 +189,7 @@ def backup_job_request(
         owner=point,
         command=[*settings.agent_command, "backup"],
         args=["--config-json", config.model_dump_json(by_alias=True, exclude_none=True)],
-        image=options.image or settings.agent_image,
+        image=spec.job_image() or settings.agent_image,
         options=options,
         secret_env=backup_secret_env(spec, key_ids),
         mounts=backup_mounts(spec),
