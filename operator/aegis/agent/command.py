@@ -277,9 +277,7 @@ def command_query(
             raise ValueError("a command target runs command checks, not sql or redis ones")
         code, out, err = run_capture(check.command, env, "check", target.timeout_seconds)
         if code != 0:
-            raise ValueError(
-                f"{describe(check.command)} exited {code}: {err or 'no error output'}"
-            )
+            raise ValueError(f"{describe(check.command)} exited {code}: {err or 'no error output'}")
         return out.strip()
 
     return query
