@@ -115,7 +115,7 @@ def backup_main(argv: list[str]) -> int:
 
 def follow_point(api: Any, namespace: str, name: str, timeout: float) -> int:
     from aegis import GROUP, VERSION
-    from aegis.reconcilers.backup import human_bytes
+    from aegis.display import size as human_bytes
 
     deadline = time.monotonic() + timeout
     shown = ""

@@ -4,6 +4,7 @@ restored is checked in MariaDB itself with CHECKSUM TABLE."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ from tests.e2e.helpers import (
 from tests.e2e.test_backups import jobs, make_policy, on_demand
 from tests.e2e.test_restore import make_restore, wait_restore
 
+from aegis import display
 from aegis.sandbox.servers import MariaDBServer, mariadb_binary
 
 ORDERS = 2000
@@ -162,6 +164,7 @@ def cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 def test_mariadb_backup_restores_into_a_new_database_with_equal_checksums(
     aegis_operator: OperatorHandle,
     job_runner: Any,
+    kubectl: Any,
     k8s_api: Any,
     namespace: str,
     mariadb_server: MariaDBServer,
@@ -185,6 +188,10 @@ def test_mariadb_backup_restores_into_a_new_database_with_equal_checksums(
         assert status["source"] == {"kind": "Command", "database": source}
         assert status["sizeBytes"] > ORDERS * 100  # the dump's own bytes, measured
         assert status["storedBytes"] < status["sizeBytes"]  # compressed before encryption
+        # Columns read as people write sizes, from the numeric fields (which stay).
+        assert status["display"]["size"] == display.size(status["storedBytes"])
+        assert re.fullmatch(r"\d+\.\d (KiB|MiB)", status["display"]["size"])
+        assert status["display"]["logicalSize"] == display.size(status["sizeBytes"])
         (job,) = [j for j in jobs(k8s_api, namespace) if j.metadata.name.startswith("backup-")]
         container = job.spec.template.spec.containers[0]
         assert server.password not in " ".join(container.command + container.args)
@@ -234,6 +241,8 @@ def test_mariadb_backup_restores_into_a_new_database_with_equal_checksums(
         status = restore["status"]
         assert status["phase"] == "Completed", status.get("message")
         assert status["restoredBytes"] == point["status"]["sizeBytes"]
+        assert status["display"]["duration"] == display.duration(status["durationSeconds"])
+        assert status["display"]["restored"] == point["status"]["display"]["logicalSize"]
         assert status["checks"] == [{"name": "orders", "result": "Passed", "value": str(ORDERS)}]
         # Equal per-table checksums: the copy holds what was seeded, not the damaged source.
         assert checksums(server, copy) == seeded
@@ -241,6 +250,11 @@ def test_mariadb_backup_restores_into_a_new_database_with_equal_checksums(
         verified = get(k8s_api, "recoverypoints", namespace, "shop-1")
         assert cond(verified, "Verified")["status"] == "True"
         assert verified["status"]["verification"]["by"] == "restore/to-copy"
+        # `kubectl get` shows the display fields in its columns, not raw numbers.
+        table = kubectl("get", "rp,rst", "-n", namespace, check=True).stdout
+        assert point["status"]["display"]["size"] in table
+        assert str(point["status"]["storedBytes"]) not in table
+        assert status["display"]["duration"] in table
     finally:
         server.sql(f"DROP DATABASE IF EXISTS `{source}`; DROP DATABASE IF EXISTS `{copy}`;")
 

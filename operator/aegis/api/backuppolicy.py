@@ -14,6 +14,7 @@ from aegis.api.common import (
     ApiModel,
     Argv,
     Condition,
+    Display,
     HasOneOf,
     JobOptions,
     LocalObjectRef,
@@ -345,6 +346,8 @@ class PolicyDrill(StatusModel):
     """Measured RPO of that run."""
     recovery_point: str | None = None
     """The point it restored."""
+    display: Display | None = None
+    """rtoSeconds and rpoSeconds as people read them."""
 
 
 class BackupPolicyStatus(StatusModel):
@@ -375,5 +378,7 @@ class BackupPolicyStatus(StatusModel):
     the tick (a RunSkipped event names why)."""
     current_rpo_seconds: int | None = Field(default=None, alias="currentRPOSeconds")
     """Now minus the source time of the newest Completed point."""
+    display: Display | None = None
+    """currentRPOSeconds as people read it (`rpo`)."""
     last_drill: PolicyDrill | None = None
     """The latest finished drill of this policy's points (written by the DRDrill's run)."""

@@ -344,6 +344,25 @@ class JobOptions(ApiModel):
     """Seconds a finished Job is kept for its logs before it is deleted."""
 
 
+class Display(StatusModel):
+    """Numbers of this status as people write them (`71.2 KiB`, `1m46s`, `264ms`), for
+    printer columns and `kubectl get`; written with the numeric fields, which stay
+    authoritative (aegis.display formats them all)."""
+
+    size: str | None = None
+    """Stored size (RecoveryPoint: the compressed, encrypted payload)."""
+    logical_size: str | None = None
+    """Logical size (RecoveryPoint: the dump before compression and encryption)."""
+    restored: str | None = None
+    """Logical bytes restored (Restore)."""
+    duration: str | None = None
+    """Measured duration (RecoveryPoint: the backup; Restore: the restore)."""
+    rpo: str | None = None
+    """RPO (BackupPolicy: current; drill run: measured)."""
+    rto: str | None = None
+    """Measured RTO (drill run, and the policy's last drill)."""
+
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 

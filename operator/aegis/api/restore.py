@@ -13,6 +13,7 @@ from aegis.api.common import (
     ApiModel,
     Argv,
     Condition,
+    Display,
     HasOneOf,
     JobOptions,
     LocalObjectRef,
@@ -135,6 +136,8 @@ class RestoreStatus(StatusModel):
     """Measured duration of the restore."""
     restored_bytes: int | None = None
     """Logical bytes restored."""
+    display: Display | None = None
+    """durationSeconds and restoredBytes as people read them."""
     checks: list[CheckResult] | None = None
     """Results of the verification checks."""
     message: str | None = None

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aegis import display
 from aegis.agent.config import (
     COMMAND_ENV_PREFIX,
     BackupConfig,
@@ -212,6 +213,19 @@ class PointOutcome:
     conditions: list[tuple[str, Literal["True", "False"], str, str]] = field(default_factory=list)
 
 
+def point_status(manifest: Manifest) -> dict[str, Any]:
+    """The status fields a manifest proves, with their `display` twins."""
+    status = manifest.recovery_point_status()
+    status["display"] = display.fields(
+        size=display.size(manifest.stored_bytes),
+        logicalSize=display.size(manifest.size_bytes),
+        duration=display.duration(
+            (manifest.completion_time - manifest.start_time).total_seconds()
+        ),
+    )
+    return status
+
+
 def completed(manifest: Manifest, problems: list[str]) -> PointOutcome:
     """A Job that succeeded: Completed when the manifest proves the payload, else Corrupted."""
     if problems:
@@ -223,11 +237,11 @@ def completed(manifest: Manifest, problems: list[str]) -> PointOutcome:
             message=message,
             conditions=[("Complete", "False", "ManifestInconsistent", message)],
         )
-    status = manifest.recovery_point_status()
+    status = point_status(manifest)
     duration = (manifest.completion_time - manifest.start_time).total_seconds()
     message = (
-        f"{human_bytes(manifest.stored_bytes)} stored ({human_bytes(manifest.size_bytes)} "
-        f"logical) in {duration:.1f}s, sha256 {manifest.sha256[:12]}…"
+        f"{display.size(manifest.stored_bytes)} stored ({display.size(manifest.size_bytes)} "
+        f"logical) in {display.duration(duration)}, sha256 {manifest.sha256[:12]}…"
     )
     status.update({"phase": "Completed", "message": message})
     return PointOutcome(
@@ -281,15 +295,6 @@ def failed(
 
 def point_ref(spec: BackupPolicySpec, namespace: str, policy: str, point: str) -> PointRef:
     return PointRef(spec.storage.bucket, spec.storage.prefix, namespace, policy, point)
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def parse_time(value: str | None) -> dt.datetime | None:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from aegis import metrics
+from aegis import display, metrics
 from aegis.agent.config import (
     CommandTargetConfig,
     PostgresTargetConfig,
@@ -451,7 +451,7 @@ def restore_outcome(
     bad = [c for c in checks if c.get("result") != "Passed"]
     if job_state == "Complete" and result.get("ok") is True and not bad:
         passed = f"; {len(checks)} check(s) passed" if checks else ""
-        size = f"{backup.human_bytes(restored)} " if isinstance(restored, int) else ""
+        size = f"{display.size(restored)} " if isinstance(restored, int) else ""
         message = f"restored {size}from {point or 'the recovery point'} into {target}{passed}"
         return RestoreOutcome("Completed", "RestoreCompleted", message, status, checks)
     if bad:
@@ -734,7 +734,11 @@ def finish(
         if duration is not None:
             outcome.status["durationSeconds"] = duration
             if outcome.phase == "Completed":
-                outcome.message += f" in {duration:.1f}s"
+                outcome.message += f" in {display.duration(duration)}"
+        outcome.status["display"] = display.fields(
+            duration=display.duration(duration),
+            restored=display.size(outcome.status.get("restoredBytes")),
+        )
         outcome.status.update(
             {
                 "phase": outcome.phase,
