@@ -4,8 +4,11 @@ restored is checked in MariaDB itself with CHECKSUM TABLE."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -255,6 +258,20 @@ def test_mariadb_backup_restores_into_a_new_database_with_equal_checksums(
         assert point["status"]["display"]["size"] in table
         assert str(point["status"]["storedBytes"]) not in table
         assert status["display"]["duration"] in table
+        # `kubectl aegis status -o json` prints the objects themselves.
+        listed = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "aegis", "status", "-n", namespace, "-o", "json"],
+                env={**os.environ, "KUBECONFIG": str(k8s_api.kubeconfig)},
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
+        assert listed["kind"] == "List"
+        (shown,) = [i for i in listed["items"] if i["metadata"]["name"] == "shop-1"]
+        assert shown["kind"] == "RecoveryPoint" and shown["status"]["display"]["size"]
     finally:
         server.sql(f"DROP DATABASE IF EXISTS `{source}`; DROP DATABASE IF EXISTS `{copy}`;")
 
