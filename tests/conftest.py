@@ -16,6 +16,11 @@ Redis (``aegis.sandbox.servers.RedisServer``)
 - ``redis_db``: a fresh redis-server for this test (it starts in ~0.1 s) with ``requirepass``;
   ``.host .port .password .url .client(db=0)``.
 
+MariaDB (``aegis.sandbox.servers.MariaDBServer``; TCP user ``aegis`` with a password)
+- ``mariadb_server`` (session): a throwaway mariadbd. ``.host .port .user .password``,
+  ``.sql(statements, database)``, ``.client_args(database)``, ``.client_env()``. Shared:
+  each test creates its own databases.
+
 AWS (``aegis.sandbox.servers.MotoServer``; S3 and Route53 at one endpoint, dummy credentials)
 - ``moto_server`` (session): the server process; ``.endpoint``, ``.reset()``.
 - ``moto``: the same server, reset (every bucket, zone, health check forgotten) for this test.
@@ -47,7 +52,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from aegis.sandbox import processes
-from aegis.sandbox.servers import MotoServer, PostgresDatabase, PostgresServer, RedisServer
+from aegis.sandbox.servers import (
+    MariaDBServer,
+    MotoServer,
+    PostgresDatabase,
+    PostgresServer,
+    RedisServer,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_route53 import Route53Client
@@ -114,6 +125,18 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_db() -> Iterator[RedisServer]:
     server = RedisServer.start(password=uuid.uuid4().hex)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    server = MariaDBServer.start()
     try:
         yield server
     finally:

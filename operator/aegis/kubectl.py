@@ -9,6 +9,9 @@ kubectl aegis verify <point|bp/POLICY> [-n NS]       authenticate stored backups
 kubectl aegis status [-n NS]                          every Aegis object and its condition
 kubectl aegis keys export <policy> [-n NS]            recovery key bundle, for offline storage
 kubectl aegis keys rewrap <policy> --kms-key ARN      add a KMS wrap to existing backups
+kubectl aegis completion bash|zsh                     shell completion (source <(...))
+
+backup, status, failover status and drill status take -o json|yaml to print the objects.
 """
 
 from __future__ import annotations
@@ -31,7 +34,21 @@ VERBS: dict[str, tuple[str, str]] = {
     "status": ("aegis.kubectl", "status_main"),
     "verify": ("aegis.kubectl_verify", "main"),
     "keys": ("aegis.kubectl_keys", "main"),
+    "completion": ("aegis.kubectl_completion", "main"),
 }
+PARSERS: dict[str, tuple[str, str]] = {
+    "backup": ("aegis.kubectl", "backup_parser"),
+    "restore": ("aegis.kubectl_restore", "parser"),
+    "failover": ("aegis.kubectl_failover", "parser"),
+    "drill": ("aegis.kubectl_drill", "parser"),
+    "report": ("aegis.kubectl_report", "parser"),
+    "status": ("aegis.kubectl", "status_parser"),
+    "verify": ("aegis.kubectl_verify", "parser"),
+    "keys": ("aegis.kubectl_keys", "parser"),
+    "completion": ("aegis.kubectl_completion", "parser"),
+}
+"""Each verb's argparse parser: shell completion is generated from them."""
+OUTPUTS = ("json", "yaml")
 FOLLOW_INTERVAL = 1.0
 
 
@@ -73,6 +90,39 @@ def default_namespace() -> str:
         return "default"
 
 
+def add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", choices=OUTPUTS, default=None,
+        help="print the object(s) as json or yaml instead of the summary",
+    )
+
+
+def print_objects(objects: list[dict[str, Any]], output: str, single: bool = True) -> None:
+    """`kubectl get -o json|yaml` style: one object, or a v1 List of them."""
+    import json
+
+    import yaml
+
+    document: Any = (
+        objects[0] if single and len(objects) == 1
+        else {"apiVersion": "v1", "kind": "List", "items": objects}
+    )
+    if output == "json":
+        print(json.dumps(document, indent=2, sort_keys=False))
+    else:
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+
+
+def backup_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl aegis backup", description="Back up now.")
+    parser.add_argument("policy", help="BackupPolicy name")
+    parser.add_argument("-n", "--namespace", default=None)
+    parser.add_argument("--no-wait", action="store_true", help="create the point and return")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to follow")
+    add_output(parser)
+    return parser
+
+
 def backup_main(argv: list[str]) -> int:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -80,12 +130,7 @@ def backup_main(argv: list[str]) -> int:
     from aegis import GROUP, VERSION
     from aegis.reconcilers.naming import on_demand_recovery_point_name, recovery_point_labels
 
-    parser = argparse.ArgumentParser(prog="kubectl aegis backup", description="Back up now.")
-    parser.add_argument("policy", help="BackupPolicy name")
-    parser.add_argument("-n", "--namespace", default=None)
-    parser.add_argument("--no-wait", action="store_true", help="create the point and return")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to follow")
-    args = parser.parse_args(argv)
+    args = backup_parser().parse_args(argv)
     namespace = args.namespace or default_namespace()
     api = client.CustomObjectsApi(api_client())
     try:
@@ -107,26 +152,36 @@ def backup_main(argv: list[str]) -> int:
     except ApiException as error:
         if error.status != 409:
             raise
-    print(f"recoverypoint.dr.aegis.dev/{name} created")
-    if args.no_wait:
-        return 0
-    return follow_point(api, namespace, name, args.timeout)
+    # With -o the progress goes to stderr and stdout carries the object alone.
+    progress = sys.stderr if args.output else sys.stdout
+    print(f"recoverypoint.dr.aegis.dev/{name} created", file=progress)
+    if not args.no_wait:
+        code = follow_point(api, namespace, name, args.timeout, quiet=bool(args.output))
+    else:
+        code = 0
+    if args.output:
+        point = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "recoverypoints", name)
+        print_objects([point], args.output)
+    return code
 
 
-def follow_point(api: Any, namespace: str, name: str, timeout: float) -> int:
+def follow_point(api: Any, namespace: str, name: str, timeout: float, quiet: bool = False) -> int:
     from aegis import GROUP, VERSION
-    from aegis.reconcilers.backup import human_bytes
+    from aegis.display import size as human_bytes
 
     deadline = time.monotonic() + timeout
     shown = ""
+    progress = sys.stderr if quiet else sys.stdout
     while time.monotonic() < deadline:
         point = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "recoverypoints", name)
         status = point.get("status") or {}
         phase = status.get("phase") or "Pending"
         line = f"{phase}: {status.get('message') or ''}".rstrip(": ")
         if line != shown:
-            print(line, flush=True)
+            print(line, flush=True, file=progress)
             shown = line
+        if phase == "Completed" and quiet:
+            return 0
         if phase == "Completed":
             print(f"  location  {status.get('location')}")
             print(
@@ -145,19 +200,27 @@ def follow_point(api: Any, namespace: str, name: str, timeout: float) -> int:
     return 1
 
 
+def status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl aegis status", description="Every Aegis object and its main condition."
+    )
+    parser.add_argument("-n", "--namespace", default=None)
+    parser.add_argument("-A", "--all-namespaces", action="store_true")
+    add_output(parser)
+    return parser
+
+
 def status_main(argv: list[str]) -> int:
     from kubernetes import client
 
     from aegis import GROUP, VERSION
     from aegis.api import KINDS
 
-    parser = argparse.ArgumentParser(prog="kubectl aegis status")
-    parser.add_argument("-n", "--namespace", default=None)
-    parser.add_argument("-A", "--all-namespaces", action="store_true")
-    args = parser.parse_args(argv)
+    args = status_parser().parse_args(argv)
     api = client.CustomObjectsApi(api_client())
     namespace = None if args.all_namespaces else (args.namespace or default_namespace())
     rows = []
+    found: list[dict[str, Any]] = []
     for kind in KINDS:
         if namespace is None:
             items = api.list_cluster_custom_object(GROUP, VERSION, kind.plural)["items"]
@@ -166,6 +229,9 @@ def status_main(argv: list[str]) -> int:
                 "items"
             ]
         for item in items:
+            found.append(
+                {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind.kind, **item}
+            )
             conditions = (item.get("status") or {}).get("conditions") or []
             main_condition: dict[str, Any] = next(
                 (c for c in conditions if c["type"] == kind.acceptance_condition), {}
@@ -181,6 +247,9 @@ def status_main(argv: list[str]) -> int:
                     main_condition.get("message", "")[:80],
                 )
             )
+    if args.output:
+        print_objects(found, args.output, single=False)
+        return 0
     header = ("NAMESPACE", "OBJECT", "PHASE", "CONDITION", "MESSAGE")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:

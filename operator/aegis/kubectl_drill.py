@@ -30,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(verb, help=text, description=text)
         sub.add_argument("drill", help="DRDrill name")
         sub.add_argument("-n", "--namespace", default=None)
+        if verb == "status":
+            from aegis.kubectl import add_output
+
+            add_output(sub)
         if verb == "run":
             sub.add_argument("--no-wait", action="store_true", help="do not follow the run")
             sub.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow")
@@ -126,6 +130,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: DRDrill {namespace}/{args.drill} {what}", file=sys.stderr)
         return 1
     if args.verb == "status":
+        if args.output:
+            from aegis.kubectl import print_objects
+
+            print_objects([drill], args.output)
+            return 0
         print(render_status(drill))
         return 0
     before = ((drill.get("status") or {}).get("lastRun") or {}).get("startTime")

@@ -46,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(verb, help=text, description=text)
         sub.add_argument("plan", help="FailoverPlan name")
         sub.add_argument("-n", "--namespace", default=None)
+        if verb == "status":
+            from aegis.kubectl import add_output
+
+            add_output(sub)
         if verb == "approve":
             sub.add_argument("--token", help="token to send (default: status.approvalToken)")
         if verb in ("trigger", "failback"):
@@ -82,6 +86,11 @@ def main(argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 1
     if args.verb == "status":
+        if args.output:
+            from aegis.kubectl import print_objects
+
+            print_objects([plan], args.output)
+            return 0
         print(render_status(plan, dt.datetime.now(dt.UTC)))
         return 0
     if ((plan.get("spec") or {}).get("approval") or {}).get("by") == "FailoverApproval":

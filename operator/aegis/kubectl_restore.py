@@ -335,7 +335,8 @@ def follow(api: Any, namespace: str, name: str, timeout: float, out: Any = None)
 
 def summary(status: dict[str, Any]) -> str:
     """The end of the display: point, size, measured duration and every check."""
-    from aegis.reconcilers.backup import human_bytes
+    from aegis.display import duration as human_duration
+    from aegis.display import size as human_bytes
 
     lines = [f"Restore {status.get('phase')}"]
     if status.get("recoveryPoint"):
@@ -344,7 +345,7 @@ def summary(status: dict[str, Any]) -> str:
         lines.append(f"  restored        {human_bytes(int(status['restoredBytes']))}")
     duration = status.get("durationSeconds")
     lines.append(
-        f"  duration        {float(duration):.1f}s"
+        f"  duration        {human_duration(float(duration))}"
         if duration is not None
         else "  duration        -"
     )

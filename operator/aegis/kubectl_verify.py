@@ -18,6 +18,15 @@ POINT_PREFIXES = ("rp/", "recoverypoint/", "recoverypoints/")
 POLICY_PREFIXES = ("bp/", "backuppolicy/", "backuppolicies/")
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kubectl aegis verify", description=__doc__)
+    p.add_argument("target", help="a RecoveryPoint (NAME or rp/NAME) or bp/POLICY")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--no-wait", action="store_true", help="request and return")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to follow")
+    return p
+
+
 def main(argv: list[str]) -> int:
     from kubernetes import client
 
@@ -25,12 +34,7 @@ def main(argv: list[str]) -> int:
     from aegis.kubectl import FOLLOW_INTERVAL, api_client, default_namespace
     from aegis.reconcilers.verification import VERIFY_ANNOTATION, newest_completed
 
-    parser = argparse.ArgumentParser(prog="kubectl aegis verify", description=__doc__)
-    parser.add_argument("target", help="a RecoveryPoint (NAME or rp/NAME) or bp/POLICY")
-    parser.add_argument("-n", "--namespace", default=None)
-    parser.add_argument("--no-wait", action="store_true", help="request and return")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to follow")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     namespace = args.namespace or default_namespace()
     api = client.CustomObjectsApi(api_client())
     target: str = args.target

@@ -19,7 +19,7 @@ from aegis import API_VERSION
 from aegis.api import KINDS, KINDS_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))  # command-source/ too
 CRDS = ROOT / "crds"
 NAMESPACE = "shop"
 KUBE_VERSION = "1.31.0"
@@ -179,7 +179,7 @@ def test_everything_is_in_the_example_namespace() -> None:
 def _secret_refs(node: Any, path: str = "spec") -> Iterator[tuple[str, Manifest]]:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key.endswith("SecretRef") and isinstance(value, dict):
+            if key.endswith(("SecretRef", "secretKeyRef")) and isinstance(value, dict):
                 yield f"{path}.{key}", value
             else:
                 yield from _secret_refs(value, f"{path}.{key}")

@@ -25,7 +25,7 @@ from tests.e2e.helpers import (
 from tests.e2e.test_backups import jobs, make_policy, on_demand
 from tests.e2e.test_restore import backed_up, metrics_text, pg_target
 
-from aegis import kubectl_drill, kubectl_report
+from aegis import display, kubectl_drill, kubectl_report
 from aegis.handlers import drdrill as drill_handlers
 
 PLURAL = "drdrills"
@@ -145,7 +145,13 @@ def test_scheduled_restore_drill_passes_measures_and_verifies_its_point(
         "rtoSeconds": run["rtoSeconds"],
         "rpoSeconds": run["rpoSeconds"],
         "recoveryPoint": "orders-good",
+        # Read as people write durations, for the columns (`Drill RTO`, `RTO`, `RPO`).
+        "display": {
+            "rto": display.duration(run["rtoSeconds"]),
+            "rpo": display.duration(run["rpoSeconds"]),
+        },
     }
+    assert run["display"] == policy["status"]["lastDrill"]["display"]
     # Evidence in the bucket, next to the policy's points.
     key = run["evidence"].removeprefix(f"s3://{s3_bucket}/")
     assert key.startswith(f"backups/{namespace}/orders/_drills/hourly/")

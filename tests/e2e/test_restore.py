@@ -661,7 +661,7 @@ def test_kubectl_aegis_restore_follows_and_prints_checks(
         # on the one-second refresh, the final phase never does.
         assert re.search(r"\[\s*\d+\.\ds\] Completed: ", out), out
         assert "Restore Completed" in out
-        assert f"duration        {restore['status']['durationSeconds']:.1f}s" in out
+        assert f"duration        {restore['status']['display']['duration']}" in out
         assert "PASSED  matches-backup" in out
         assert "recovery point  orders-good" in out
         # A second source name that matches nothing is a clear usage error.

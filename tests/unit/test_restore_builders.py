@@ -383,7 +383,7 @@ def test_kubectl_summary_shows_duration_and_every_check() -> None:
             "message": "verification failed: check orders-min failed",
         }
     )
-    assert "duration        12.3s" in text and "restored        3.0 MiB" in text
+    assert "duration        12s" in text and "restored        3.0 MiB" in text
     assert "PASSED  rows        value=10" in text
     assert "FAILED  orders-min  value=3  3 < min 5" in text
     assert "reason          verification failed" in text

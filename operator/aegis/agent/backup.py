@@ -62,6 +62,10 @@ def make_source(cfg: BackupConfig, env: dict[str, str]) -> tuple[Source, str]:
 
         user, password = postgres_credentials(env)
         return PostgresDump(cfg.postgres, user, password, env, read_size), "pg_dump-custom"
+    if cfg.command is not None:
+        from aegis.agent.command import PAYLOAD_FORMAT, CommandDump
+
+        return CommandDump(cfg.command, env, read_size), PAYLOAD_FORMAT
     assert cfg.redis is not None
     from aegis.agent.redis_io import RedisSnapshot
 

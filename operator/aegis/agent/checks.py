@@ -37,6 +37,7 @@ class Check(_Model):
     name: str
     sql: str | None = None
     redis: RedisQuery | None = None
+    command: list[str] | None = None
     expect: Expect
 
 
@@ -146,7 +147,7 @@ def _run_one(
     results: list[tuple[Result, str | None]] = []
     value: str | None = None
     try:
-        if check.sql is not None or check.redis is not None:
+        if check.sql is not None or check.redis is not None or check.command is not None:
             value = query(check)
             if any(
                 v is not None for v in (check.expect.min, check.expect.max, check.expect.equals)

@@ -138,6 +138,36 @@ class RedisSourceConfig(AgentModel):
         return self
 
 
+COMMAND_ENV_PREFIX = "AEGIS_CMDENV_"
+"""The Job carries a command's variable NAME as AEGIS_CMDENV_NAME (from its Secret); the
+agent hands it to the command as NAME, so it never changes the agent's own environment."""
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class CommandSourceConfig(AgentModel):
+    """A dump command whose stdout is the backup (agent/command.py)."""
+
+    dump: Argv
+    """The dump command (argument vector)."""
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    """Variables handed to the command, read from AEGIS_CMDENV_<name>."""
+    database: str | None = None
+    """Label recorded as the manifest's source.database."""
+
+
+class CommandTargetConfig(AgentModel):
+    """A restore command reading the dump on stdin (agent/command.py)."""
+
+    restore: Argv
+    """The restore command (argument vector)."""
+    empty_check: Argv | None = None
+    """Prints the number of objects in the target (last line); 0 means empty."""
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    """Variables handed to the commands, read from AEGIS_CMDENV_<name>."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 600
+    """Limit of each emptyCheck and check command."""
+
+
 class TuningConfig(AgentModel):
     chunk_size: Annotated[int, Field(ge=4096, le=64 * MiB)] = MiB
     """Plaintext bytes per encrypted chunk."""
@@ -184,6 +214,8 @@ class BackupConfig(Common):
     """A PostgreSQL source."""
     redis: RedisSourceConfig | None = None
     """A Redis source."""
+    command: CommandSourceConfig | None = None
+    """A dump command."""
     storage: StoreConfig
     """Where the backup is written."""
     copies: list[StoreConfig] = []
@@ -203,8 +235,8 @@ class BackupConfig(Common):
 
     @model_validator(mode="after")
     def _one_source(self) -> BackupConfig:
-        if (self.postgres is None) == (self.redis is None):
-            raise ValueError("source: set exactly one of postgres or redis (--source)")
+        if [self.postgres, self.redis, self.command].count(None) != 2:
+            raise ValueError("source: set exactly one of postgres, redis or command (--source)")
         return self
 
 
@@ -258,6 +290,8 @@ class RestoreConfig(Common):
     """A PostgreSQL target."""
     redis: RedisTargetConfig | None = None
     """A Redis target."""
+    command: CommandTargetConfig | None = None
+    """A restore command."""
     allow_overwrite: bool = False
     """Allow a non-empty target (PostgreSQL: --clean --if-exists; Redis: RESTORE ... REPLACE)."""
     checks: list[dict[str, Any]] | None = None
@@ -267,8 +301,8 @@ class RestoreConfig(Common):
 
     @model_validator(mode="after")
     def _one_target(self) -> RestoreConfig:
-        if (self.postgres is None) == (self.redis is None):
-            raise ValueError("target: set exactly one of postgres or redis (--target)")
+        if [self.postgres, self.redis, self.command].count(None) != 2:
+            raise ValueError("target: set exactly one of postgres, redis or command (--target)")
         if self.manifest is None and not (self.namespace and self.policy and self.recovery_point):
             raise ValueError(
                 "manifest: give --manifest s3://..., or --namespace, --policy and --point"

@@ -54,10 +54,10 @@ class TableRows(_Model):
 class SourceRecord(_Model):
     """What was backed up (RecoveryPoint status.source, plus details)."""
 
-    kind: Literal["Postgres", "Redis"]
+    kind: Literal["Postgres", "Redis", "Command"]
     """Kind of source."""
     database: str | None = None
-    """Database name (PostgreSQL)."""
+    """Database name (PostgreSQL; a command source's label)."""
     server_version: str | None = None
     """Server version at backup time."""
     position: str | None = None
@@ -69,7 +69,9 @@ class SourceRecord(_Model):
     keys: int | None = None
     """Number of keys (Redis), from INFO keyspace when the snapshot started."""
     method: str | None = None
-    """How the dump was taken: pg_dump, Sync or Bgsave."""
+    """How the dump was taken: pg_dump, Sync, Bgsave or command."""
+    command: list[str] | None = None
+    """The dump command (argument vector) of a command source."""
     dump_tool_version: str | None = None
     """Version of pg_dump that wrote the payload (pg_restore must be at least as new)."""
     table_rows: list[TableRows] | None = None
@@ -171,8 +173,9 @@ class Manifest(_Model):
     """s3://bucket/key of the payload this manifest describes."""
     manifest: str
     """Key of this manifest."""
-    payload_format: Literal["pg_dump-custom", "redis-rdb"]
-    """What the decrypted, decompressed payload is."""
+    payload_format: Literal["pg_dump-custom", "redis-rdb", "command-stdout"]
+    """What the decrypted, decompressed payload is (command-stdout: whatever the source's
+    dump command wrote, for its matching restore command)."""
     start_time: dt.datetime
     """When the backup started."""
     completion_time: dt.datetime

@@ -125,15 +125,24 @@ def run_restore(
     bucket, key = manifest_location(cfg)
     manifest = load_manifest(client, bucket, key)
     checks = parse_checks(cfg.checks, "checks") if cfg.checks is not None else []
-    expected_format = "pg_dump-custom" if cfg.postgres is not None else "redis-rdb"
+    target, expected_format = (
+        ("postgres", "pg_dump-custom")
+        if cfg.postgres is not None
+        else ("redis", "redis-rdb")
+        if cfg.redis is not None
+        else ("command", "command-stdout")
+    )
     if manifest.payload_format != expected_format:
-        target = "postgres" if cfg.postgres is not None else "redis"
         raise AgentError(
             f"{s3_url(bucket, key)} is a {manifest.source.kind} backup; it cannot "
             f"be restored into a {target} target",
             kind="InvalidConfig",
         )
     data_key = data_key_for(manifest, keyring_loader, cfg.kms_keys, env)
+    if cfg.command is not None:
+        from aegis.agent.command import restore_command  # a Job loads only what it needs
+
+        return restore_command(cfg, cfg.command, env, client, manifest, data_key, checks, clock)
     if cfg.postgres is not None:
         return _restore_postgres(cfg, cfg.postgres, env, client, manifest, data_key, checks, clock)
     assert cfg.redis is not None

@@ -12,7 +12,9 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from aegis.api.common import (
     MAX_SECONDS,
     ApiModel,
+    Argv,
     Condition,
+    Display,
     HasOneOf,
     JobOptions,
     LocalObjectRef,
@@ -21,6 +23,7 @@ from aegis.api.common import (
     PostgresTarget,
     RedisTarget,
     S3Location,
+    SecretEnvVar,
     SecretRef,
     StatusModel,
     cel,
@@ -98,15 +101,46 @@ class RedisSource(RedisTarget):
         return self
 
 
+class CommandSource(ApiModel):
+    """Any database with a dump tool that writes to stdout (MariaDB/MySQL, MongoDB, Neo4j,
+    etcd, ...): the agent runs `dump` as a child process in its own container and sends its
+    stdout through the same pipeline as pg_dump's (compress, encrypt, hash, multipart
+    upload, manifest). So the Job's image must hold both the agent and the tool: build one
+    `FROM` the agent image (docs/command-source.md)."""
+
+    image: str | None = None
+    """Image of the backup and restore Jobs (the agent plus your tools); absent uses
+    spec.job.image, else the operator's agent image. Refused (ImageNotAllowed) unless it is
+    the agent image or listed in the operator's AEGIS_ALLOWED_JOB_IMAGES."""
+    dump: Argv
+    """The dump command as an argument vector; it must write the whole backup to stdout and
+    exit 0 (anything else fails the backup). E.g. `[mariadb-dump, --single-transaction,
+    -h, db.shop.svc, -u, backup, shop]`."""
+    restore: Argv | None = None
+    """The matching restore command, which reads the dump on stdin: the default of a
+    Restore's `target.command.restore`."""
+    empty_check: Argv | None = None
+    """A command that prints the number of objects in the restore target (last line of
+    stdout, an integer; 0 means empty) and exits 0: the default of a Restore's
+    `target.command.emptyCheck`. Without one, a Restore needs allowOverwrite."""
+    env: Annotated[list[SecretEnvVar], Field(max_length=32)] | None = None
+    """Environment of the commands, each value from a Secret key (e.g. MYSQL_PWD). Nothing
+    else of the Job's environment reaches them: not the bucket credentials, not the keys."""
+    database: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """What is dumped, as shown in RecoveryPoint status.source.database (a label only)."""
+
+
 class BackupSource(HasOneOf):
     """Exactly one data source."""
 
-    ONE_OF = ("postgres", "redis")
+    ONE_OF = ("postgres", "redis", "command")
 
     postgres: PostgresSource | None = None
     """A PostgreSQL database."""
     redis: RedisSource | None = None
     """A Redis server."""
+    command: CommandSource | None = None
+    """Any database, through a dump command whose stdout is the backup."""
 
 
 # Key id (uuid or multi-Region mrk-), key ARN, alias ARN, or alias/name.
@@ -227,10 +261,27 @@ class VerificationSchedule(ApiModel):
     """How many of the newest Completed points each run verifies."""
 
 
+COMMAND_IMAGE_IS_JOB_IMAGE = {
+    "rule": "!has(self.source.command) || !has(self.source.command.image) || !has(self.job) "
+    "|| !has(self.job.image) || self.source.command.image == self.job.image",
+    "message": "source.command.image: the dump runs in the Job's own container, so it and "
+    "job.image name the same image; set one of them",
+}
+
+
+def check_command_image(spec: BackupPolicySpec) -> BackupPolicySpec:
+    """The CEL rule COMMAND_IMAGE_IS_JOB_IMAGE again, for servers that skip CEL."""
+    command = spec.source.command
+    job_image = spec.job.image if spec.job else None
+    if command and command.image and job_image and command.image != job_image:
+        raise ValueError(COMMAND_IMAGE_IS_JOB_IMAGE["message"])
+    return spec
+
+
 class BackupPolicySpec(ApiModel):
     """What to back up, when, where, how and for how long."""
 
-    model_config = ConfigDict(json_schema_extra=cel(COPY_NOT_PRIMARY))
+    model_config = ConfigDict(json_schema_extra=cel(COPY_NOT_PRIMARY, COMMAND_IMAGE_IS_JOB_IMAGE))
 
     schedule: CronSchedule
     """5-field cron expression, evaluated in `timeZone`."""
@@ -269,6 +320,13 @@ class BackupPolicySpec(ApiModel):
     """Verify the newest points on a schedule (`kubectl aegis verify` runs it on demand)."""
 
     _copies_not_primary = model_validator(mode="after")(check_copies)
+    _command_image = model_validator(mode="after")(check_command_image)
+
+    def job_image(self) -> str | None:
+        """The image the policy's Jobs run, when it names one (else the agent image)."""
+        if self.source.command is not None and self.source.command.image:
+            return self.source.command.image
+        return self.job.image if self.job else None
 
 
 class PolicyDrill(StatusModel):
@@ -288,6 +346,8 @@ class PolicyDrill(StatusModel):
     """Measured RPO of that run."""
     recovery_point: str | None = None
     """The point it restored."""
+    display: Display | None = None
+    """rtoSeconds and rpoSeconds as people read them."""
 
 
 class BackupPolicyStatus(StatusModel):
@@ -318,5 +378,7 @@ class BackupPolicyStatus(StatusModel):
     the tick (a RunSkipped event names why)."""
     current_rpo_seconds: int | None = Field(default=None, alias="currentRPOSeconds")
     """Now minus the source time of the newest Completed point."""
+    display: Display | None = None
+    """currentRPOSeconds as people read it (`rpo`)."""
     last_drill: PolicyDrill | None = None
     """The latest finished drill of this policy's points (written by the DRDrill's run)."""

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from aegis.api.common import ApiModel, StatusModel, cel
+from aegis.api.common import ApiModel, Argv, StatusModel, cel
 
 
 class Expectation(ApiModel):
@@ -47,11 +47,15 @@ class RedisQuery(ApiModel):
 
 
 VERIFY_CHECK_RULES = [
-    {"rule": "!(has(self.sql) && has(self.redis))", "message": "set sql or redis, not both"},
     {
-        "rule": "has(self.sql) || has(self.redis) || "
+        "rule": "(has(self.sql) ? 1 : 0) + (has(self.redis) ? 1 : 0) + "
+        "(has(self.command) ? 1 : 0) <= 1",
+        "message": "set one of sql, redis or command, not several",
+    },
+    {
+        "rule": "has(self.sql) || has(self.redis) || has(self.command) || "
         "(has(self.expect.matchesBackup) && self.expect.matchesBackup)",
-        "message": "set sql or redis, or expect.matchesBackup: true",
+        "message": "set sql, redis or command, or expect.matchesBackup: true",
     },
 ]
 
@@ -70,15 +74,22 @@ class VerifyCheck(ApiModel):
     """A read-only SQL query, e.g. `SELECT count(*) FROM orders`."""
     redis: RedisQuery | None = None
     """A Redis query."""
+    command: Argv | None = None
+    """A command (target.command restores only), run with the target's env; its stdout,
+    trimmed, is the value; a non-zero exit is an Error. E.g. `[sh, -c, "mariadb -N -e
+    'SELECT count(*) FROM shop.orders'"]`."""
     expect: Expectation
     """What the result must satisfy."""
 
     @model_validator(mode="after")
     def _one_query(self) -> VerifyCheck:
-        if self.sql is not None and self.redis is not None:
-            raise ValueError(f"check {self.name}: set sql or redis, not both")
-        if self.sql is None and self.redis is None and not self.expect.matches_backup:
-            raise ValueError(f"check {self.name}: set sql or redis, or expect.matchesBackup: true")
+        queries = [q for q in (self.sql, self.redis, self.command) if q is not None]
+        if len(queries) > 1:
+            raise ValueError(f"check {self.name}: set one of sql, redis or command, not several")
+        if not queries and not self.expect.matches_backup:
+            raise ValueError(
+                f"check {self.name}: set sql, redis or command, or expect.matchesBackup: true"
+            )
         return self
 
 

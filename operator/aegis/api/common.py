@@ -106,6 +106,39 @@ class SecretKeyRef(ApiModel):
     """Key inside the Secret's data."""
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_ENV = {
+    "rule": "!self.name.startsWith('AEGIS_') && !self.name.startsWith('AWS_') && "
+    "!(self.name in ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'])",
+    "message": "name: AEGIS_*, AWS_*, PATH, HOME, LANG, LC_ALL, TZ and TMPDIR are set by the "
+    "agent; pick another variable name",
+}
+Argv = Annotated[list[Annotated[str, Field(max_length=4096)]], Field(min_length=1, max_length=256)]
+"""A command as an argument vector: no shell unless argv[0] is one (`[sh, -c, "..."]`)."""
+
+
+def check_env_name(value: str) -> str:
+    if value.startswith(("AEGIS_", "AWS_")) or value in (
+        "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR",
+    ):
+        raise ValueError(RESERVED_ENV["message"].removeprefix("name: "))
+    return value
+
+
+class SecretEnvVar(ApiModel):
+    """An environment variable of a user command, its value read from a Secret key (never
+    written in the spec, the Job's arguments or its logs)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(RESERVED_ENV))
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=128, pattern=ENV_NAME), AfterValidator(check_env_name)
+    ]
+    """Variable name as the command sees it, e.g. MYSQL_PWD."""
+    secret_key_ref: SecretKeyRef
+    """The Secret key holding the value."""
+
+
 class SecretRef(ApiModel):
     """A whole Secret in the resource's namespace."""
 
@@ -309,6 +342,25 @@ class JobOptions(ApiModel):
     """Retries of the Job's pod before the Job fails."""
     ttl_seconds_after_finished: NonNegativeSeconds = 86400
     """Seconds a finished Job is kept for its logs before it is deleted."""
+
+
+class Display(StatusModel):
+    """Numbers of this status as people write them (`71.2 KiB`, `1m46s`, `264ms`), for
+    printer columns and `kubectl get`; written with the numeric fields, which stay
+    authoritative (aegis.display formats them all)."""
+
+    size: str | None = None
+    """Stored size (RecoveryPoint: the compressed, encrypted payload)."""
+    logical_size: str | None = None
+    """Logical size (RecoveryPoint: the dump before compression and encryption)."""
+    restored: str | None = None
+    """Logical bytes restored (Restore)."""
+    duration: str | None = None
+    """Measured duration (RecoveryPoint: the backup; Restore: the restore)."""
+    rpo: str | None = None
+    """RPO (BackupPolicy: current; drill run: measured)."""
+    rto: str | None = None
+    """Measured RTO (drill run, and the policy's last drill)."""
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -12,6 +12,7 @@ from aegis.api.checks import CheckResult, VerifyCheck
 from aegis.api.common import (
     ApiModel,
     Condition,
+    Display,
     LocalObjectRef,
     PositiveSeconds,
     StatusModel,
@@ -145,6 +146,8 @@ class DrillRun(StatusModel):
     """Measured time to recover: run start to the checks passing."""
     rpo_seconds: float | None = None
     """Measured data-loss window: run start - source time of the restored point."""
+    display: Display | None = None
+    """rtoSeconds and rpoSeconds as people read them."""
     phases: DrillPhases | None = None
     """RTO broken down by phase."""
     recovery_point: str | None = None

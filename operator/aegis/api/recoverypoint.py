@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict
 
 from aegis.api.checks import CheckResult
-from aegis.api.common import ApiModel, Condition, LocalObjectRef, StatusModel, cel
+from aegis.api.common import ApiModel, Condition, Display, LocalObjectRef, StatusModel, cel
 
 IMMUTABLE_SPEC = {"rule": "self == oldSelf", "message": "spec is immutable once set"}
 
@@ -32,10 +32,10 @@ class RecoveryPointSpec(ApiModel):
 class SourceInfo(StatusModel):
     """What was backed up."""
 
-    kind: Literal["Postgres", "Redis"]
+    kind: Literal["Postgres", "Redis", "Command"]
     """Kind of source."""
     database: str | None = None
-    """Database name (PostgreSQL)."""
+    """Database name (PostgreSQL; a command source's `database` label)."""
     server_version: str | None = None
     """Server version at backup time."""
     position: str | None = None
@@ -121,6 +121,8 @@ class RecoveryPointStatus(StatusModel):
     """Logical size of the dump before compression and encryption."""
     stored_bytes: int | None = None
     """Size of the stored (compressed, encrypted) payload."""
+    display: Display | None = None
+    """storedBytes, sizeBytes and the backup's duration as people read them."""
     sha256: str | None = None
     """SHA-256 of the stored payload bytes, hex."""
     encryption: EncryptionInfo | None = None

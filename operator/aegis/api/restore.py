@@ -11,12 +11,15 @@ from aegis.api.checks import CheckResult, VerifyCheck
 from aegis.api.common import (
     BUCKET_PATTERN,
     ApiModel,
+    Argv,
     Condition,
+    Display,
     HasOneOf,
     JobOptions,
     LocalObjectRef,
     PostgresTarget,
     RedisTarget,
+    SecretEnvVar,
     StatusModel,
     cel,
     exactly_one,
@@ -35,15 +38,34 @@ class PostgresRestoreTarget(PostgresTarget):
     needs allowOverwrite."""
 
 
+class CommandRestoreTarget(ApiModel):
+    """Restore a point of a `command` source by running a restore command with the
+    decrypted dump on stdin. Fields left out come from the policy's spec.source.command."""
+
+    restore: Argv | None = None
+    """The restore command, reading the dump on stdin; absent uses the policy's
+    spec.source.command.restore. E.g. `[mariadb, -h, db.shop.svc, -u, restore, shop_copy]`."""
+    empty_check: Argv | None = None
+    """A command printing the number of objects in the target (last line of stdout, an
+    integer; 0 means empty), run before anything is written; a non-empty target is refused
+    without allowOverwrite. Absent uses the policy's spec.source.command.emptyCheck; with
+    neither, the Restore needs allowOverwrite."""
+    env: Annotated[list[SecretEnvVar], Field(max_length=32)] | None = None
+    """Environment of the restore, emptyCheck and check commands, values from Secret keys;
+    absent uses the policy's spec.source.command.env."""
+
+
 class RestoreTarget(HasOneOf):
     """Exactly one target."""
 
-    ONE_OF = ("postgres", "redis")
+    ONE_OF = ("postgres", "redis", "command")
 
     postgres: PostgresRestoreTarget | None = None
     """A PostgreSQL database."""
     redis: RedisTarget | None = None
     """A Redis server; keys are replayed online with their TTLs."""
+    command: CommandRestoreTarget | None = None
+    """A restore command (points of a `command` source)."""
 
 
 class RestoreSource(ApiModel):
@@ -114,6 +136,8 @@ class RestoreStatus(StatusModel):
     """Measured duration of the restore."""
     restored_bytes: int | None = None
     """Logical bytes restored."""
+    display: Display | None = None
+    """durationSeconds and restoredBytes as people read them."""
     checks: list[CheckResult] | None = None
     """Results of the verification checks."""
     message: str | None = None

@@ -13,8 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aegis import display
 from aegis.agent.config import (
+    COMMAND_ENV_PREFIX,
     BackupConfig,
+    CommandSourceConfig,
     ObjectLockConfig,
     PostgresSourceConfig,
     RedisSourceConfig,
@@ -24,7 +27,7 @@ from aegis.agent.config import (
 from aegis.agent.layout import PointRef
 from aegis.agent.manifest import Manifest
 from aegis.api.backuppolicy import BackupPolicySpec
-from aegis.api.common import JobOptions, S3Location, SecretKeyRef
+from aegis.api.common import JobOptions, S3Location, SecretEnvVar, SecretKeyRef
 from aegis.k8s.jobs import ClaimMount, JobRequest, SecretEnv
 from aegis.reconcilers import keys, naming
 from aegis.settings import Settings
@@ -77,8 +80,14 @@ def backup_config(
     spec: BackupPolicySpec, namespace: str, policy: str, point: str, settings: Settings
 ) -> BackupConfig:
     source = spec.source
-    postgres = redis = None
-    if source.postgres is not None:
+    postgres = redis = command = None
+    if source.command is not None:
+        command = CommandSourceConfig(
+            dump=source.command.dump,
+            env=[var.name for var in source.command.env or []],
+            database=source.command.database,
+        )
+    elif source.postgres is not None:
         pg = source.postgres
         options = pg.dump_options
         postgres = PostgresSourceConfig(
@@ -105,6 +114,7 @@ def backup_config(
         recovery_point=point,
         postgres=postgres,
         redis=redis,
+        command=command,
         storage=store_config(spec.storage, "", settings.s3_endpoint),
         copies=[
             store_config(copy, f"COPY{i}_", settings.s3_endpoint)
@@ -130,10 +140,20 @@ def backup_mounts(spec: BackupPolicySpec) -> list[ClaimMount]:
     return [ClaimMount("rdb", redis.rdb_volume.name, RDB_DIR, read_only=True)]
 
 
+def command_secret_env(variables: list[SecretEnvVar] | None) -> list[SecretEnv]:
+    """A command's variables, each carried as AEGIS_CMDENV_<name> from its Secret key (the
+    agent renames them for the command only)."""
+    return [
+        SecretEnv(f"{COMMAND_ENV_PREFIX}{var.name}", var.secret_key_ref) for var in variables or []
+    ]
+
+
 def backup_secret_env(spec: BackupPolicySpec, key_ids: list[str]) -> list[SecretEnv]:
     """Every secret the backup needs, as Secret key references."""
     env: list[SecretEnv] = []
-    if spec.source.postgres is not None:
+    if spec.source.command is not None:
+        env += command_secret_env(spec.source.command.env)
+    elif spec.source.postgres is not None:
         env += [
             SecretEnv("AEGIS_PG_USER", spec.source.postgres.user_secret_ref),
             SecretEnv("AEGIS_PG_PASSWORD", spec.source.postgres.password_secret_ref),
@@ -170,7 +190,7 @@ def backup_job_request(
         owner=point,
         command=[*settings.agent_command, "backup"],
         args=["--config-json", config.model_dump_json(by_alias=True, exclude_none=True)],
-        image=options.image or settings.agent_image,
+        image=spec.job_image() or settings.agent_image,
         options=options,
         secret_env=backup_secret_env(spec, key_ids),
         mounts=backup_mounts(spec),
@@ -193,6 +213,19 @@ class PointOutcome:
     conditions: list[tuple[str, Literal["True", "False"], str, str]] = field(default_factory=list)
 
 
+def point_status(manifest: Manifest) -> dict[str, Any]:
+    """The status fields a manifest proves, with their `display` twins."""
+    status = manifest.recovery_point_status()
+    status["display"] = display.fields(
+        size=display.size(manifest.stored_bytes),
+        logicalSize=display.size(manifest.size_bytes),
+        duration=display.duration(
+            (manifest.completion_time - manifest.start_time).total_seconds()
+        ),
+    )
+    return status
+
+
 def completed(manifest: Manifest, problems: list[str]) -> PointOutcome:
     """A Job that succeeded: Completed when the manifest proves the payload, else Corrupted."""
     if problems:
@@ -204,11 +237,11 @@ def completed(manifest: Manifest, problems: list[str]) -> PointOutcome:
             message=message,
             conditions=[("Complete", "False", "ManifestInconsistent", message)],
         )
-    status = manifest.recovery_point_status()
+    status = point_status(manifest)
     duration = (manifest.completion_time - manifest.start_time).total_seconds()
     message = (
-        f"{human_bytes(manifest.stored_bytes)} stored ({human_bytes(manifest.size_bytes)} "
-        f"logical) in {duration:.1f}s, sha256 {manifest.sha256[:12]}…"
+        f"{display.size(manifest.stored_bytes)} stored ({display.size(manifest.size_bytes)} "
+        f"logical) in {display.duration(duration)}, sha256 {manifest.sha256[:12]}…"
     )
     status.update({"phase": "Completed", "message": message})
     return PointOutcome(
@@ -262,15 +295,6 @@ def failed(
 
 def point_ref(spec: BackupPolicySpec, namespace: str, policy: str, point: str) -> PointRef:
     return PointRef(spec.storage.bucket, spec.storage.prefix, namespace, policy, point)
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def parse_time(value: str | None) -> dt.datetime | None:

@@ -256,7 +256,7 @@ class PolicyRuntime:
                 asked = True
             self.ticks.references[key] = problem
         ready = policy_references.ready_condition(self.ticks.problem(key), spec)
-        updates = [ready, keys.escrow_condition(spec.encryption)]
+        updates = [ready, keys.escrow_condition(spec.encryption, namespace, name)]
         scheduling = self.ticks.scheduling.get(key)
         if scheduling is not None:
             updates.append(scheduling)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aegis import metrics
+from aegis import display, metrics
 from aegis.agent.drill import DrillConfig
 from aegis.agent.layout import PointRef, drill_evidence_key, normalize_prefix, s3_url
 from aegis.api import BACKUP_POLICY, DR_DRILL, RECOVERY_POINT
@@ -321,6 +321,9 @@ def judge(
     rto = _seconds(checks_end, start)
     if rto is not None:
         record["rtoSeconds"] = rto
+    record["display"] = display.fields(
+        rto=display.duration(rto), rpo=display.duration(record.get("rpoSeconds"))
+    )
 
     def failed(reason: str, message: str) -> Verdict:
         record.update(result="Failed", reason=reason, message=message[:1024])
@@ -718,6 +721,7 @@ def policy_drill(drill: str, run: dict[str, Any]) -> dict[str, Any]:
         "rtoSeconds": run.get("rtoSeconds"),
         "rpoSeconds": run.get("rpoSeconds"),
         "recoveryPoint": run.get("recoveryPoint"),
+        "display": run.get("display"),
     }
     return {k: v for k, v in fields.items() if v is not None}
 

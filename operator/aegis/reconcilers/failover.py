@@ -415,10 +415,12 @@ def decide(
     annotations: Mapping[str, str],
     now: dt.datetime,
     new_token: Callable[[], str] = new_approval_token,
+    *,
+    plan: tuple[str, str] = ("", ""),
 ) -> Decision:
     """The decision table. At most one trigger annotation is acted on per call (failover,
     then approve, then failback); a refused trigger is consumed with a Warning event and the
-    automatic evaluation still runs."""
+    automatic evaluation still runs. `plan` (namespace, name) names the plan in hints."""
     t = _Triggers()
     state = status.state or "Monitoring"
     last = status.last_transition
@@ -508,7 +510,17 @@ def decide(
         else:
             t.refuse(ACCEPT_DATA_LOSS, "TriggerIgnored", f"{ACCEPT_DATA_LOSS} ignored: it "
                      f"only counts together with {FAILOVER} or {APPROVE}")
-    return _automatic(spec, status, state, failed_kind, now, t, new_token)
+    return _automatic(spec, status, state, failed_kind, now, t, new_token, plan)
+
+
+def approve_hint(namespace: str, name: str) -> str:
+    """The command that approves this plan's pending failover, ready to paste."""
+    ns = f" -n {namespace}" if namespace else ""
+    name = name or "PLAN"
+    return (
+        f"kubectl aegis failover approve {name}{ns} (or: kubectl annotate fp {name}{ns} "
+        f"{APPROVE}=$(kubectl get fp {name}{ns} -o jsonpath='{{.status.approvalToken}}'))"
+    )
 
 
 def _down_message(spec: FailoverPlanSpec, status: FailoverPlanStatus) -> str:
@@ -566,6 +578,7 @@ def _automatic(
     now: dt.datetime,
     t: _Triggers,
     new_token: Callable[[], str],
+    plan: tuple[str, str] = ("", ""),
 ) -> Decision:
     awaiting = state == "AwaitingApproval"
 
@@ -627,8 +640,7 @@ def _automatic(
     down = _down_message(spec, status)
     needs_approval = spec.mode == "Manual" or bool(spec.approval and spec.approval.required)
     if needs_approval:
-        message = (f"{down}; approve with kubectl annotate fp <name> {APPROVE}=<token from "
-                   "status.approvalToken>")
+        message = f"{down}; approve with {approve_hint(*plan)}"
         if awaiting and status.approval_token:
             return Decision("none", "AwaitingApproval", message, recommended=True,
                             events=tuple(t.events), consume=tuple(t.consume),

@@ -355,7 +355,7 @@ def tick(
     if status.state is None:
         status = status.model_copy(update={"state": "Monitoring", "active_site": "primary"})
     now = clock()
-    decision = failover.decide(spec, status, triggers, now)
+    decision = failover.decide(spec, status, triggers, now, plan=(namespace, name))
     if failover.by_approval_objects(spec):
         decision = for_approval_objects(spec, name, decision, ignored)
     status = apply_decision(status, decision)

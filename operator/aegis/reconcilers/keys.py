@@ -17,18 +17,24 @@ from aegis.reconcilers.conditions import ConditionUpdate
 
 KEY_ESCROWED = "KeyEscrowed"
 KEY_ONLY_IN_THIS_CLUSTER = "KeyOnlyInThisCluster"
-ESCROW_FIX = (
-    "add an AWS KMS key to spec.encryption.kmsKeys (new backups get a KMS wrap; "
-    "`kubectl aegis keys rewrap <policy> --kms-key ARN` adds one to existing backups), or run "
-    "`kubectl aegis keys export <policy>` and store the bundle offline"
-)
+def escrow_fix(namespace: str, policy: str) -> str:
+    """How to get a key out of the cluster, naming the policy."""
+    target = f"{policy} -n {namespace}"
+    return (
+        "add an AWS KMS key to spec.encryption.kmsKeys (new backups get a KMS wrap; "
+        f"`kubectl aegis keys rewrap {target} --kms-key ARN` adds one to existing backups), "
+        f"or run `kubectl aegis keys export {target} > {policy}-keys.json` and store the "
+        "bundle offline"
+    )
 
 
 def kms_env_prefix(index: int) -> str:
     return f"KMS{index}_"
 
 
-def escrow_condition(encryption: Encryption) -> ConditionUpdate:
+def escrow_condition(
+    encryption: Encryption, namespace: str = "NAMESPACE", policy: str = "POLICY"
+) -> ConditionUpdate:
     """KeyEscrowed from the spec alone: True when some wrapping key lives outside the
     cluster (a KMS key), False when only the cluster's Secret can open new backups.
 
@@ -49,7 +55,8 @@ def escrow_condition(encryption: Encryption) -> ConditionUpdate:
         "False",
         KEY_ONLY_IN_THIS_CLUSTER,
         f"the only key that opens these backups is in Secret {secret} of this cluster: lose "
-        f"the cluster and the backups cannot be decrypted. Fix: {ESCROW_FIX} (an export is "
+        f"the cluster and the backups cannot be decrypted. Fix: "
+        f"{escrow_fix(namespace, policy)} (an export is "
         "not visible to the operator; this condition stays False until a KMS key is added)",
     )
 

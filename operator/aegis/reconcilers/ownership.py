@@ -70,7 +70,8 @@ def refusal(point: dict[str, Any]) -> Refusal | None:
         message = (
             "spec.trigger: Scheduled is reserved for points the scheduler creates at a tick; "
             "for a backup now, create the point without spec.trigger (Manual) or run "
-            "`kubectl aegis backup <policy>`"
+            f"`kubectl aegis backup {spec.get('policyRef', {}).get('name') or 'POLICY'}"
+            f" -n {(point.get('metadata') or {}).get('namespace')}`"
         )
     else:
         message = (

@@ -15,7 +15,7 @@ from typing import Any
 from aegis.agent.manifest import Manifest, ManifestError
 from aegis.api import RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
-from aegis.reconcilers import naming, ownership, tenancy
+from aegis.reconcilers import backup, naming, ownership, tenancy
 from aegis.reconcilers.conditions import ConditionUpdate, set_conditions
 from aegis.reconcilers.policy_ports import Body, PolicyCluster, PolicyStore, StoreProblem
 
@@ -23,7 +23,7 @@ from aegis.reconcilers.policy_ports import Body, PolicyCluster, PolicyStore, Sto
 def imported_status(manifest: Manifest, point: Body, now: dt.datetime) -> dict[str, Any]:
     """The status of a point rebuilt from `manifest` (pure)."""
     message = f"imported from {manifest.manifest}"
-    status = {**manifest.recovery_point_status(), "phase": "Completed", "message": message}
+    status = {**backup.point_status(manifest), "phase": "Completed", "message": message}
     status["conditions"] = set_conditions(
         (point.get("status") or {}).get("conditions"),
         [

@@ -119,6 +119,10 @@ def check_references(
                 pg.password_secret_ref.key,
             ),
         ]
+    elif spec.source.command is not None:
+        for i, var in enumerate(spec.source.command.env or []):
+            key_ref = var.secret_key_ref
+            refs.append((f"spec.source.command.env[{i}].secretKeyRef", key_ref.name, key_ref.key))
     elif spec.source.redis is not None:
         rd = spec.source.redis
         for field, ref in (
@@ -162,7 +166,10 @@ def check_references(
     if problem:
         return problem
     source = spec.source.postgres or spec.source.redis
-    assert source is not None  # the model requires exactly one
+    if source is None:
+        # A command source: the tool reaches whatever its arguments name; only the dump
+        # itself can tell (a failed dump fails its point with the tool's own error).
+        return None
     kind, field = (
         ("PostgreSQL", "spec.source.postgres")
         if spec.source.postgres is not None
@@ -188,6 +195,8 @@ def secret_names(spec: dict[str, Any]) -> set[str]:
     for source in ((spec.get("source") or {}).get(kind) or {} for kind in ("postgres", "redis")):
         for field in ("userSecretRef", "passwordSecretRef", "usernameSecretRef"):
             names.add((source.get(field) or {}).get("name"))
+    for var in ((spec.get("source") or {}).get("command") or {}).get("env") or []:
+        names.add(((var or {}).get("secretKeyRef") or {}).get("name"))
     for location in [spec.get("storage") or {}, *(spec.get("copies") or [])]:
         names.add((location.get("credentialsSecretRef") or {}).get("name"))
     return {n for n in names if isinstance(n, str)}

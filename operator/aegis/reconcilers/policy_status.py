@@ -12,7 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from aegis import metrics
+from aegis import display, metrics
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.labels import PRUNED_ANNOTATION
 from aegis.reconcilers import retention
@@ -67,6 +67,7 @@ def summarize(
     objective = spec.objectives.rpo_seconds if spec.objectives else None
     if newest_source is None:
         status["currentRPOSeconds"] = None
+        status["display"] = {"rpo": None}
         condition = ConditionUpdate(
             "RPOMet",
             "False" if objective else "Unknown",
@@ -78,6 +79,7 @@ def summarize(
     assert source_time is not None
     rpo = max(0, int((now - source_time).total_seconds()))
     status["currentRPOSeconds"] = rpo
+    status["display"] = {"rpo": display.duration(rpo)}
     if objective is None:
         condition = ConditionUpdate(
             "RPOMet",

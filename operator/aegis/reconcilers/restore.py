@@ -17,8 +17,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from aegis import metrics
-from aegis.agent.config import PostgresTargetConfig, RedisTargetConfig, RestoreConfig
+from aegis import display, metrics
+from aegis.agent.config import (
+    CommandTargetConfig,
+    PostgresTargetConfig,
+    RedisTargetConfig,
+    RestoreConfig,
+)
 from aegis.agent.layout import manifest_key_for, parse_s3_url
 from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
@@ -144,9 +149,48 @@ def target_config(
             ),
             None,
         )
-    assert target.redis is not None
+    if target.redis is None:  # a command target: command_target_config
+        return None, None
     rd = target.redis
     return None, RedisTargetConfig(host=rd.host, port=rd.port, tls=rd.tls, db=rd.db or 0)
+
+
+def command_target_config(
+    target: RestoreTarget, policy: BackupPolicySpec, point: str
+) -> CommandTargetConfig | None:
+    """A command target, its absent fields taken from the policy's source.command. Raises
+    RestoreRefused when the point is not of a command source or no restore command is given."""
+    if target.command is None:
+        return None
+    source = policy.source.command
+    if source is None:
+        raise RestoreRefused(
+            "TargetKindMismatch",
+            f"spec.target.command: RecoveryPoint {point} belongs to a policy without a command "
+            "source; restore it into a postgres or redis target",
+        )
+    restore = target.command.restore or source.restore
+    if not restore:
+        raise RestoreRefused(
+            "RestoreCommandMissing",
+            "spec.target.command.restore: no restore command; set it here or in the "
+            "BackupPolicy's spec.source.command.restore",
+        )
+    env = target.command.env if target.command.env is not None else source.env
+    return CommandTargetConfig(
+        restore=restore,
+        empty_check=target.command.empty_check or source.empty_check,
+        env=[var.name for var in env or []],
+    )
+
+
+def command_env_vars(target: RestoreTarget, policy: BackupPolicySpec) -> list[SecretEnv]:
+    """The Secret-backed variables of a command target (the target's, else the policy's)."""
+    if target.command is None:
+        return []
+    source = policy.source.command
+    env = target.command.env if target.command.env is not None else (source.env if source else None)
+    return backup.command_secret_env(env)
 
 
 def source_location(
@@ -198,6 +242,7 @@ def restore_config(
     named copy's), the target, and the checks. No secrets: those are env vars from Secrets."""
     meta = point["metadata"]
     postgres, redis = target_config(target)
+    command = command_target_config(target, policy, meta["name"])
     storage, url = source_location(point, policy, copy)
     return RestoreConfig(
         manifest=url,
@@ -209,12 +254,15 @@ def restore_config(
         kms_keys=keys.kms_key_configs(policy, settings.kms_endpoint),
         postgres=postgres,
         redis=redis,
+        command=command,
         allow_overwrite=allow_overwrite,
         checks=[c.to_api() for c in checks] if checks else None,
     )
 
 
 def target_secret_env(target: RestoreTarget) -> list[SecretEnv]:
+    if target.command is not None:
+        return []  # command_env_vars: they depend on the policy
     if target.postgres is not None:
         return [
             SecretEnv("AEGIS_PG_USER", target.postgres.user_secret_ref),
@@ -239,6 +287,7 @@ def restore_secret_env(
     every key of the policy's key Secret and the credentials of its KMS keys."""
     return [
         *target_secret_env(target),
+        *command_env_vars(target, policy),
         *backup.s3_secret_env(storage or policy.storage, ""),
         *keys.key_secret_env(policy, key_ids, backup.KEY_ENV_PREFIX),
         *keys.kms_secret_env(policy),
@@ -280,13 +329,26 @@ def restore_job_request(
         owner=restore,
         command=[*settings.agent_command, "restore"],
         args=["--config-json", config.model_dump_json(by_alias=True, exclude_none=True)],
-        image=options.image or settings.agent_image,
+        image=restore_image(spec, policy) or settings.agent_image,
         options=options,
         secret_env=restore_secret_env(spec.target, policy, key_ids, storage),
     )
 
 
+def restore_image(spec: RestoreSpec, policy: BackupPolicySpec) -> str | None:
+    """The Restore's own job.image; a command target defaults to the policy's image, which
+    holds the tools its dump needed (and so, usually, the restore tool)."""
+    if spec.job is not None and spec.job.image:
+        return spec.job.image
+    if spec.target.command is not None:
+        return policy.job_image()
+    return None
+
+
 def describe_target(target: RestoreTarget) -> str:
+    if target.command is not None:
+        argv = target.command.restore
+        return f"command {argv[0].rsplit('/', 1)[-1]}" if argv else "command (the policy's)"
     if target.postgres is not None:
         pg = target.postgres
         return f"postgres {pg.host}:{pg.port}/{pg.database}"
@@ -389,7 +451,7 @@ def restore_outcome(
     bad = [c for c in checks if c.get("result") != "Passed"]
     if job_state == "Complete" and result.get("ok") is True and not bad:
         passed = f"; {len(checks)} check(s) passed" if checks else ""
-        size = f"{backup.human_bytes(restored)} " if isinstance(restored, int) else ""
+        size = f"{display.size(restored)} " if isinstance(restored, int) else ""
         message = f"restored {size}from {point or 'the recovery point'} into {target}{passed}"
         return RestoreOutcome("Completed", "RestoreCompleted", message, status, checks)
     if bad:
@@ -672,7 +734,11 @@ def finish(
         if duration is not None:
             outcome.status["durationSeconds"] = duration
             if outcome.phase == "Completed":
-                outcome.message += f" in {duration:.1f}s"
+                outcome.message += f" in {display.duration(duration)}"
+        outcome.status["display"] = display.fields(
+            duration=display.duration(duration),
+            restored=display.size(outcome.status.get("restoredBytes")),
+        )
         outcome.status.update(
             {
                 "phase": outcome.phase,

@@ -87,6 +87,9 @@ def _check_spec(spec: BaseModel, namespace: str, settings: Settings) -> None:
         if source is not None:
             kind = "postgres" if spec.source.postgres else "redis"
             _host(rule, f"spec.source.{kind}.host", source.host)
+        if spec.source.command is not None and spec.source.command.image:
+            # The dump runs in the Job's container: the same allow-list as spec.job.image.
+            _image("spec.source.command.image", spec.source.command.image, settings)
         _job_options("spec.job", spec.job, settings)
     elif isinstance(spec, RestoreSpec):
         _target("spec.target", spec.target, rule)

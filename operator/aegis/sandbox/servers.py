@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL, Redis and moto (S3 + Route53) servers on free ports of 127.0.0.1.
+"""Throwaway PostgreSQL, Redis, MariaDB and moto (S3 + Route53) servers on free ports of
+127.0.0.1.
 
 Each server is a real process started through :mod:`aegis.sandbox.processes` (so teardown can
 prove it is gone), with its files in its own temp dir, and is ready when it answers over the
@@ -9,7 +10,9 @@ TCP connections (the only kind tests and the agent make) use ``scram-sha-256``, 
 included, so a wrong password fails as it would in production; the unix socket in the temp
 dir is ``trust`` for local debugging with ``psql -h <dir>``. PostgreSQL refuses to run as
 root, so as root every PostgreSQL binary runs as the ``postgres`` OS user, in a temp dir that
-user owns; clients keep running as root over TCP.
+user owns; clients keep running as root over TCP. MariaDB likewise: as root, mariadbd runs as
+the ``mysql`` OS user in a datadir of its own (``mariadb-install-db``); its TCP user (``aegis``
+by default) gets a password, created by an init file at every start.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ LOCALHOST = "127.0.0.1"
 START_ATTEMPTS = 3
 """A free port can be taken between choosing and binding it; start-up retries on another."""
 POSTGRES_OS_USER = "postgres"
+MARIADB_OS_USER = "mysql"
 
 
 class ServerStartError(RuntimeError):
@@ -560,6 +564,162 @@ class RedisServer(_Server):
         except redis.RedisError:
             return False
         return answer is True
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+def mariadb_binary(name: str) -> str:
+    """A MariaDB program (mariadbd lives in /usr/sbin on Debian)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise ServerStartError(
+            f"{name} not found: apt-get install -y mariadb-server mariadb-client "
+            "(scripts/install-system-packages.sh)"
+        )
+    return found
+
+
+@dataclass
+class MariaDBServer(_Server):
+    """A running mariadbd in a temp dir, reachable over TCP as ``user`` with ``password``."""
+
+    base_dir: Path
+    port: int
+    user: str
+    password: str
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    tracked: TrackedProcess | None = None
+    host: str = LOCALHOST
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "mariadb.log"
+
+    def client_args(self, database: str | None = None) -> list[str]:
+        """`mariadb` over TCP as this server's user; the password goes in MYSQL_PWD."""
+        args = [
+            mariadb_binary("mariadb"),
+            "--no-defaults",
+            "--protocol=TCP",
+            f"--host={self.host}",
+            f"--port={self.port}",
+            f"--user={self.user}",
+        ]
+        return args + ([database] if database else [])
+
+    def client_env(self) -> dict[str, str]:
+        return {**os.environ, "MYSQL_PWD": self.password}
+
+    def sql(self, statements: str, database: str | None = None, timeout: float = 60) -> str:
+        """Run SQL with the `mariadb` client; tab-separated rows, no column names."""
+        done = subprocess.run(
+            [*self.client_args(database), "--batch", "--skip-column-names"],
+            input=statements.encode(),
+            env=self.client_env(),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"mariadb exited {done.returncode}: {done.stderr.decode(errors='replace')}"
+            )
+        return done.stdout.decode()
+
+    @classmethod
+    def start(
+        cls, *, user: str = "aegis", password: str | None = None, timeout: float = 60.0
+    ) -> MariaDBServer:
+        """mariadb-install-db a fresh datadir in a temp dir and start mariadbd on it."""
+        os_user = MARIADB_OS_USER if _running_as_root() else None
+        base_dir = _make_temp_dir("aegis-mariadb-", os_user)
+        server = cls(base_dir=base_dir, port=0, user=user, password=password or _DEFAULT_PASSWORD)
+        try:
+            server._install(os_user)
+            server._launch(os_user, timeout)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def stop(self) -> None:
+        _stop_tracked(self.tracked, self.proc, signal.SIGTERM)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _install(self, os_user: str | None) -> None:
+        argv = [
+            mariadb_binary("mariadb-install-db"),
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+        ]
+        with open(self.log_path, "ab") as log:
+            proc, tracked = processes.spawn(
+                argv, name="mariadb-install-db", stdout=log, user=os_user, cwd=self.base_dir
+            )
+            code = proc.wait(timeout=120)
+        processes.wait_gone(tracked, 5.0)
+        if code != 0:
+            raise ServerStartError(
+                f"mariadb-install-db failed with code {code}; log {self.log_path}:\n"
+                f"{_log_tail(self.log_path)}"
+            )
+        quoted = self.password.replace("\\", "\\\\").replace("'", "\\'")
+        init = self.base_dir / "init.sql"
+        init.write_text(
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'%' IDENTIFIED BY '{quoted}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'%' WITH GRANT OPTION;\n"
+        )
+        init.chmod(0o600)
+        if os_user is not None:
+            entry = pwd.getpwnam(os_user)
+            os.chown(init, entry.pw_uid, entry.pw_gid)
+
+    def _launch(self, os_user: str | None, timeout: float) -> None:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.port = free_port()
+            argv = [
+                mariadb_binary("mariadbd"),
+                "--no-defaults",
+                f"--datadir={self.data_dir}",
+                f"--port={self.port}",
+                f"--bind-address={LOCALHOST}",
+                f"--socket={self.base_dir / 'mariadb.sock'}",
+                f"--pid-file={self.base_dir / 'mariadb.pid'}",
+                f"--init-file={self.base_dir / 'init.sql'}",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--sync-binlog=0",
+            ]
+            with open(self.log_path, "ab") as log:
+                self.proc, self.tracked = processes.spawn(
+                    argv, name="mariadbd", stdout=log, user=os_user, cwd=self.base_dir
+                )
+            try:
+                _wait_ready("mariadbd", self._answers, self.proc, self.log_path, timeout)
+                return
+            except ServerStartError:
+                _stop_tracked(self.tracked, self.proc, signal.SIGKILL)
+                if attempt == START_ATTEMPTS or not _port_was_taken(self.log_path):
+                    raise
+
+    def _answers(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            if sock.connect_ex((self.host, self.port)) != 0:
+                return False
+        try:
+            return self.sql("SELECT 1", timeout=5).strip() == "1"
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return False
 
 
 # --------------------------------------------------------------------------- moto (S3, Route53)

@@ -74,7 +74,7 @@ def test_config_file_with_flags_winning(tmp_path: Path) -> None:
 def test_missing_source_names_the_fix() -> None:
     with pytest.raises(ValidationError) as caught:
         backup_config(BASE)
-    assert "set exactly one of postgres or redis" in validation_reason(caught.value)
+    assert "set exactly one of postgres, redis or command" in validation_reason(caught.value)
 
 
 def test_bgsave_needs_an_rdb_path() -> None:
