@@ -26,6 +26,7 @@ from tests.e2e.test_failover import (
     status_of,
 )
 
+from aegis import kubectl_drill
 from aegis.sandbox.servers import MotoServer, PostgresServer
 
 DRILL_RECORD = "drill.db.example.com."
@@ -117,6 +118,7 @@ def test_dryrun_failover_drill_changes_only_the_drill_record_and_predicts_the_rt
     route53_client: Any,
     pg_standby: tuple[PostgresServer, PostgresServer],
     endpoints: Callable[[], Endpoint],  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     primary, standby = pg_standby
     health, hook = endpoints(), endpoints()
@@ -205,6 +207,13 @@ def test_dryrun_failover_drill_changes_only_the_drill_record_and_predicts_the_rt
     labels = {"namespace": namespace, "drill": "switch-rehearsal"}
     assert metric(port, "aegis_drill_last_passed", **labels) == 1.0
     assert metric(port, "aegis_drill_last_rto_seconds", **labels) == run["rtoSeconds"]
+    capsys.readouterr()
+    assert kubectl_drill.main(["status", "switch-rehearsal", "-n", namespace]) == 0
+    shown = capsys.readouterr().out
+    assert "plan      orders (failover DryRun)" in shown
+    assert "predicted: detection + the exercised steps" in shown
+    for name in ("promote", "dns", "warm-up", "notify", "drill-record-cleanup"):
+        assert f"step      {name}: Passed" in shown
 
 
 def test_dryrun_failover_drill_fails_naming_a_standby_that_is_not_in_recovery(
