@@ -407,7 +407,7 @@ def _redis(
             link = r_info.get("master_link_status")
             if link != "up":
                 return outcome("Failed", f"{where}'s link to its master is {link}",
-                               "StandbyLagTooHigh")
+                               "StandbyNotStreaming")
             return outcome("Passed", f"{where} is a replica, link up; not promoted (DryRun)")
         master = redis_client(master_target, ports.secrets, timeout, known)
         m_info = dict(master.info("replication"))
