@@ -26,7 +26,7 @@ from tests.e2e.test_failover import (
     status_of,
 )
 
-from aegis import kubectl_drill
+from aegis import display, kubectl_drill
 from aegis.sandbox.servers import MotoServer, PostgresServer
 
 DRILL_RECORD = "drill.db.example.com."
@@ -187,6 +187,7 @@ def test_dryrun_failover_drill_changes_only_the_drill_record_and_predicts_the_rt
     chain = sum(steps[n]["seconds"] for n in ("promote", "dns", "warm-up", "notify"))
     assert run["phases"]["stepsSeconds"] == pytest.approx(chain, abs=0.01)
     assert run["rtoSeconds"] == pytest.approx(3.0 + chain, abs=0.01)
+    assert run["display"]["rto"] == display.duration(run["rtoSeconds"])  # the RTO column
     assert steps["notify"]["seconds"] > 0  # the held call is measured, as a slow receiver is
     assert run["sites"]["primary"]["healthy"] is True
     assert run["sites"]["secondary"]["healthy"] is True

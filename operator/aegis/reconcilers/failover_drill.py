@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 import psycopg
 
+from aegis import display
 from aegis.api.drdrill import DrillObjectives, FailoverDrill
 from aegis.api.failoverplan import (
     CheckStatus,
@@ -193,6 +194,7 @@ def verdict(
     rto, path = predicted_rto(plan, rehearsal.steps)
     record["rtoSeconds"] = rto
     record["rtoPredicted"] = True
+    record["display"] = display.fields(rto=display.duration(rto))
     record["phases"] = {"detectionSeconds": detection_seconds(plan), "stepsSeconds": path}
     record["sites"] = {k: v.to_api() for k, v in rehearsal.sites.items()}
     record["steps"] = [s.to_api() for s in rehearsal.steps]
