@@ -65,9 +65,20 @@ def render_run(run: dict[str, Any], objectives: dict[str, Any]) -> list[str]:
         ("downloadAuthenticateSeconds", "download+authenticate"),
         ("restoreSeconds", "restore"),
         ("checksSeconds", "checks"),
+        ("detectionSeconds", "detection"),
+        ("stepsSeconds", "steps (longest chain)"),
     ):
         if key in phases:
             lines.append(f"    {label:<22} {_seconds(phases[key])}")
+    if run.get("plan"):
+        lines[1] = f"  plan      {run['plan']} (failover DryRun)"
+    if run.get("rtoPredicted"):
+        lines[3] += "  predicted: detection + the exercised steps"
+    for step in run.get("steps") or []:
+        lines.append(
+            f"  step      {step.get('name')}: {step.get('result')} "
+            f"{_seconds(step.get('seconds'))}  {step.get('message') or ''}".rstrip()
+        )
     for check in run.get("checks") or []:
         value = f" = {check['value']}" if "value" in check else ""
         message = f" ({check['message']})" if check.get("message") else ""

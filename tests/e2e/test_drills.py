@@ -150,8 +150,24 @@ def test_scheduled_restore_drill_passes_measures_and_verifies_its_point(
             "rto": display.duration(run["rtoSeconds"]),
             "rpo": display.duration(run["rpoSeconds"]),
         },
+        "lastPassedTime": run["completionTime"],
+        "lastPassedDrill": "hourly",
     }
     assert run["display"] == policy["status"]["lastDrill"]["display"]
+    # ... and that its recovery was tested within its window (refreshed when the run ended,
+    # not at the next status period).
+    tested = wait_for(
+        "RecoveryTested=True on the policy",
+        lambda: (
+            (found := condition(get(k8s_api, "backuppolicies", namespace, "orders"),
+                                "RecoveryTested"))
+            and found["status"] == "True"
+            and found
+        ),
+        timeout=30,
+    )
+    assert tested["reason"] == "DrillPassed"
+    assert "drill/hourly passed at" in tested["message"]
     # Evidence in the bucket, next to the policy's points.
     key = run["evidence"].removeprefix(f"s3://{s3_bucket}/")
     assert key.startswith(f"backups/{namespace}/orders/_drills/hourly/")
@@ -475,14 +491,14 @@ def test_operator_restart_mid_drill_keeps_one_job_and_its_run(
     assert run["phases"]["queuedSeconds"] > 0
 
 
-def test_failover_drill_says_it_is_not_implemented(
+def test_live_failover_drill_says_it_is_not_implemented(
     aegis_operator: OperatorHandle, k8s_api: Any, namespace: str
 ) -> None:
     make_drill(
         k8s_api,
         namespace,
         "switch-rehearsal",
-        {"type": "Failover", "failover": {"planRef": {"name": "orders"}}},
+        {"type": "Failover", "failover": {"planRef": {"name": "orders"}, "mode": "Live"}},
     )
     ready = wait_for(
         "the drill's Ready condition",
@@ -490,6 +506,7 @@ def test_failover_drill_says_it_is_not_implemented(
     )
     assert ready["status"] == "False"
     assert ready["reason"] == "NotImplemented"
-    assert "not implemented" in ready["message"]
+    assert "spec.failover.mode Live is not implemented" in ready["message"]
+    assert "mode: DryRun" in ready["message"]
     status = get(k8s_api, PLURAL, namespace, "switch-rehearsal").get("status") or {}
     assert status.get("lastRun") is None

@@ -51,6 +51,17 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("policy with no point yet",
      obj("BackupPolicy", [READY, ConditionUpdate("RPOMet", "False", "NoRecoveryPoint", "none")]),
      "Progressing", "NoRecoveryPoint"),
+    # RecoveryTested is informational, like a met RPO: an untested or overdue policy stays
+    # Healthy in Argo CD (the condition, the report and AegisDrillOverdue say it instead).
+    ("policy never drilled",
+     obj("BackupPolicy", [READY, RPO_OK,
+                          ConditionUpdate("RecoveryTested", "False", "NeverTested", "none")]),
+     "Healthy", "Scheduled"),
+    ("policy whose drill is overdue",
+     obj("BackupPolicy", [READY, RPO_OK,
+                          ConditionUpdate("RecoveryTested", "False", "RecoveryTestOverdue",
+                                          "8d ago")]),
+     "Healthy", "Scheduled"),
     ("running point",
      obj("RecoveryPoint", [ConditionUpdate("Accepted", "True", "Accepted", "ok"),
                            ConditionUpdate("Complete", "Unknown", "BackupRunning", "Job j")],

@@ -112,6 +112,30 @@ def test_replicas_are_read_and_set_through_the_scale_subresource(
         workloads.set_replicas("StatefulSet", namespace, "nope", 1)
 
 
+def test_a_dry_run_of_scaling_is_validated_and_answered_but_stores_nothing(
+    k8s_api: Any, namespace: str
+) -> None:
+    """What a failover drill's scale step sends (dryRun=All on the scale subresource)."""
+    apps = client.AppsV1Api(k8s_api)
+    apps.create_namespaced_deployment(namespace, deployment("web", 1))
+    apps.create_namespaced_stateful_set(namespace, statefulset("db", 2))
+    before = apps.read_namespaced_deployment("web", namespace).metadata.resource_version
+    workloads = Workloads()
+    assert workloads.dry_run_replicas("Deployment", namespace, "web", 5) == 5
+    assert workloads.dry_run_replicas("StatefulSet", namespace, "db", 0) == 0
+    web = apps.read_namespaced_deployment("web", namespace)
+    assert web.spec.replicas == 1 and web.metadata.resource_version == before
+    assert apps.read_namespaced_stateful_set("db", namespace).spec.replicas == 2
+    with pytest.raises(client.ApiException) as invalid:
+        workloads.dry_run_replicas("Deployment", namespace, "web", -1)
+    assert invalid.value.status == 422
+    with pytest.raises(client.ApiException) as missing:
+        workloads.dry_run_replicas("Deployment", namespace, "nope", 1)
+    assert missing.value.status == 404
+    with pytest.raises(PermissionError):
+        Workloads("home").dry_run_replicas("Deployment", namespace, "web", 2)
+
+
 def test_scale_step_waits_for_the_controller_to_report_ready_replicas(
     k8s_api: Any, namespace: str
 ) -> None:

@@ -318,6 +318,9 @@ class BackupPolicySpec(ApiModel):
     """Options of the backup Jobs."""
     verification: VerificationSchedule | None = None
     """Verify the newest points on a schedule (`kubectl aegis verify` runs it on demand)."""
+    recovery_test_window_seconds: Annotated[int, Field(ge=3600, le=MAX_SECONDS)] = 604800
+    """RecoveryTested is True while a DRDrill restored one of this policy's points and
+    passed within this many seconds (default 7 days), False after."""
 
     _copies_not_primary = model_validator(mode="after")(check_copies)
     _command_image = model_validator(mode="after")(check_command_image)
@@ -348,13 +351,19 @@ class PolicyDrill(StatusModel):
     """The point it restored."""
     display: Display | None = None
     """rtoSeconds and rpoSeconds as people read them."""
+    last_passed_time: dt.datetime | None = None
+    """When the latest passed drill run of the policy's points ended (kept when a later run
+    fails): what RecoveryTested is derived from."""
+    last_passed_drill: str | None = None
+    """The DRDrill of that passed run."""
 
 
 class BackupPolicyStatus(StatusModel):
     """Observed state of a BackupPolicy."""
 
     conditions: list[Condition] | None = None
-    """Ready (the spec is valid and its references resolve) and RPOMet."""
+    """Ready (the spec is valid and its references resolve), RPOMet and RecoveryTested
+    (informational, like RPOMet: a drill passed within recoveryTestWindowSeconds)."""
     observed_generation: int | None = None
     """The spec generation last processed."""
     handled_until: dt.datetime | None = None

@@ -20,7 +20,7 @@ from aegis.api.common import (
     exactly_one,
     one_of_rule,
 )
-from aegis.api.failoverplan import Route53Step
+from aegis.api.failoverplan import Route53Step, SiteStatus
 from aegis.api.restore import RestoreTarget
 
 
@@ -49,12 +49,20 @@ class RestoreDrill(ApiModel):
 
 
 class FailoverDrill(ApiModel):
-    """Run a FailoverPlan's procedure in drill mode."""
+    """Rehearse a FailoverPlan's procedure. DryRun changes nothing live: the plan's probes
+    run now, every step's preconditions are checked against the real systems (standby in
+    recovery and its lag, workloads scaled with a server-side dry run, webhooks called
+    marked as a drill) and the Route53 change is made on `drillRecord` and removed again."""
 
     plan_ref: LocalObjectRef
-    """The FailoverPlan."""
+    """The FailoverPlan, in the drill's namespace."""
+    mode: Literal["DryRun", "Live"] = "DryRun"
+    """DryRun: nothing live changes. Live (a real failover and failback) is not implemented
+    yet: such a drill reports Ready=False NotImplemented and never runs."""
     drill_record: Route53Step | None = None
-    """A Route53 record flipped instead of the live one."""
+    """A Route53 record changed instead of the live one (UPSERT, INSYNC, then put back as it
+    was: deleted when it did not exist). Use a name nothing resolves, e.g.
+    drill.db.example.com. Absent: the plan's route53 steps are reported as not exercised."""
 
 
 class DrillObjectives(ApiModel):
@@ -123,6 +131,31 @@ class DrillPhases(StatusModel):
     """The restore pass into the scratch server or target."""
     checks_seconds: float | None = None
     """Running the checks."""
+    detection_seconds: float | None = None
+    """Failover drill: the time the plan needs to call its primary down, periodSeconds x
+    failureThreshold of the primary site (the first part of the predicted RTO)."""
+    steps_seconds: float | None = None
+    """Failover drill: the measured durations of the exercised steps along the procedure's
+    longest dependency chain (the second part of the predicted RTO)."""
+
+
+class DrillStep(StatusModel):
+    """One step of a failover drill: what was exercised, and how long it took."""
+
+    name: str
+    """The plan's step name."""
+    action: str
+    """The step's kind: postgresPromote, postgresSwitchover, redisPromote, redisSwitchover,
+    scale, route53, webhook, job."""
+    result: Literal["Passed", "Failed", "NotExercised"]
+    """Passed: its preconditions held and what a drill may do succeeded; NotExercised:
+    nothing could be rehearsed without changing something live (the message says why)."""
+    seconds: float | None = None
+    """Measured duration of what the drill did (counted in the predicted RTO)."""
+    message: str | None = None
+    """What was checked or done, or why it failed or was not exercised."""
+    outputs: dict[str, str] | None = None
+    """Measurements and records (lag, Route53 change ids, HTTP status, ...)."""
 
 
 class DrillRun(StatusModel):
@@ -143,7 +176,10 @@ class DrillRun(StatusModel):
     job_name: str | None = None
     """The drill's Job."""
     rto_seconds: float | None = None
-    """Measured time to recover: run start to the checks passing."""
+    """Restore drill: measured time to recover, run start to the checks passing. Failover
+    drill (rtoPredicted): detection plus the measured durations of the exercised steps."""
+    rto_predicted: bool | None = None
+    """True when rtoSeconds is a prediction (a failover DryRun), not a measured recovery."""
     rpo_seconds: float | None = None
     """Measured data-loss window: run start - source time of the restored point."""
     display: Display | None = None
@@ -156,6 +192,12 @@ class DrillRun(StatusModel):
     """Source time of the restored point."""
     checks: list[CheckResult] | None = None
     """Check results."""
+    plan: str | None = None
+    """Failover drill: the FailoverPlan rehearsed."""
+    sites: dict[str, SiteStatus] | None = None
+    """Failover drill: the plan's probes evaluated at the run (`primary`, `secondary`)."""
+    steps: list[DrillStep] | None = None
+    """Failover drill: each step of the plan's procedure, exercised or not."""
     evidence: str | None = None
     """s3:// URL of the run's evidence record (JSON) next to the policy's points."""
     message: str | None = None

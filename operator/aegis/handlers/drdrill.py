@@ -16,13 +16,18 @@ from kubernetes.client.exceptions import ApiException
 from aegis import GROUP, VERSION
 from aegis.api import DR_DRILL as KIND
 from aegis.api.drdrill import DRDrillSpec
+from aegis.handlers import backuppolicy as policy_handlers
+from aegis.handlers import failoverplan as failover_handlers
 from aegis.handlers.common import KopfLogger, accept, forget
 from aegis.k8s import objects
 from aegis.labels import RUN_ANNOTATION
 from aegis.reconcilers import drdrill as drills
-from aegis.reconcilers import naming
+from aegis.reconcilers import failover_drill, naming
+from aegis.reconcilers import failoverplan as plans
+from aegis.reconcilers.backuppolicy import PolicyRuntime
 from aegis.scheduler import Scheduler, utcnow
 from aegis.settings import Settings
+from aegis.steps.route53 import default_route53_client
 
 CLOCK: drills.Clock = utcnow
 """The clock that decides when scheduled runs are due. Tests running the operator in their
@@ -33,13 +38,44 @@ def _schedule_clock() -> dt.datetime:
     return CLOCK()
 
 
+def failover_ports(memo: Any) -> drills.PortsOf:
+    """Failover drills probe with the FailoverPlan runtime's prober and reach what a plan of
+    the same namespace may reach (its endpoint rule, its reachable namespaces)."""
+    settings: Settings = memo["settings"]
+
+    def ports(namespace: str) -> failover_drill.DrillPorts:
+        runtime: plans.FailoverRuntime = memo[failover_handlers.RUNTIME]
+        route53 = plans.guarded_route53(
+            runtime.route53 or default_route53_client, settings.endpoints
+        )
+        return failover_drill.cluster_ports(
+            namespace, runtime.prober, settings.endpoints, settings.reachable_namespaces,
+            route53,
+        )
+
+    return ports
+
+
+def policy_drilled(memo: Any) -> drills.PolicyDrilled:
+    """A drill run recorded on a policy: refresh the policy's status now (RecoveryTested)."""
+
+    def tell(namespace: str, policy: str) -> None:
+        runtime: PolicyRuntime | None = memo.get(policy_handlers.RUNTIME)
+        if runtime is not None:
+            runtime.request_status(namespace, policy)
+
+    return tell
+
+
 def scheduler_for(memo: Any) -> Scheduler:
     scheduler: Scheduler | None = memo.get("drill_scheduler")
     if scheduler is None:
         settings: Settings = memo["settings"]
+        ports = failover_ports(memo)
+        drilled = policy_drilled(memo)
 
         def act(namespace: str, name: str, at: dt.datetime) -> float | None:
-            return drills.tick(namespace, name, settings, at, utcnow)
+            return drills.tick(namespace, name, settings, at, utcnow, ports, drilled)
 
         scheduler = Scheduler(act, workers=8, clock=_schedule_clock).start()
         memo["drill_scheduler"] = scheduler
@@ -100,7 +136,9 @@ def drill_job_changed(
         return
     namespace = body.metadata["namespace"]
     try:
-        finished = drills.finish(namespace, owner["name"], memo["settings"], utcnow)
+        finished = drills.finish(
+            namespace, owner["name"], memo["settings"], utcnow, policy_drilled(memo)
+        )
     except (objects.NotFound, ApiException) as problem:
         logger.warning("Cannot finish drill %s yet: %s", owner["name"], problem)
         return

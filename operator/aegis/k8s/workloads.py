@@ -127,6 +127,23 @@ class Workloads:
             apps.patch_namespaced_stateful_set(name, namespace, body)
 
 
+    def dry_run_replicas(
+        self, kind: WorkloadKind, namespace: str, name: str, replicas: int
+    ) -> int:
+        """A server-side dry run (`dryRun=All`) of setting the replicas through the scale
+        subresource: authorization, admission and validation run as for the real change, and
+        nothing is stored. Returns the replicas the server answered with."""
+        self._admit(kind, namespace, name)
+        apps = _apps()
+        body = {"spec": {"replicas": replicas}}
+        if kind == "Deployment":
+            scale = apps.patch_namespaced_deployment_scale(name, namespace, body, dry_run="All")
+        else:
+            scale = apps.patch_namespaced_stateful_set_scale(name, namespace, body, dry_run="All")
+        answered = scale.spec.replicas if scale.spec is not None else None
+        return int(answered if answered is not None else replicas)
+
+
 def _json(response: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(response.data)
     return data

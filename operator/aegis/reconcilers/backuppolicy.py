@@ -260,7 +260,10 @@ class PolicyRuntime:
         scheduling = self.ticks.scheduling.get(key)
         if scheduling is not None:
             updates.append(scheduling)
-        if asked or _differs(body, updates) or now >= due.get("status", now):
+        # RecoveryTested is computed by the refresh; compared here too, so a lastDrill the
+        # watch delivered after a drill's request for a refresh is shown at the next round.
+        tested = policy_status.recovery_tested_of(body, spec, now)
+        if asked or _differs(body, [*updates, tested]) or now >= due.get("status", now):
             due["status"] = now + dt.timedelta(seconds=periods["status"])
             # The first refresh after start-up lists from the API server: the watch cache
             # may not hold every point yet, and a short count would be written as status.

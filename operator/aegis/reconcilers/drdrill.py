@@ -26,14 +26,15 @@ from typing import Any, Literal
 from aegis import display, metrics
 from aegis.agent.drill import DrillConfig
 from aegis.agent.layout import PointRef, drill_evidence_key, normalize_prefix, s3_url
-from aegis.api import BACKUP_POLICY, DR_DRILL, RECOVERY_POINT
+from aegis.api import BACKUP_POLICY, DR_DRILL, FAILOVER_PLAN, RECOVERY_POINT
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.drdrill import DRDrillSpec, DrillObjectives, RestoreDrill
+from aegis.api.failoverplan import FailoverPlanSpec
 from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION, RUN_ANNOTATION, RUN_START_ANNOTATION
 from aegis.locks import KeyedLocks
-from aegis.reconcilers import backup, naming, schedule
+from aegis.reconcilers import backup, failover_drill, naming, schedule, tenancy
 from aegis.reconcilers import keys as wrapping
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
@@ -474,19 +475,31 @@ def set_ready(namespace: str, name: str, update: ConditionUpdate, wall: Clock) -
 
 def admit(drill: dict[str, Any], spec: DRDrillSpec, wall: Clock) -> bool:
     """Ready from what the drill's type can do, and the drill's series. True when the
-    scheduler should run it (a restore drill); False for a type that does not run."""
+    scheduler should run it (a restore drill, a DryRun failover drill); False for a mode
+    that does not run."""
     meta = drill["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    if spec.type != "Restore":
-        # Failover drills do not run yet: Ready=True would claim rehearsals that never happen.
-        message = f"{spec.type} drills are not implemented yet; this drill never runs"
+    when = f"on schedule {spec.schedule} ({spec.time_zone})" if spec.schedule else "once"
+    if spec.failover is not None and spec.failover.mode != "DryRun":
+        # Live failover drills do not run yet: Ready=True would claim rehearsals that never
+        # happen.
+        message = (
+            f"spec.failover.mode {spec.failover.mode} is not implemented yet; this drill never "
+            "runs. Use spec.failover.mode: DryRun (the default) to rehearse the plan without "
+            "changing anything live"
+        )
         set_ready(
             namespace, name, ConditionUpdate("Ready", "False", "NotImplemented", message), wall
         )
         metrics.RESOURCE_READY.labels(DR_DRILL.kind, namespace, name).set(0)
         return False
-    when = f"on schedule {spec.schedule} ({spec.time_zone})" if spec.schedule else "once"
-    message = f"restore drill accepted; runs {when}"
+    if spec.failover is not None:
+        message = (
+            f"DryRun failover drill of FailoverPlan {spec.failover.plan_ref.name} accepted; "
+            f"runs {when}"
+        )
+    else:
+        message = f"restore drill accepted; runs {when}"
     set_ready(namespace, name, ConditionUpdate("Ready", "True", "Accepted", message), wall)
     export_objectives(namespace, name, spec)
     export_status(namespace, name, drill.get("status") or {})
@@ -495,28 +508,163 @@ def admit(drill: dict[str, Any], spec: DRDrillSpec, wall: Clock) -> bool:
     return True
 
 
-def tick(namespace: str, name: str, app: Settings, now: dt.datetime, wall: Clock) -> float | None:
+PortsOf = Callable[[str], failover_drill.DrillPorts]
+"""The failover drill ports of a namespace (the operator's: its prober, Secrets, workloads,
+Route53 behind its endpoint rule)."""
+PolicyDrilled = Callable[[str, str], None]
+"""Told (namespace, policy) after a run was recorded on a policy: its status (RecoveryTested)
+is refreshed at once instead of at its next period."""
+
+
+def _no_policy(_namespace: str, _policy: str) -> None:
+    return None
+
+
+def tick(
+    namespace: str,
+    name: str,
+    app: Settings,
+    now: dt.datetime,
+    wall: Clock,
+    failover_ports: PortsOf | None = None,
+    policy_drilled: PolicyDrilled = _no_policy,
+) -> float | None:
     """What the drill scheduler calls: fold in a run that ended, start one that is due, and
-    say when to ask again."""
+    say when to ask again. A failover drill's run happens here, in this thread (it is I/O
+    against the plan's systems, no Job), with the drill's lock released while it runs."""
     with _locks.hold((namespace, name)):
         try:
             drill = objects.get_custom(DR_DRILL, namespace, name)
         except objects.NotFound:
             return None
         parsed = parse_spec(DRDrillSpec, drill.get("spec"))
-        if isinstance(parsed, SpecError) or parsed.type != "Restore":
-            return None  # refused or not implemented: its handler reports it
+        if isinstance(parsed, SpecError):
+            return None  # refused: its handler reports it
         status = drill.get("status") or {}
-        if (status.get("lastRun") or {}).get("result") == "Running":
-            drill = _finish_locked(drill, parsed, app, wall)
-            status = drill.get("status") or {}
-            if (status.get("lastRun") or {}).get("result") == "Running":
-                return POLL_SECONDS
         created = parse_time(drill["metadata"].get("creationTimestamp")) or now
         request = (drill["metadata"].get("annotations") or {}).get(RUN_ANNOTATION)
-        decision = decide(parsed, namespace, name, status, created, request, now)
-        _start_locked(drill, parsed, decision, app, wall)
-        return decision.requeue_after
+        if parsed.failover is not None:
+            if parsed.failover.mode != "DryRun" or failover_ports is None:
+                return None  # not implemented: its handler reports it
+            ports = failover_ports(namespace)
+            if (status.get("lastRun") or {}).get("result") == "Running":
+                # Failover runs end within the tick that started them: this one's operator
+                # stopped mid-way.
+                drill = _interrupted_locked(drill, parsed, ports, app, wall)
+                status = drill.get("status") or {}
+            decision = decide(parsed, namespace, name, status, created, request, now)
+            started = _start_failover_locked(drill, parsed, decision, wall)
+            if started is None:
+                return decision.requeue_after
+        else:
+            if (status.get("lastRun") or {}).get("result") == "Running":
+                drill = _finish_locked(drill, parsed, app, wall, policy_drilled)
+                status = drill.get("status") or {}
+                if (status.get("lastRun") or {}).get("result") == "Running":
+                    return POLL_SECONDS
+            decision = decide(parsed, namespace, name, status, created, request, now)
+            _start_locked(drill, parsed, decision, app, wall, policy_drilled)
+            return decision.requeue_after
+    _run_failover(started, parsed, ports, app, wall)
+    return decision.requeue_after
+
+
+def _start_failover_locked(
+    drill: dict[str, Any], spec: DRDrillSpec, decision: Decision, wall: Clock
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Write the run as Running (and the schedule fields), post DrillStarted; None when no
+    run is due."""
+    meta = drill["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    status = drill.get("status") or {}
+    fields = _schedule_fields(status, decision)
+    if decision.trigger is None:
+        if any(status.get(k) != v for k, v in fields.items()):
+            _patch(namespace, name, fields, [], wall())
+        return None
+    assert spec.failover is not None
+    started = wall()
+    plan = spec.failover.plan_ref.name
+    run: dict[str, Any] = {
+        "startTime": wire_time(started), "trigger": decision.trigger, "plan": plan,
+        "result": "Running",
+        "message": f"DryRun of FailoverPlan {plan}: probing and checking every step",
+    }
+    if decision.scheduled is not None and decision.trigger == "Scheduled":
+        run["scheduledTime"] = wire_time(decision.scheduled)
+    current = _patch(namespace, name, {**fields, "lastRun": run}, [], wall())
+    objects.post_event(
+        drill, "Normal", "DrillStarted",
+        f"{decision.trigger} DryRun failover drill of FailoverPlan {plan} started: nothing "
+        "live is changed",
+    )
+    return current, run
+
+
+def _run_failover(
+    started: tuple[dict[str, Any], dict[str, Any]],
+    spec: DRDrillSpec,
+    ports: failover_drill.DrillPorts,
+    app: Settings,
+    wall: Clock,
+) -> None:
+    """Rehearse the plan (outside the drill's lock), then record the verdict."""
+    drill, run = started
+    meta = drill["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    assert spec.failover is not None
+    plan_name = spec.failover.plan_ref.name
+    outcome: failover_drill.Outcome
+    try:
+        body = objects.get_custom(FAILOVER_PLAN, namespace, plan_name)
+    except objects.NotFound:
+        outcome = failover_drill.refused(
+            run, "PlanNotFound",
+            f"FailoverPlan {plan_name} not found in {namespace}: fix spec.failover.planRef",
+            wall(),
+        )
+    else:
+        plan = parse_spec(FailoverPlanSpec, body.get("spec"))
+        refusal = tenancy.refusal(plan, namespace, app) if not isinstance(plan, SpecError) else None
+        if isinstance(plan, SpecError):
+            outcome = failover_drill.refused(
+                run, "PlanInvalid", f"FailoverPlan {plan_name} is invalid: {plan.message}", wall()
+            )
+        elif refusal is not None:
+            outcome = failover_drill.refused(
+                run, refusal.reason,
+                f"FailoverPlan {plan_name} reaches outside its namespace: {refusal.message}",
+                wall(),
+            )
+        else:
+            rehearsal = failover_drill.rehearse(
+                plan, spec.failover, namespace, plan_name, name, ports
+            )
+            outcome = failover_drill.verdict(run, plan, rehearsal, spec.objectives, wall())
+    verdict = Verdict(outcome.passed, outcome.reason, outcome.message, outcome.record)
+    with _locks.hold((namespace, name)):
+        try:
+            current = objects.get_custom(DR_DRILL, namespace, name)
+        except objects.NotFound:
+            return
+        _record(current, spec, verdict, {}, None, app, wall, _no_policy)
+
+
+def _interrupted_locked(
+    drill: dict[str, Any],
+    spec: DRDrillSpec,
+    ports: failover_drill.DrillPorts,
+    app: Settings,
+    wall: Clock,
+) -> dict[str, Any]:
+    assert spec.failover is not None
+    run = dict((drill.get("status") or {}).get("lastRun") or {})
+    outcome = failover_drill.interrupted(run, wall())
+    cleaned = failover_drill.clean_drill_record(spec.failover, ports)
+    message = outcome.message + (f"; {cleaned}" if cleaned else "")
+    outcome.record["message"] = message[:1024]
+    verdict = Verdict(False, outcome.reason, message[:1024], outcome.record)
+    return _record(drill, spec, verdict, {}, None, app, wall, _no_policy)
 
 
 def _schedule_fields(status: dict[str, Any], decision: Decision) -> dict[str, Any]:
@@ -533,7 +681,12 @@ def _schedule_fields(status: dict[str, Any], decision: Decision) -> dict[str, An
 
 
 def _start_locked(
-    drill: dict[str, Any], spec: DRDrillSpec, decision: Decision, app: Settings, wall: Clock
+    drill: dict[str, Any],
+    spec: DRDrillSpec,
+    decision: Decision,
+    app: Settings,
+    wall: Clock,
+    policy_drilled: PolicyDrilled = _no_policy,
 ) -> None:
     meta = drill["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -571,7 +724,7 @@ def _start_locked(
             run.update(adopted)
     except (PointBlocked, restores.RestoreRefused) as problem:
         verdict = refused_run(run, problem.reason, problem.message, wall())
-        _record(drill, spec, verdict, fields, None, app, wall)
+        _record(drill, spec, verdict, fields, None, app, wall, policy_drilled)
         return
     run.update(
         result="Running",
@@ -613,7 +766,13 @@ def run_identity(decision: Decision, drill: dict[str, Any], started: dt.datetime
     return started
 
 
-def finish(namespace: str, name: str, app: Settings, wall: Clock) -> bool:
+def finish(
+    namespace: str,
+    name: str,
+    app: Settings,
+    wall: Clock,
+    policy_drilled: PolicyDrilled = _no_policy,
+) -> bool:
     """Fold an ended drill Job into its drill; True when a run was finished."""
     with _locks.hold((namespace, name)):
         try:
@@ -626,12 +785,16 @@ def finish(namespace: str, name: str, app: Settings, wall: Clock) -> bool:
         running = (drill.get("status") or {}).get("lastRun") or {}
         if running.get("result") != "Running":
             return False
-        after = _finish_locked(drill, parsed, app, wall)
+        after = _finish_locked(drill, parsed, app, wall, policy_drilled)
         return ((after.get("status") or {}).get("lastRun") or {}).get("result") != "Running"
 
 
 def _finish_locked(
-    drill: dict[str, Any], spec: DRDrillSpec, app: Settings, wall: Clock
+    drill: dict[str, Any],
+    spec: DRDrillSpec,
+    app: Settings,
+    wall: Clock,
+    policy_drilled: PolicyDrilled = _no_policy,
 ) -> dict[str, Any]:
     meta = drill["metadata"]
     namespace = meta["namespace"]
@@ -652,7 +815,7 @@ def _finish_locked(
         job_message = termination or (failed or {}).get("message")
     _started, ended = restores.job_times(job)
     verdict = judge(run, state, result, job_message, spec.objectives, ended or wall())
-    return _record(drill, spec, verdict, {}, result, app, wall)
+    return _record(drill, spec, verdict, {}, result, app, wall, policy_drilled)
 
 
 def _record(
@@ -663,6 +826,7 @@ def _record(
     result: dict[str, Any] | None,
     app: Settings,
     wall: Clock,
+    policy_drilled: PolicyDrilled,
 ) -> dict[str, Any]:
     """Write a finished run: evidence in the bucket, status, the point's mark, metrics and an
     event. The evidence goes first so that status can point at it."""
@@ -695,7 +859,8 @@ def _record(
         wall(),
     )
     if policy is not None and run.get("recoveryPoint"):
-        _record_on_policy(policy, name, run)
+        if _record_on_policy(policy, name, run):
+            policy_drilled(policy.namespace, policy.name)
         verified = point_verified(verdict, result is not None)
         if verified is not None:
             metrics.verification_ended(namespace, policy.name, passed=verified)
@@ -712,8 +877,10 @@ def _record(
 
 
 def policy_drill(drill: str, run: dict[str, Any]) -> dict[str, Any]:
-    """The policy's `status.lastDrill` from a finished run."""
-    fields = {
+    """The policy's `status.lastDrill` from a finished run, as a merge patch: every field of
+    the run is written (None removes what an earlier run left), and a passed run also sets
+    lastPassedTime/lastPassedDrill, which a failed run leaves as they are."""
+    fields: dict[str, Any] = {
         "drill": drill,
         "time": run.get("completionTime"),
         "result": run.get("result"),
@@ -723,26 +890,39 @@ def policy_drill(drill: str, run: dict[str, Any]) -> dict[str, Any]:
         "recoveryPoint": run.get("recoveryPoint"),
         "display": run.get("display"),
     }
-    return {k: v for k, v in fields.items() if v is not None}
+    if run.get("result") == "Passed" and run.get("completionTime"):
+        fields["lastPassedTime"] = run["completionTime"]
+        fields["lastPassedDrill"] = drill
+    return fields
 
 
-def _record_on_policy(policy: PolicyContext, drill: str, run: dict[str, Any]) -> None:
+def _record_on_policy(policy: PolicyContext, drill: str, run: dict[str, Any]) -> bool:
     """Show the run on its policy (the proven RTO next to the RPO), unless a later run of
-    another drill is there already. Best effort: the drill's own status is the record."""
+    another drill is there already. Best effort: the drill's own status is the record.
+    True when written."""
     try:
         current = objects.get_custom(BACKUP_POLICY, policy.namespace, policy.name)
-        shown = ((current.get("status") or {}).get("lastDrill") or {}).get("time") or ""
-        if shown > str(run.get("completionTime") or ""):
-            return
+        shown = (current.get("status") or {}).get("lastDrill") or {}
+        fields = policy_drill(drill, run)
+        if str(shown.get("time") or "") > str(run.get("completionTime") or ""):
+            if "lastPassedTime" not in fields or str(
+                shown.get("lastPassedTime") or ""
+            ) >= fields["lastPassedTime"]:
+                return False
+            # A later failed run is shown, but this pass is the newest pass: keep both.
+            fields = {"lastPassedTime": fields["lastPassedTime"], "lastPassedDrill": drill}
         objects.patch_custom_status(
-            BACKUP_POLICY, policy.namespace, policy.name, {"lastDrill": policy_drill(drill, run)}
+            BACKUP_POLICY, policy.namespace, policy.name, {"lastDrill": fields}
         )
+        return True
     except Exception as error:  # the policy gone, the API refusing: the drill's record stands
         logger.warning("lastDrill not recorded on BackupPolicy %s: %s", policy.name, error)
+        return False
 
 
 def _policy_of(namespace: str, spec: DRDrillSpec, point_name: str | None) -> PolicyContext | None:
-    assert spec.restore is not None
+    if spec.restore is None:
+        return None  # a failover drill restores no policy's point
     policy_name = spec.restore.policy_ref.name if spec.restore.policy_ref else None
     if policy_name is None and point_name:
         try:

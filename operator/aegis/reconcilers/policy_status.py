@@ -1,5 +1,9 @@
 """A BackupPolicy's status from its points: counts, last success and failure, RPO, retention
-pruning, and the conditions (Ready, Scheduling, RPOMet) written in one patch.
+pruning, and the conditions (Ready, Scheduling, RPOMet, RecoveryTested) written in one patch.
+
+RecoveryTested is derived from `status.lastDrill.lastPassedTime` (written by the DRDrill
+runs) and the clock at every refresh, so it turns False when the window passes without any
+drill event. Like RPOMet it is informational: kstatus and Argo CD read Ready only.
 
 `summarize` and `conditions` are pure; `refresh` does the I/O through the cluster port and is
 the only writer of the policy's conditions once its spec is valid (the kopf handler writes
@@ -102,6 +106,61 @@ def summarize(
     return status, condition
 
 
+RECOVERY_TESTED = "RecoveryTested"
+
+
+def recovery_tested(
+    last_drill: dict[str, Any] | None, window_seconds: int, now: dt.datetime
+) -> ConditionUpdate:
+    """True while a drill of the policy's points passed within the window, False otherwise
+    (never tested, the last pass too old, or only failed runs)."""
+    drill = last_drill or {}
+    window = _duration(window_seconds)
+    passed = parse_time(drill.get("lastPassedTime"))
+    if passed is None:
+        failed = ""
+        if drill.get("result") == "Failed":
+            failed = f"; the last run (drill/{drill.get('drill')}) failed: {drill.get('reason')}"
+        return ConditionUpdate(
+            RECOVERY_TESTED, "False", "NeverTested",
+            "No DRDrill has restored one of this policy's points and passed" + failed
+            + "; create a restore DRDrill with a schedule (docs/drills.md)",
+        )
+    # Messages depend on the clock only through the window's verdict, so the periodic
+    # comparison with the current condition does not rewrite status as time passes.
+    age = now - passed
+    by = f"drill/{drill.get('lastPassedDrill') or '?'}"
+    stamp = passed.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    if age > dt.timedelta(seconds=window_seconds):
+        return ConditionUpdate(
+            RECOVERY_TESTED, "False", "RecoveryTestOverdue",
+            f"The last passed drill ({by}) ended at {stamp}, more than "
+            f"spec.recoveryTestWindowSeconds ({window}) ago",
+        )
+    return ConditionUpdate(
+        RECOVERY_TESTED, "True", "DrillPassed",
+        f"{by} passed at {stamp}, within spec.recoveryTestWindowSeconds ({window})",
+    )
+
+
+def recovery_tested_of(body: Body, spec: BackupPolicySpec, now: dt.datetime) -> ConditionUpdate:
+    """RecoveryTested of a policy object as it stands."""
+    last = (body.get("status") or {}).get("lastDrill")
+    return recovery_tested(last, spec.recovery_test_window_seconds, now)
+
+
+def _duration(seconds: float) -> str:
+    total = int(max(0, seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m" if minutes else f"{total}s"
+
+
 def prune(
     cluster: PolicyCluster,
     namespace: str,
@@ -155,8 +214,12 @@ def refresh(
         points = [p for p in points if p["metadata"]["name"] not in pruned]
     status, rpo = summarize(points, spec, now)
     previous = body.get("status") or {}
+    tested = recovery_tested_of(body, spec, now)
     status["conditions"] = set_conditions(
-        previous.get("conditions"), [*updates, rpo], generation=meta.get("generation"), now=now
+        previous.get("conditions"),
+        [*updates, rpo, tested],
+        generation=meta.get("generation"),
+        now=now,
     )
     status["observedGeneration"] = meta.get("generation")
     cluster.patch_policy_status(namespace, policy, status)
@@ -164,6 +227,11 @@ def refresh(
     was = find(previous.get("conditions"), "RPOMet")
     if rpo.reason == "RPOBreached" and (was is None or was.get("status") != "False"):
         cluster.post_event(body, "Warning", "RPOBreached", rpo.message)
+    tested_before = find(previous.get("conditions"), RECOVERY_TESTED)
+    if tested.reason == "RecoveryTestOverdue" and (
+        tested_before is None or tested_before.get("reason") != tested.reason
+    ):
+        cluster.post_event(body, "Warning", tested.reason, tested.message)
     for update in updates:
         before = find(previous.get("conditions"), update.type)
         if update.status == "False" and (before is None or before.get("reason") != update.reason):

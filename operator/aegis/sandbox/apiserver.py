@@ -306,16 +306,16 @@ class KubeApiHandler(kmock.RawHandler):
                     *selector.fields,
                     *parse_field_selector(f"metadata.name={name}", info.storage_key)))
             return await self._watch(request, raw, info, namespace, selector)
-        if api_path.subresource == "scale" and name is not None and not info.custom \
-                and "scale" in info.subresources:
-            return _json_response(serve_scale(self.store, info, method, namespace, name,
-                                              raw.content_type, request.data))
         options = WriteOptions()
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             options = parse_write_options(method, request.params, request.data, request.body,
                                           raw.content_type, raw.headers.get("User-Agent", ""))
             options.on_drop = lambda problem: self.dropped_fields.append(
                 f"{method} {raw.path}: {problem}")
+        if api_path.subresource == "scale" and name is not None and not info.custom \
+                and "scale" in info.subresources:
+            return _json_response(serve_scale(self.store, info, method, namespace, name,
+                                              raw.content_type, request.data, options))
         if method == "GET" and name is None:
             return self._list(request, info, namespace)
         if method == "GET" and name is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from aegis.sandbox import apiserver_errors as errors
 from aegis.sandbox.apiserver_errors import ApiError, FieldCause
+from aegis.sandbox.apiserver_options import WriteOptions
 from aegis.sandbox.apiserver_patch import MERGE_PATCH, PatchError, PatchFormatError, apply_patch
 from aegis.sandbox.apiserver_resources import ResourceInfo
 
@@ -34,7 +35,9 @@ def scale_of(obj: JsonDict) -> JsonDict:
 
 
 def serve_scale(store: Any, info: ResourceInfo, method: str, namespace: str | None, name: str,
-                content_type: str, data: Any) -> JsonDict:
+                content_type: str, data: Any, options: WriteOptions | None = None) -> JsonDict:
+    """GET, PATCH or PUT a Scale; with `dryRun=All` in `options` the change is validated and
+    answered but not stored, as kube-apiserver does."""
     current = store.get(info, namespace, name)
     scale = scale_of(current)
     if method == "GET":
@@ -60,5 +63,5 @@ def serve_scale(store: Any, info: ResourceInfo, method: str, namespace: str | No
             "spec.replicas", "FieldValueInvalid",
             f"Invalid value: {replicas!r}: must be greater than or equal to 0")])
     updated = store.patch(info, namespace, name, MERGE_PATCH,
-                          {"spec": {"replicas": replicas}}, None)
+                          {"spec": {"replicas": replicas}}, None, options)
     return scale_of(updated)

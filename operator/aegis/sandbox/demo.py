@@ -693,10 +693,17 @@ def step_restore(ctx: DemoContext) -> StepResult:
 
 
 def step_drill(ctx: DemoContext) -> StepResult:
-    """The example DRDrill, run now: a scratch PostgreSQL inside its Job, RTO and RPO."""
-    drill = next((d for d in ctx.applied if d["kind"] == "DRDrill"), None)
+    """The example restore DRDrill, run now: a scratch PostgreSQL inside its Job, RTO and
+    RPO."""
+    drill = next(
+        (
+            d for d in ctx.applied
+            if d["kind"] == "DRDrill" and (d.get("spec") or {}).get("type") == "Restore"
+        ),
+        None,
+    )
     if drill is None:
-        return StepResult(False, "no DRDrill among the examples")
+        return StepResult(False, "no restore DRDrill among the examples")
     name = drill["metadata"]["name"]
     code, _ = show(
         ctx,
