@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the tests and the demo run for real: PostgreSQL (initdb,
 # postgres, pg_dump, ...) and redis-server, promtool, chromium (headless, for the report test),
-# MariaDB (mariadbd, mariadb-install-db, mariadb-dump, mariadb) for the command source's e2e test,
+# MariaDB (mariadbd, mariadb-install-db, mariadb-dump, mariadb) for the command source's e2e test, zsh (completion test),
 # plus python3-venv where Debian's python3 lacks it. Only what is missing is installed, so on a
 # machine that has them this is instant and needs no network or root.
 set -euo pipefail
@@ -28,11 +28,15 @@ fi
 if ! command -v mariadb-dump >/dev/null 2>&1; then
   missing+=(mariadb-client)
 fi
+# zsh: the completion test checks the generated zsh script with `zsh -n` (bash is always there).
+if ! command -v zsh >/dev/null 2>&1; then
+  missing+=(zsh)
+fi
 if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
 if ((${#missing[@]} == 0)); then
-  echo "system packages: postgresql, redis-server, promtool, chromium, mariadb and python3-venv already installed"
+  echo "system packages: postgresql, redis-server, promtool, chromium, mariadb, zsh and python3-venv already installed"
   exit 0
 fi
 
