@@ -160,6 +160,33 @@ def point_kind(point: dict[str, Any], policy: BackupPolicySpec) -> Literal["post
     return "postgres" if policy.source.postgres is not None else "redis"
 
 
+def command_point_refusal(
+    settings: RestoreDrill, point: dict[str, Any], policy: BackupPolicySpec, policy_name: str
+) -> tuple[str, str] | None:
+    """(reason, message) when the point comes from a `command` source: the drill's agent
+    starts scratch PostgreSQL/Redis only, and does not run restore commands yet."""
+    kind = str(((point.get("status") or {}).get("source") or {}).get("kind") or "")
+    if kind.lower() != "command" and policy.source.command is None:
+        return None
+    name = point["metadata"]["name"]
+    if settings.target is None:
+        return (
+            "ScratchUnsupported",
+            f"RecoveryPoint {name} of policy {policy_name} comes from a command source: a drill "
+            "cannot start a scratch server for an arbitrary database (spec.restore has no "
+            "target), and drills into a command target are not implemented yet. Prove this "
+            "point with a Restore into a spare database (spec.target.command, with verify "
+            "commands): docs/command-source.md",
+        )
+    return (
+        "CommandTargetUnsupported",
+        f"RecoveryPoint {name} of policy {policy_name} comes from a command source: drills "
+        "into spec.restore.target are not implemented for it yet (the drill's agent restores "
+        "PostgreSQL and Redis only). Prove this point with a Restore into a spare database "
+        "(spec.target.command, with verify commands): docs/command-source.md",
+    )
+
+
 def postgres_major(point: dict[str, Any]) -> int:
     version = str(((point.get("status") or {}).get("source") or {}).get("serverVersion") or "")
     head = version.split(".", 1)[0]
@@ -752,6 +779,11 @@ def _start_locked(
         if source:
             run["sourceTime"] = source
         policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+        refusal = command_point_refusal(
+            spec.restore, point, policy.spec, point["spec"]["policyRef"]["name"]
+        )
+        if refusal is not None:
+            raise restores.RestoreRefused(*refusal)
         request = drill_job_request(
             drill, spec.restore, point, policy.spec, key_ids(policy), app, job_name, started
         )
