@@ -336,3 +336,53 @@ def test_command_source_refuses_a_non_empty_target_without_allow_overwrite(
         assert server.sql(f"SELECT SUM(total = 0) FROM `{source}`.orders").strip() == "0"
     finally:
         server.sql(f"DROP DATABASE IF EXISTS `{source}`;")
+
+
+def test_drill_of_a_command_point_is_refused_naming_the_field_and_the_fix(
+    aegis_operator: OperatorHandle,
+    job_runner: Any,
+    k8s_api: Any,
+    namespace: str,
+    mariadb_server: MariaDBServer,
+    s3_bucket: str,
+    moto: Any,
+) -> None:
+    from tests.e2e.test_drills import PLURAL as DRILLS
+    from tests.e2e.test_drills import finished_run, make_drill
+
+    server = mariadb_server
+    source = f"shop_{uuid.uuid4().hex[:10]}"
+    try:
+        seed(server, source)
+        secrets(k8s_api, namespace, server)
+        make_policy(
+            k8s_api, namespace, "shop", command_policy(server, source, s3_bucket, moto.endpoint)
+        )
+        point = on_demand(k8s_api, namespace, "shop", "shop-1")
+        assert point["status"]["phase"] == "Completed", point["status"].get("message")
+        before = checksums(server, source)
+
+        make_drill(k8s_api, namespace, "scratch", {
+            "type": "Restore", "restore": {"policyRef": {"name": "shop"}}})
+        make_drill(k8s_api, namespace, "into-target", {
+            "type": "Restore",
+            "restore": {"recoveryPointRef": {"name": "shop-1"}, "target": {"command": {}}}})
+        scratch = finished_run(k8s_api, namespace, "scratch", timeout=30)["status"]["lastRun"]
+        assert scratch["result"] == "Failed" and scratch["reason"] == "ScratchUnsupported"
+        assert "spec.restore" in scratch["message"] and "shop-1" in scratch["message"]
+        assert "spec.target.command" in scratch["message"]  # the fix: a Restore
+        into = finished_run(k8s_api, namespace, "into-target", timeout=30)["status"]["lastRun"]
+        assert into["result"] == "Failed" and into["reason"] == "CommandTargetUnsupported"
+        assert "spec.restore.target" in into["message"]
+        assert not [j for j in jobs(k8s_api, namespace) if j.metadata.name.startswith("drill-")]
+        # nothing was restored anywhere; the point is not marked Verified by a refused drill
+        assert checksums(server, source) == before
+        verified = get(k8s_api, "recoverypoints", namespace, "shop-1")
+        assert (condition(verified, "Verified") or {}).get("status") != "True"
+        warned = [e["reason"] for e in events_for(k8s_api, namespace, "scratch")
+                  if e["type"] == "Warning"]
+        assert "ScratchUnsupported" in warned
+        assert get(k8s_api, DRILLS, namespace, "scratch")["status"]["lastRun"]["reason"] == \
+            "ScratchUnsupported"
+    finally:
+        server.sql(f"DROP DATABASE IF EXISTS `{source}`;")

@@ -491,7 +491,7 @@ def test_operator_restart_mid_drill_keeps_one_job_and_its_run(
     assert run["phases"]["queuedSeconds"] > 0
 
 
-def test_live_failover_drill_says_it_is_not_implemented(
+def test_live_failover_drill_of_a_missing_plan_fails_naming_the_field(
     aegis_operator: OperatorHandle, k8s_api: Any, namespace: str
 ) -> None:
     make_drill(
@@ -500,13 +500,10 @@ def test_live_failover_drill_says_it_is_not_implemented(
         "switch-rehearsal",
         {"type": "Failover", "failover": {"planRef": {"name": "orders"}, "mode": "Live"}},
     )
-    ready = wait_for(
-        "the drill's Ready condition",
-        lambda: condition(get(k8s_api, PLURAL, namespace, "switch-rehearsal"), "Ready"),
-    )
-    assert ready["status"] == "False"
-    assert ready["reason"] == "NotImplemented"
-    assert "spec.failover.mode Live is not implemented" in ready["message"]
-    assert "mode: DryRun" in ready["message"]
-    status = get(k8s_api, PLURAL, namespace, "switch-rehearsal").get("status") or {}
-    assert status.get("lastRun") is None
+    drill = finished_run(k8s_api, namespace, "switch-rehearsal", timeout=30)
+    ready = condition(drill, "Ready")
+    assert ready is not None and ready["status"] == "True"
+    assert "Live failover drill" in ready["message"]
+    run = drill["status"]["lastRun"]
+    assert run["result"] == "Failed" and run["reason"] == "PlanNotFound"
+    assert "spec.failover.planRef" in run["message"]

@@ -57,8 +57,18 @@ class FailoverDrill(ApiModel):
     plan_ref: LocalObjectRef
     """The FailoverPlan, in the drill's namespace."""
     mode: Literal["DryRun", "Live"] = "DryRun"
-    """DryRun: nothing live changes. Live (a real failover and failback) is not implemented
-    yet: such a drill reports Ready=False NotImplemented and never runs."""
+    """DryRun: nothing live changes. Live: a real failover through the plan's manual trigger
+    (the plan's own steps, e.g. a postgresSwitchover), its write outage and data lost read
+    from the plan's transition, then a failback through the plan's failback trigger. A plan
+    that needs approval (mode Manual, or approval.required) waits for the drill's
+    dr.aegis.dev/approve annotation with the run's status.lastRun.approvalToken."""
+    approval_timeout_seconds: PositiveSeconds = 900
+    """Live: how long a run waits for approval before it fails (ApprovalTimeout)."""
+    failback_ready_timeout_seconds: PositiveSeconds = 900
+    """Live: after the failover, how long a run waits for the plan to be able to fail back
+    (a switchover failback needs the old primary re-attached as a caught-up replica of the
+    new one, which your tooling does) before it fails (FailbackFailed), leaving the plan
+    failed over and saying so."""
     drill_record: Route53Step | None = None
     """A Route53 record changed instead of the live one (UPSERT, INSYNC, then put back as it
     was: deleted when it did not exist). Use a name nothing resolves, e.g.
@@ -137,6 +147,16 @@ class DrillPhases(StatusModel):
     steps_seconds: float | None = None
     """Failover drill: the measured durations of the exercised steps along the procedure's
     longest dependency chain (the second part of the predicted RTO)."""
+    approval_seconds: float | None = None
+    """Live failover drill: waiting for approval (0 for an Automatic plan)."""
+    failover_seconds: float | None = None
+    """Live failover drill: from the failover trigger to the plan's failover transition
+    settled."""
+    failback_ready_seconds: float | None = None
+    """Live failover drill: waiting until the plan could fail back (old primary re-attached
+    and caught up)."""
+    failback_seconds: float | None = None
+    """Live failover drill: from the failback trigger to the failback transition settled."""
 
 
 class DrillStep(StatusModel):
@@ -198,6 +218,23 @@ class DrillRun(StatusModel):
     """Failover drill: the plan's probes evaluated at the run (`primary`, `secondary`)."""
     steps: list[DrillStep] | None = None
     """Failover drill: each step of the plan's procedure, exercised or not."""
+    data_lost_bytes: int | None = None
+    """Live failover drill: bytes of the old primary's WAL (or Redis stream) the new primary
+    lacked when promoted, as the plan's switchover/promote step measured them (0 for a
+    planned switchover); the larger of failover and failback."""
+    write_outage_seconds: float | None = None
+    """Live failover drill: the failover's write outage (also rtoSeconds); see
+    writeOutageSource."""
+    write_outage_source: str | None = None
+    """Live failover drill: how the write outage was measured: `switchoverStep` (the plan's
+    switchover step: fence of the old primary to the new one verified writable) or
+    `promoteStepTimings` (the promote step's start, when it fences, to its completion, when
+    the promoted server took a write: an upper bound)."""
+    approval_token: str | None = None
+    """Live failover drill awaiting approval: annotate the drill dr.aegis.dev/approve with
+    this value to let it fail over."""
+    transitions: list[str] | None = None
+    """Live failover drill: the ids of the plan's transitions it caused."""
     evidence: str | None = None
     """s3:// URL of the run's evidence record (JSON) next to the policy's points."""
     message: str | None = None

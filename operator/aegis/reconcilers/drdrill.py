@@ -34,7 +34,7 @@ from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION, RUN_ANNOTATION, RUN_START_ANNOTATION
 from aegis.locks import KeyedLocks
-from aegis.reconcilers import backup, failover_drill, naming, schedule, tenancy
+from aegis.reconcilers import backup, failover_drill, failover_live, naming, schedule, tenancy
 from aegis.reconcilers import keys as wrapping
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
@@ -158,6 +158,33 @@ def point_kind(point: dict[str, Any], policy: BackupPolicySpec) -> Literal["post
     if kind in ("postgres", "redis"):
         return "postgres" if kind == "postgres" else "redis"
     return "postgres" if policy.source.postgres is not None else "redis"
+
+
+def command_point_refusal(
+    settings: RestoreDrill, point: dict[str, Any], policy: BackupPolicySpec, policy_name: str
+) -> tuple[str, str] | None:
+    """(reason, message) when the point comes from a `command` source: the drill's agent
+    starts scratch PostgreSQL/Redis only, and does not run restore commands yet."""
+    kind = str(((point.get("status") or {}).get("source") or {}).get("kind") or "")
+    if kind.lower() != "command" and policy.source.command is None:
+        return None
+    name = point["metadata"]["name"]
+    if settings.target is None:
+        return (
+            "ScratchUnsupported",
+            f"RecoveryPoint {name} of policy {policy_name} comes from a command source: a drill "
+            "cannot start a scratch server for an arbitrary database (spec.restore has no "
+            "target), and drills into a command target are not implemented yet. Prove this "
+            "point with a Restore into a spare database (spec.target.command, with verify "
+            "commands): docs/command-source.md",
+        )
+    return (
+        "CommandTargetUnsupported",
+        f"RecoveryPoint {name} of policy {policy_name} comes from a command source: drills "
+        "into spec.restore.target are not implemented for it yet (the drill's agent restores "
+        "PostgreSQL and Redis only). Prove this point with a Restore into a spare database "
+        "(spec.target.command, with verify commands): docs/command-source.md",
+    )
 
 
 def postgres_major(point: dict[str, Any]) -> int:
@@ -475,25 +502,16 @@ def set_ready(namespace: str, name: str, update: ConditionUpdate, wall: Clock) -
 
 def admit(drill: dict[str, Any], spec: DRDrillSpec, wall: Clock) -> bool:
     """Ready from what the drill's type can do, and the drill's series. True when the
-    scheduler should run it (a restore drill, a DryRun failover drill); False for a mode
-    that does not run."""
+    scheduler should run it."""
     meta = drill["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     when = f"on schedule {spec.schedule} ({spec.time_zone})" if spec.schedule else "once"
-    if spec.failover is not None and spec.failover.mode != "DryRun":
-        # Live failover drills do not run yet: Ready=True would claim rehearsals that never
-        # happen.
+    if spec.failover is not None and spec.failover.mode == "Live":
         message = (
-            f"spec.failover.mode {spec.failover.mode} is not implemented yet; this drill never "
-            "runs. Use spec.failover.mode: DryRun (the default) to rehearse the plan without "
-            "changing anything live"
+            f"Live failover drill of FailoverPlan {spec.failover.plan_ref.name} accepted; runs "
+            f"{when}: it really fails over through the plan and back"
         )
-        set_ready(
-            namespace, name, ConditionUpdate("Ready", "False", "NotImplemented", message), wall
-        )
-        metrics.RESOURCE_READY.labels(DR_DRILL.kind, namespace, name).set(0)
-        return False
-    if spec.failover is not None:
+    elif spec.failover is not None:
         message = (
             f"DryRun failover drill of FailoverPlan {spec.failover.plan_ref.name} accepted; "
             f"runs {when}"
@@ -544,8 +562,8 @@ def tick(
         created = parse_time(drill["metadata"].get("creationTimestamp")) or now
         request = (drill["metadata"].get("annotations") or {}).get(RUN_ANNOTATION)
         if parsed.failover is not None:
-            if parsed.failover.mode != "DryRun" or failover_ports is None:
-                return None  # not implemented: its handler reports it
+            if failover_ports is None:
+                return None
             ports = failover_ports(namespace)
             if (status.get("lastRun") or {}).get("result") == "Running":
                 # Failover runs end within the tick that started them: this one's operator
@@ -585,16 +603,20 @@ def _start_failover_locked(
     assert spec.failover is not None
     started = wall()
     plan = spec.failover.plan_ref.name
+    live = spec.failover.mode == "Live"
     run: dict[str, Any] = {
         "startTime": wire_time(started), "trigger": decision.trigger, "plan": plan,
         "result": "Running",
-        "message": f"DryRun of FailoverPlan {plan}: probing and checking every step",
+        "message": f"Live failover drill of FailoverPlan {plan}: checking the plan is idle"
+        if live else f"DryRun of FailoverPlan {plan}: probing and checking every step",
     }
     if decision.scheduled is not None and decision.trigger == "Scheduled":
         run["scheduledTime"] = wire_time(decision.scheduled)
     current = _patch(namespace, name, {**fields, "lastRun": run}, [], wall())
     objects.post_event(
         drill, "Normal", "DrillStarted",
+        f"{decision.trigger} Live failover drill of FailoverPlan {plan} started: it fails "
+        "over and back for real" if live else
         f"{decision.trigger} DryRun failover drill of FailoverPlan {plan} started: nothing "
         "live is changed",
     )
@@ -636,6 +658,11 @@ def _run_failover(
                 f"FailoverPlan {plan_name} reaches outside its namespace: {refusal.message}",
                 wall(),
             )
+        elif spec.failover.mode == "Live":
+            outcome = failover_live.run_live(
+                run, plan, spec.failover, namespace, plan_name, name, spec.objectives,
+                live_ports(namespace, name, plan_name, wall),
+            )
         else:
             rehearsal = failover_drill.rehearse(
                 plan, spec.failover, namespace, plan_name, name, ports
@@ -650,6 +677,40 @@ def _run_failover(
         _record(current, spec, verdict, {}, None, app, wall, _no_policy)
 
 
+def live_ports(
+    namespace: str, name: str, plan_name: str, wall: Clock
+) -> failover_live.LivePorts:
+    """A Live run's view of its plan and of itself, through the Kubernetes API."""
+
+    def read_plan() -> dict[str, Any] | None:
+        try:
+            return objects.get_custom(FAILOVER_PLAN, namespace, plan_name)
+        except objects.NotFound:
+            return None
+
+    def annotate_plan(annotations: dict[str, str]) -> None:
+        objects.annotate_custom(FAILOVER_PLAN, namespace, plan_name, dict(annotations))
+
+    def drill_annotations() -> dict[str, str]:
+        try:
+            body = objects.get_custom(DR_DRILL, namespace, name)
+        except objects.NotFound:
+            return {}
+        return dict(body["metadata"].get("annotations") or {})
+
+    def progress(run: dict[str, Any]) -> None:
+        with _locks.hold((namespace, name)):
+            try:
+                _patch(namespace, name, {"lastRun": run}, [], wall())
+            except objects.NotFound:
+                pass
+
+    return failover_live.LivePorts(
+        read_plan=read_plan, annotate_plan=annotate_plan,
+        drill_annotations=drill_annotations, progress=progress, wall=wall,
+    )
+
+
 def _interrupted_locked(
     drill: dict[str, Any],
     spec: DRDrillSpec,
@@ -659,6 +720,15 @@ def _interrupted_locked(
 ) -> dict[str, Any]:
     assert spec.failover is not None
     run = dict((drill.get("status") or {}).get("lastRun") or {})
+    if spec.failover.mode == "Live":
+        outcome = failover_drill.refused(
+            run, "DrillInterrupted",
+            f"the operator stopped during this Live drill: FailoverPlan "
+            f"{spec.failover.plan_ref.name} may be failed over or mid-way; check kubectl aegis "
+            "failover status and fail back by hand if needed", wall(),
+        )
+        verdict = Verdict(False, outcome.reason, outcome.message, outcome.record)
+        return _record(drill, spec, verdict, {}, None, app, wall, _no_policy)
     outcome = failover_drill.interrupted(run, wall())
     cleaned = failover_drill.clean_drill_record(spec.failover, ports)
     message = outcome.message + (f"; {cleaned}" if cleaned else "")
@@ -709,6 +779,11 @@ def _start_locked(
         if source:
             run["sourceTime"] = source
         policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+        refusal = command_point_refusal(
+            spec.restore, point, policy.spec, point["spec"]["policyRef"]["name"]
+        )
+        if refusal is not None:
+            raise restores.RestoreRefused(*refusal)
         request = drill_job_request(
             drill, spec.restore, point, policy.spec, key_ids(policy), app, job_name, started
         )

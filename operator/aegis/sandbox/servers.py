@@ -312,6 +312,33 @@ class PostgresServer(_Server):
             raise
         return standby
 
+    def reattach_as_standby(self, primary: PostgresServer, timeout: float = 60.0) -> None:
+        """Make this (former primary) server a streaming standby of `primary`, on the same
+        port, as an operator's tooling re-attaches an old primary after a switchover: stop
+        it, replace its data with a base backup of `primary`, start it in recovery."""
+        os_user = POSTGRES_OS_USER if _running_as_root() else None
+        _stop_tracked(self.tracked, self.proc, signal.SIGQUIT)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self._run_as(
+            os_user,
+            [
+                str(self.bin_dir / "pg_basebackup"),
+                f"--pgdata={self.data_dir}",
+                f"--host={primary.host}",
+                f"--port={primary.port}",
+                f"--username={primary.user}",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--write-recovery-conf",
+                "--no-sync",
+            ],
+            extra_env={"PGPASSWORD": primary.password},
+            log_path=self.log_path,
+        )
+        self.is_standby = True
+        self._launch(os_user, timeout, port=self.port)
+        _poll("re-attached standby streaming", self._is_streaming, timeout, self.log_path)
+
     def stop(self) -> None:
         """Immediate shutdown (as ``pg_ctl -m immediate``) and removal of the temp dir."""
         _stop_tracked(self.tracked, self.proc, signal.SIGQUIT)
@@ -405,9 +432,10 @@ class PostgresServer(_Server):
             conf.write(POSTGRES_CONF)
         (self.data_dir / "pg_hba.conf").write_text(PG_HBA)
 
-    def _launch(self, os_user: str | None, timeout: float) -> None:
+    def _launch(self, os_user: str | None, timeout: float, port: int | None = None) -> None:
+        """Start the server on `port`, or on a free port (retried when it was taken)."""
         for attempt in range(1, START_ATTEMPTS + 1):
-            self.port = free_port()
+            self.port = port or free_port()
             # Address, port and socket dir on the command line: a standby copies the
             # primary's postgresql.conf and must not inherit its port.
             argv = [
@@ -432,7 +460,7 @@ class PostgresServer(_Server):
                 return
             except ServerStartError:
                 _stop_tracked(self.tracked, self.proc, signal.SIGKILL)
-                if attempt == START_ATTEMPTS or not _port_was_taken(self.log_path):
+                if port or attempt == START_ATTEMPTS or not _port_was_taken(self.log_path):
                     raise
 
     def _query_one(self, query: str) -> Any:
