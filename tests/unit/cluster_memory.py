@@ -141,7 +141,7 @@ class MemoryCluster:
     def patch_approval_status(self, namespace: str, name: str, status: Body) -> None:
         self._patch("FailoverApproval", name, status)
 
-    def secrets(self, namespace: str) -> Any:
+    def secret_reader(self, namespace: str) -> Any:
         return None  # the probes of these tests read no Secret
 
     def workloads(self, namespace: str, reachable: Sequence[str]) -> Any:
@@ -150,7 +150,7 @@ class MemoryCluster:
     def plan_jobs(
         self,
         plan: Mapping[str, Any],
-        transition_id: str,
+        transition_id: str | None,
         admit: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> Any:
         return None

@@ -26,8 +26,10 @@ import kopf
 from aegis import GROUP, VERSION
 from aegis.api import FAILOVER_PLAN as KIND
 from aegis.handlers.common import KopfLogger, accept, accepted, forget
+from aegis.k8s.adapters import ApiCluster
 from aegis.reconcilers import failoverplan as plans
 from aegis.settings import Settings
+from aegis.steps.route53 import default_route53_client
 
 RUNTIME = "failover-runtime"
 WAKEUPS = "failover-wakeups"
@@ -39,7 +41,7 @@ ERROR_RETRY_SECONDS = 5.0
 async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
     # aegis-configure (registered first) normally has put the settings in memo already.
     settings = memo.get("settings") or Settings.from_env()
-    memo[RUNTIME] = plans.FailoverRuntime(settings=settings)
+    memo[RUNTIME] = plans.FailoverRuntime(ApiCluster(), default_route53_client, settings)
     memo[WAKEUPS] = {}
     # sync handlers (in threads) wake a plan's daemon through its event loop
     memo["failover-loop"] = asyncio.get_running_loop()
@@ -96,7 +98,7 @@ async def failover_loop(
         while not stopped:
             wakeup.clear()
             work: asyncio.Future[Any] = loop.run_in_executor(
-                runtime.ticks, partial(plans.tick, namespace, name, runtime, halted=halted.is_set)
+                runtime.pool, partial(plans.tick, namespace, name, runtime, halted=halted.is_set)
             )
             await asyncio.wait({work, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if stopped:

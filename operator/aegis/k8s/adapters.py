@@ -96,7 +96,7 @@ class ApiCluster:
     def patch_approval_status(self, namespace: str, name: str, status: Body) -> None:
         objects.patch_custom_status(FAILOVER_APPROVAL, namespace, name, status)
 
-    def secrets(self, namespace: str) -> SecretsOfNamespace:
+    def secret_reader(self, namespace: str) -> SecretsOfNamespace:
         return SecretsOfNamespace(namespace)
 
     def workloads(self, namespace: str, reachable: Sequence[str]) -> Workloads:
@@ -105,7 +105,7 @@ class ApiCluster:
     def plan_jobs(
         self,
         plan: Mapping[str, Any],
-        transition_id: str,
+        transition_id: str | None,
         admit: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> PlanJobs:
         return PlanJobs(plan, transition_id, admit=admit)
