@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from tests.unit.cluster_memory import MemoryCluster, custom
+from tests.unit.test_point_lifecycle import POLICY, manifest
 
-from aegis.agent.manifest import EncryptionRecord, Manifest, SourceRecord
+from aegis.agent.manifest import Manifest
 from aegis.api.restore import RestoreSpec
 from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers import restore as restores
@@ -20,20 +21,6 @@ from aegis.settings import Settings
 
 NOW = dt.datetime(2026, 12, 1, 3, 0, 5, tzinfo=dt.UTC)
 NS = "shop"
-POLICY: dict[str, Any] = {
-    "schedule": "0 3 * * *",
-    "source": {
-        "postgres": {
-            "host": "db",
-            "database": "shop",
-            "userSecretRef": {"name": "db", "key": "u"},
-            "passwordSecretRef": {"name": "db", "key": "p"},
-        }
-    },
-    "storage": {"bucket": "primary", "prefix": "backups"},
-    "encryption": {"keySecretRef": {"name": "keys"}},
-}
-
 
 class MemoryBucket:
     """recoverypoint.Store: the evidence of the point's backup and what was deleted."""
@@ -57,34 +44,6 @@ class MemoryBucket:
     def delete_objects(self, point: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
         self.deleted.append(point["metadata"]["name"])
         return self.locked_until
-
-
-def manifest(name: str) -> Manifest:
-    directory = f"backups/{NS}/orders/{name}"
-    return Manifest(
-        namespace=NS,
-        policy="orders",
-        recovery_point=name,
-        location=f"s3://primary/{directory}/payload",
-        manifest=f"{directory}/manifest.json",
-        payload_format="pg_dump-custom",
-        start_time=NOW - dt.timedelta(seconds=4),
-        completion_time=NOW - dt.timedelta(seconds=1),
-        source_time=NOW - dt.timedelta(seconds=4),
-        source=SourceRecord(kind="Postgres", database="shop"),
-        size_bytes=2048,
-        stored_bytes=1024,
-        sha256="ab" * 32,
-        compression="Zstd",
-        encryption=EncryptionRecord(
-            algorithm="AES-256-GCM",
-            key_id="k1",
-            key_wrap="AES-256-GCM",
-            wrapped_key="AAAA",
-            chunk_size=1 << 20,
-            nonce_prefix="00" * 8,
-        ),
-    )
 
 
 def world(**policy_status: Any) -> tuple[MemoryCluster, MemoryBucket]:

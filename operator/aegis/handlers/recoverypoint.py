@@ -13,7 +13,7 @@ from aegis import GROUP, VERSION
 from aegis.api import RECOVERY_POINT as KIND
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.recoverypoint import RecoveryPointSpec
-from aegis.cloud.s3 import S3Problem
+from aegis.cloud.s3 import StorageError
 from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions, spec_of
 from aegis.k8s import objects
 from aegis.k8s.adapters import ApiCluster
@@ -116,7 +116,7 @@ def _finish_from_job(namespace: str, point: str, memo: Any, logger: KopfLogger) 
         finished = points.sync(
             cluster, points.BucketStore(cluster, settings), namespace, point, now()
         )
-    except (points.PointBlocked, S3Problem) as problem:
+    except (points.PointBlocked, StorageError) as problem:
         logger.warning("Cannot finish RecoveryPoint %s yet: %s", point, problem)
         return
     if finished is not None:
@@ -251,7 +251,7 @@ def on_delete(body: kopf.Body, memo: Any, logger: KopfLogger, **_: Any) -> None:
         locked_until = points.delete_objects(
             cluster, points.BucketStore(cluster, settings), dict(body), now(), pruned=pruned
         )
-    except (points.PointBlocked, S3Problem) as problem:
+    except (points.PointBlocked, StorageError) as problem:
         raise kopf.TemporaryError(
             f"cannot delete the bucket objects yet: {problem}", delay=300
         ) from None

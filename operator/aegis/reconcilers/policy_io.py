@@ -109,14 +109,14 @@ class S3Store:
                 ) from None
             try:
                 credentials = s3.credentials_from_secret(ref.name, data)
-            except s3.S3Problem as problem:
+            except s3.StorageError as problem:
                 raise StoreProblem(problem.reason, str(problem)) from None
         return s3.client(location, credentials, self._settings.s3_endpoint)
 
     def head_bucket(self, location: S3Location, namespace: str) -> None:
         try:
             s3.head_bucket(self._client(location, namespace), location.bucket)
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise StoreProblem(problem.reason, str(problem)) from None
 
     def list_manifest_keys(self, location: S3Location, namespace: str, policy: str) -> list[str]:
@@ -130,13 +130,13 @@ class S3Store:
                 namespace,
                 policy,
             )
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise StoreProblem(problem.reason, str(problem)) from None
 
     def read_manifest(self, location: S3Location, namespace: str, key: str) -> Manifest:
         try:
             return s3.read_manifest(self._client(location, namespace), location.bucket, key)
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise StoreProblem(problem.reason, str(problem)) from None
 
 

@@ -145,7 +145,7 @@ def s3_client_for(
             )
         try:
             credentials = s3.credentials_from_secret(ref.name, data)
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise PointBlocked(problem.reason, str(problem)) from None
     return s3.client(location, credentials, settings.s3_endpoint)
 
@@ -226,7 +226,7 @@ class BucketStore:
         _, ref, client = self._where(point)
         try:
             manifest = s3.read_manifest(client, ref.bucket, ref.manifest_key)
-        except (s3.S3Problem, ManifestError) as error:
+        except (s3.StorageError, ManifestError) as error:
             return Evidence(None, unreadable=str(error))
         return Evidence(manifest, s3.check_payload(client, manifest, ref))
 
@@ -452,7 +452,7 @@ def _abort_uploads(store: Store, point: dict[str, Any]) -> None:
     # Best effort: the next attempt's agent aborts them too.
     try:
         store.abort_uploads(point)
-    except (PointBlocked, s3.S3Problem):
+    except (PointBlocked, s3.StorageError):
         pass
 
 
