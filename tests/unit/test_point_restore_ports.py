@@ -271,3 +271,32 @@ def test_a_restore_job_the_agent_refused_as_corrupted_marks_the_point() -> None:
 def test_a_deleted_restore_is_left_alone() -> None:
     cluster, _ = world()
     assert restores.finish(NS, "gone", cluster, NOW) is None
+
+
+def restore_failures() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("aegis_restore_failures_total", {"namespace": NS}) or 0.0
+
+
+def test_a_restore_is_told_once_started_and_once_ended_with_its_metric() -> None:
+    cluster, _ = world()
+    completed(cluster, "orders-1", "2026-12-01T01:00:00Z")
+    restore, spec = a_restore(cluster)
+    started = restores.start(cluster, restore, spec, Settings(), NOW)
+    assert started.job_name is not None
+    assert cluster.reasons("r1") == ["RestoreStarted"]
+    restores.start(cluster, cluster.get_restore(NS, "r1") or {}, spec, Settings(), NOW)
+    assert cluster.reasons("r1") == ["RestoreStarted"]
+    end_job(cluster, started.job_name, "Failed")
+    cluster.messages[started.job_name] = '{"ok": false, "kind": "Corrupted", "reason": "sha"}'
+    finished = restores.finish(NS, "r1", cluster, NOW)
+    assert finished is not None
+    failures = restore_failures()
+    lines = restores.announce(cluster, finished, NOW)
+    assert restore_failures() == failures + 1
+    assert cluster.reasons("r1") == ["RestoreStarted", "Corrupted"]
+    assert [line for _, line in lines] == [
+        f"Restore r1 failed: {finished.outcome.message}",
+        "RecoveryPoint orders-1 is Corrupted",
+    ]

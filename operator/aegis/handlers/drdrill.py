@@ -121,7 +121,11 @@ def run_requested(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(
-    "batch", "v1", "jobs", labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "drill"}
+    "batch",
+    "v1",
+    "jobs",
+    id="drill-job",
+    labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "drill"},
 )
 def drill_job_changed(
     body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any

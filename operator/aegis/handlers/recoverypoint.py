@@ -90,6 +90,7 @@ async def cache_point(body: kopf.Body, type: str | None, memo: Any, **_: Any) ->
     "batch",
     "v1",
     "jobs",
+    id="backup-job",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "backup"},
 )
 async def backup_job_changed(
@@ -225,6 +226,7 @@ def verification_schedule(body: kopf.Body, memo: Any, logger: KopfLogger, **_: A
     "batch",
     "v1",
     "jobs",
+    id="verify-job",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "verify"},
 )
 async def verify_job_changed(

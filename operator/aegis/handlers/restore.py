@@ -50,13 +50,6 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
         kopf.warn(body, reason=blocked.reason, message=blocked.message)
         raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
     if started.created:
-        # kopf.info is filtered by the posting level: post Normal events directly.
-        cluster.post_event(
-            restore,
-            "Normal",
-            "RestoreStarted",
-            f"Started restore Job {started.job_name} for RecoveryPoint {started.point}",
-        )
         logger.info("Started restore Job %s (RecoveryPoint %s)", started.job_name, started.point)
     finished = restores.finish(namespace, name, cluster, now())
     if finished is not None:
@@ -67,6 +60,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
     "batch",
     "v1",
     "jobs",
+    id="restore-job",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "restore"},
 )
 def restore_job_changed(body: kopf.Body, type: str | None, logger: KopfLogger, **_: Any) -> None:
@@ -90,27 +84,8 @@ def restore_job_changed(body: kopf.Body, type: str | None, logger: KopfLogger, *
 
 
 def _announce(cluster: ApiCluster, finished: restores.Finished, logger: KopfLogger) -> None:
-    outcome = finished.outcome
-    completed = outcome.phase == "Completed"
-    cluster.post_event(
-        finished.restore, "Normal" if completed else "Warning", outcome.reason, outcome.message
-    )
-    name = finished.restore["metadata"]["name"]
-    if completed:
-        logger.info("Restore %s completed: %s", name, outcome.message)
-        try:
-            restores.mark_point_verified(cluster, finished, now())
-        except ApiException as error:
-            logger.warning("Could not record the verification on the point: %s", error.reason)
-    else:
-        logger.warning("Restore %s failed: %s", name, outcome.message)
-        try:
-            if restores.judge_point(finished, cluster, now()):
-                logger.warning(
-                    "RecoveryPoint %s is Corrupted", finished.restore["status"].get("recoveryPoint")
-                )
-        except ApiException as error:
-            logger.warning("Could not mark the point Corrupted: %s", error.reason)
+    for level, line in restores.announce(cluster, finished, now()):
+        logger.log(level, "%s", line)
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)

@@ -177,9 +177,15 @@ class Cluster(PolicyReader, Protocol):
     def termination(self, namespace: str, job_name: str) -> Termination | None: ...
 
     def post_event(
-        self, involved: dict[str, Any], event_type: str, reason: str, message: str, key: str
+        self,
+        involved: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        key: str | None = None,
     ) -> None:
-        """Post an event told once per point and `key` (a repeat is a no-op)."""
+        """Post an event (best effort); with `key`, told once per object and key (a repeat
+        is a no-op)."""
 
 
 @dataclass(frozen=True)

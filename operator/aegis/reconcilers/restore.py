@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -628,6 +629,13 @@ def start(
     point_name = (job.get("metadata", {}).get("annotations") or {}).get(
         RECOVERY_POINT_ANNOTATION
     ) or point["metadata"]["name"]
+    if created:
+        cluster.post_event(
+            restore,
+            "Normal",
+            "RestoreStarted",
+            f"Started restore Job {request.name} for RecoveryPoint {point_name}",
+        )
     chosen = "" if spec.recovery_point_ref else " (the policy's newest good point)"
     message = (
         f"restore Job {request.name} restores {point_name}{chosen} into "
@@ -700,7 +708,6 @@ def refuse(
             ],
             now,
         )
-    metrics.RESTORE_FAILURES.labels(namespace).inc()
     return Finished(current, outcome)
 
 
@@ -750,12 +757,49 @@ def finish(namespace: str, name: str, cluster: Cluster, now: dt.datetime) -> Fin
             }
         )
         current = _patch(cluster, namespace, name, outcome.status, outcome.conditions(), now)
-        if outcome.phase == "Completed":
-            if duration is not None:
-                metrics.RESTORE_DURATION.labels(namespace).observe(duration)
-        else:
-            metrics.RESTORE_FAILURES.labels(namespace).inc()
         return Finished(current, outcome)
+
+
+def announce(cluster: Cluster, finished: Finished, now: dt.datetime) -> list[tuple[int, str]]:
+    """The one place a Restore's end is told: its event, its metrics, and what it proves of
+    its point (Verified, or Corrupted for an integrity failure). Returns (logging level, line)
+    pairs for the handler's logger (kopf posts its warnings as events too)."""
+    outcome = finished.outcome
+    restore = finished.restore
+    namespace, name = restore["metadata"]["namespace"], restore["metadata"]["name"]
+    completed = outcome.phase == "Completed"
+    cluster.post_event(
+        restore, "Normal" if completed else "Warning", outcome.reason, outcome.message
+    )
+    lines: list[tuple[int, str]] = []
+    if completed:
+        duration = _number(outcome.status.get("durationSeconds"))
+        if duration is not None:
+            metrics.RESTORE_DURATION.labels(namespace).observe(duration)
+        lines.append((logging.INFO, f"Restore {name} completed: {outcome.message}"))
+        try:
+            mark_point_verified(cluster, finished, now)
+        except Exception as error:  # best effort: the Restore's own result stands
+            lines.append((
+                logging.WARNING,
+                f"Could not record the verification on the point: {_why(error)}",
+            ))
+        return lines
+    metrics.RESTORE_FAILURES.labels(namespace).inc()
+    lines.append((logging.WARNING, f"Restore {name} failed: {outcome.message}"))
+    try:
+        if judge_point(finished, cluster, now):
+            point = (restore.get("status") or {}).get("recoveryPoint")
+            lines.append((logging.WARNING, f"RecoveryPoint {point} is Corrupted"))
+    except Exception as error:  # best effort, as above
+        lines.append((logging.WARNING, f"Could not mark the point Corrupted: {_why(error)}"))
+    return lines
+
+
+def _why(error: Exception) -> str:
+    """An API error's reason (its body may be long), else its type and message."""
+    reason = getattr(error, "reason", None)
+    return str(reason) if reason else f"{type(error).__name__}: {error}"
 
 
 def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -> bool:
