@@ -16,6 +16,7 @@ import datetime as dt
 import html
 import itertools
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -528,12 +529,14 @@ def main(argv: Sequence[str]) -> int:
     scope = "all namespaces" if namespace is None else f"namespace {namespace}"
     report = build_report(listed, scope, now - args.since, now)
     if args.bucket:
-        import boto3
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from aegis.agent.s3 import new_client
 
         try:
             bucket, prefix = parse_s3_url(args.bucket)
-            s3 = boto3.client("s3", endpoint_url=args.endpoint_url)
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            s3 = new_client(args.endpoint_url, region, {})
             add_evidence(report, load_evidence(s3, bucket, prefix), namespace)
         except (LayoutError, BotoCoreError, ClientError) as error:
             print(f"error: reading evidence from {args.bucket}: {error}", file=sys.stderr)

@@ -103,6 +103,15 @@ class Settings:
     (AEGIS_MAINTENANCE_WORKERS)."""
     handler_workers: int = 32
     """kopf's thread pool for sync handlers (AEGIS_HANDLER_WORKERS)."""
+    failover_status_heartbeat_seconds: int = 60
+    """A FailoverPlan's status is written when a site's health, the plan's state or a
+    replica's lag band changes, and otherwise at most this often, to show probing goes on
+    (AEGIS_FAILOVER_STATUS_HEARTBEAT_SECONDS). Metrics follow every probe."""
+    probe_workers: int = 32
+    """Threads that run FailoverPlan checks, shared by every plan (AEGIS_PROBE_WORKERS)."""
+    failover_workers: int = 64
+    """Threads that run FailoverPlan ticks, one per plan at a time; a tick may run a
+    procedure for minutes (AEGIS_FAILOVER_WORKERS)."""
     connect_timeout_seconds: float = 3.0
     """Timeout of the TCP reachability check of a policy's source
     (AEGIS_CONNECT_TIMEOUT_SECONDS)."""
@@ -161,6 +170,11 @@ class Settings:
             tick_workers=_positive("AEGIS_TICK_WORKERS", cls.tick_workers),
             maintenance_workers=_positive("AEGIS_MAINTENANCE_WORKERS", cls.maintenance_workers),
             handler_workers=_positive("AEGIS_HANDLER_WORKERS", cls.handler_workers),
+            failover_status_heartbeat_seconds=_positive(
+                "AEGIS_FAILOVER_STATUS_HEARTBEAT_SECONDS", cls.failover_status_heartbeat_seconds
+            ),
+            probe_workers=_positive("AEGIS_PROBE_WORKERS", cls.probe_workers),
+            failover_workers=_positive("AEGIS_FAILOVER_WORKERS", cls.failover_workers),
             connect_timeout_seconds=float(
                 _positive("AEGIS_CONNECT_TIMEOUT_SECONDS", int(cls.connect_timeout_seconds))
             ),

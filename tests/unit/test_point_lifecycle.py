@@ -646,11 +646,9 @@ class MemoryRestoreCluster:
         self.messages: dict[str, str] = {}
         self.patches = 0
 
-    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
-        from aegis.k8s import objects
-
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any] | None:
         if name != self.restore["metadata"]["name"]:
-            raise objects.NotFound(name)
+            return None
         return copy.deepcopy(self.restore)
 
     def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -1,5 +1,9 @@
 """S3 access for the agent: clients, a concurrent multipart uploader with backpressure,
-a prefetching streaming reader, manifests, copies and listing."""
+a prefetching streaming reader, manifests, copies and listing.
+
+The client configuration (`new_client`), the error type (`StorageError`, with a CamelCase
+`reason`) and the classification of S3's answers (`reason_of`, `describe_error`) are also the
+operator's (`aegis.cloud.s3` imports them): one home, below both in the import layers."""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import datetime as dt
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import botocore.session
 from botocore.config import Config
@@ -33,8 +37,39 @@ SINGLE_COPY_LIMIT = 5 * 1024 * MiB
 ABORT_PATIENCE_SECONDS = 120.0
 
 
-class StorageError(Exception):
-    """An S3 operation failed; the message names the operation and the object."""
+class StorageError(RuntimeError):
+    """An S3 operation failed; the message names the operation and the object, never a
+    credential. `reason` is CamelCase (the operator's conditions and events show it)."""
+
+    def __init__(self, message: str, reason: str = "S3Error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+REASONS = {
+    "NoSuchBucket": "BucketNotFound",
+    "AccessDenied": "S3AccessDenied",
+    "InvalidAccessKeyId": "S3CredentialsInvalid",
+    "SignatureDoesNotMatch": "S3CredentialsInvalid",
+    "NoSuchKey": "ObjectNotFound",
+    "404": "ObjectNotFound",
+}
+"""S3 error codes that say what to fix, as reasons."""
+
+
+def error_code(error: BaseException) -> str | None:
+    """S3's error code of a ClientError (None for a connection or client-side error)."""
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "Unknown"))
+    return None
+
+
+def reason_of(error: BaseException) -> str:
+    """The CamelCase reason of a failed S3 call: S3Unreachable when S3 did not answer."""
+    code = error_code(error)
+    if code is None:
+        return "S3Unreachable"
+    return REASONS.get(code, "S3Error")
 
 
 def describe_error(error: BaseException) -> str:
@@ -50,33 +85,59 @@ def endpoint_of(store: StoreConfig, env: dict[str, str]) -> str | None:
     return store.endpoint or default_endpoint(env)
 
 
-def make_client(
-    store: StoreConfig, env: dict[str, str], pool: int = 10, max_attempts: int = 6
+def new_client(
+    endpoint: str | None,
+    region: str | None,
+    credentials: Mapping[str, str | None],
+    *,
+    addressing_style: Literal["auto", "path", "virtual"] | None = None,
+    pool: int = 10,
+    max_attempts: int = 6,
+    connect_timeout: float = 10,
+    read_timeout: float = 120,
 ) -> S3Client:
-    endpoint = endpoint_of(store, env)
-    style = store.addressing_style or ("path" if endpoint else "auto")
+    """An S3 client, configured one way for the agent and the operator: standard retries,
+    path-style addressing for a named endpoint (S3-compatible stores), the default region
+    us-east-1. `credentials` holds aws_access_key_id / aws_secret_access_key /
+    aws_session_token (None: the default credential chain)."""
+    style: Literal["auto", "path", "virtual"] = addressing_style or (
+        "path" if endpoint else "auto"
+    )
     config = Config(
         retries={"mode": "standard", "max_attempts": max_attempts},
         max_pool_connections=pool,
         s3={"addressing_style": style},
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         tcp_keepalive=True,
     )
-    region = store.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    # botocore directly: boto3 would also import s3transfer, which the agent does not use.
+    # botocore directly: boto3 would also import s3transfer, which neither side uses.
     session = botocore.session.get_session()
-    creds = aws_credentials(env, store.credentials_env_prefix)
     client = session.create_client(
         "s3",
         endpoint_url=endpoint,
-        region_name=region,
+        region_name=region or "us-east-1",
         config=config,
-        aws_access_key_id=creds.get("aws_access_key_id"),
-        aws_secret_access_key=creds.get("aws_secret_access_key"),
-        aws_session_token=creds.get("aws_session_token"),
+        aws_access_key_id=credentials.get("aws_access_key_id"),
+        aws_secret_access_key=credentials.get("aws_secret_access_key"),
+        aws_session_token=credentials.get("aws_session_token"),
     )
     return cast("S3Client", client)
+
+
+def make_client(
+    store: StoreConfig, env: dict[str, str], pool: int = 10, max_attempts: int = 6
+) -> S3Client:
+    """The agent's client of a store, credentials from the environment."""
+    creds = aws_credentials(env, store.credentials_env_prefix)
+    return new_client(
+        endpoint_of(store, env),
+        store.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        dict(creds),
+        addressing_style=store.addressing_style,
+        pool=pool,
+        max_attempts=max_attempts,
+    )
 
 
 def write_args(store: StoreConfig, now: dt.datetime) -> dict[str, Any]:
@@ -404,11 +465,19 @@ def list_keys(
         raise StorageError(f"cannot list s3://{bucket}/{prefix}: {describe_error(error)}") from None
 
 
-def abort_stale_uploads(client: S3Client, bucket: str, prefix: str) -> int:
+def abort_stale_uploads(
+    client: S3Client,
+    bucket: str,
+    prefix: str,
+    *,
+    missing_ok: bool = False,
+    told: Callable[[str], None] | None = log,
+) -> int:
     """Abort every unfinished multipart upload under `prefix` (a point's directory): what a
     killed earlier attempt left (a kill runs no abort). Only this point's attempts write
     there, and only one runs at a time (a Job's pods run one after another), so none of these
-    uploads is live. Returns how many were aborted."""
+    uploads is live. With `missing_ok`, a bucket or upload already gone is no error. Returns
+    how many were aborted."""
     aborted = 0
     try:
         for page in client.get_paginator("list_multipart_uploads").paginate(
@@ -418,11 +487,15 @@ def abort_stale_uploads(client: S3Client, bucket: str, prefix: str) -> int:
                 client.abort_multipart_upload(
                     Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
-                log(f"aborted a stale multipart upload of s3://{bucket}/{upload['Key']}")
+                if told is not None:
+                    told(f"aborted a stale multipart upload of s3://{bucket}/{upload['Key']}")
                 aborted += 1
     except (ClientError, BotoCoreError) as error:
+        if missing_ok and error_code(error) in ("NoSuchBucket", "NoSuchUpload"):
+            return aborted
         raise StorageError(
-            f"cannot clean up the uploads under s3://{bucket}/{prefix}: {describe_error(error)}"
+            f"cannot clean up the uploads under s3://{bucket}/{prefix}: {describe_error(error)}",
+            reason_of(error),
         ) from None
     return aborted
 

@@ -1,6 +1,9 @@
 """What the operator itself does in S3: read manifests, check payloads, delete a point's
 objects (respecting Object Lock), and list a policy's manifests for catalog sync. Bulk data
-never passes through here; that is the agent's job."""
+never passes through here; that is the agent's job.
+
+The client configuration, the error type (`StorageError`) and the reasons of S3's answers are
+the agent's (`aegis.agent.s3`): one home for both sides."""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aegis.agent.layout import (
@@ -21,21 +22,11 @@ from aegis.agent.layout import (
     policy_directory,
 )
 from aegis.agent.manifest import Manifest, ManifestError, parse_manifest
+from aegis.agent.s3 import StorageError, abort_stale_uploads, error_code, new_client, reason_of
 from aegis.api.common import S3Location
 
 ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
-RETRIES = Config(
-    retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30
-)
-
-
-class S3Problem(RuntimeError):
-    """An S3 call failed; the message is safe to show (no credentials)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -45,14 +36,14 @@ class Credentials:
 
 
 def credentials_from_secret(secret_name: str, data: dict[str, bytes]) -> Credentials:
-    """The S3 credentials held by a Secret's data; S3Problem `S3CredentialsInvalid` naming
+    """The S3 credentials held by a Secret's data; StorageError `S3CredentialsInvalid` naming
     the missing key (never a value)."""
     try:
         return Credentials(data[ACCESS_KEY].decode().strip(), data[SECRET_KEY].decode().strip())
     except KeyError as missing:
-        raise S3Problem(
-            "S3CredentialsInvalid",
+        raise StorageError(
             f"S3 credentials Secret {secret_name} lacks key {missing.args[0]}",
+            "S3CredentialsInvalid",
         ) from None
 
 
@@ -75,33 +66,28 @@ def client(
 
 
 def _new_client(location: S3Location, credentials: Credentials | None, endpoint: str | None) -> Any:
-    kwargs: dict[str, Any] = {"config": RETRIES, "region_name": location.region or "us-east-1"}
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-        kwargs["config"] = RETRIES.merge(Config(s3={"addressing_style": "path"}))
+    # The operator's calls are small and a reconcile should not hang on a dead store: fewer
+    # attempts and shorter timeouts than the agent's bulk transfers.
+    keys: dict[str, str | None] = {}
     if credentials is not None:
-        kwargs["aws_access_key_id"] = credentials.access_key_id
-        kwargs["aws_secret_access_key"] = credentials.secret_access_key
-    return boto3.client("s3", **kwargs)
-
-
-def _problem(error: Exception, what: str) -> S3Problem:
-    if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "Unknown")
-        reasons = {
-            "NoSuchBucket": "BucketNotFound",
-            "AccessDenied": "S3AccessDenied",
-            "InvalidAccessKeyId": "S3CredentialsInvalid",
-            "SignatureDoesNotMatch": "S3CredentialsInvalid",
-            "NoSuchKey": "ObjectNotFound",
-            "404": "ObjectNotFound",
+        keys = {
+            "aws_access_key_id": credentials.access_key_id,
+            "aws_secret_access_key": credentials.secret_access_key,
         }
-        return S3Problem(reasons.get(str(code), "S3Error"), f"{what}: S3 answered {code}")
-    return S3Problem("S3Unreachable", f"{what}: {type(error).__name__}: {error}")
+    return new_client(
+        endpoint, location.region, keys, max_attempts=5, connect_timeout=5, read_timeout=30
+    )
+
+
+def _problem(error: Exception, what: str) -> StorageError:
+    code = error_code(error)
+    if code is not None:
+        return StorageError(f"{what}: S3 answered {code}", reason_of(error))
+    return StorageError(f"{what}: {type(error).__name__}: {error}", reason_of(error))
 
 
 def read_manifest(s3: Any, bucket: str, key: str) -> Manifest:
-    """The manifest at `key`; S3Problem when unreadable, ManifestError when malformed."""
+    """The manifest at `key`; StorageError when unreadable, ManifestError when malformed."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except (ClientError, BotoCoreError) as error:
@@ -184,7 +170,7 @@ def delete_point_objects(
             raise _problem(error, f"deleting s3://{bucket}/{prefix}") from None
         if result.get("Errors"):
             first = result["Errors"][0]
-            raise S3Problem("S3DeleteFailed", f"deleting {first['Key']}: {first.get('Code')}")
+            raise StorageError(f"deleting {first['Key']}: {first.get('Code')}", "S3DeleteFailed")
     return None
 
 
@@ -239,23 +225,7 @@ def abort_uploads(s3: Any, bucket: str, directory: str) -> int:
     failed or killed attempt otherwise stay in the bucket, billed, for good). Returns how
     many were aborted."""
     prefix = directory.rstrip("/") + "/"
-    aborted = 0
-    try:
-        for page in s3.get_paginator("list_multipart_uploads").paginate(
-            Bucket=bucket, Prefix=prefix
-        ):
-            for upload in page.get("Uploads", []):
-                s3.abort_multipart_upload(
-                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-                aborted += 1
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchBucket", "NoSuchUpload"):
-            return aborted
-        raise _problem(error, f"aborting uploads under s3://{bucket}/{prefix}") from None
-    except BotoCoreError as error:
-        raise _problem(error, f"aborting uploads under s3://{bucket}/{prefix}") from None
-    return aborted
+    return abort_stale_uploads(s3, bucket, prefix, missing_ok=True, told=None)
 
 
 def head_bucket(s3: Any, bucket: str) -> None:
@@ -264,9 +234,9 @@ def head_bucket(s3: Any, bucket: str) -> None:
     except ClientError as error:
         code = str(error.response.get("Error", {}).get("Code"))
         if code in ("404", "NoSuchBucket"):
-            raise S3Problem("BucketNotFound", f"bucket {bucket} does not exist") from None
+            raise StorageError(f"bucket {bucket} does not exist", "BucketNotFound") from None
         if code in ("403", "AccessDenied"):
-            raise S3Problem("S3AccessDenied", f"access to bucket {bucket} is denied") from None
+            raise StorageError(f"access to bucket {bucket} is denied", "S3AccessDenied") from None
         raise _problem(error, f"bucket {bucket}") from None
     except BotoCoreError as error:
         raise _problem(error, f"bucket {bucket}") from None
@@ -276,7 +246,7 @@ __all__ = [
     "MANIFEST_NAME",
     "Credentials",
     "ManifestError",
-    "S3Problem",
+    "StorageError",
     "check_payload",
     "client",
     "delete_point_objects",

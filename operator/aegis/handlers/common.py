@@ -3,9 +3,12 @@ condition. Handlers stay thin: a guard, a call into plain code, a status patch."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import kopf
@@ -105,3 +108,47 @@ def spec_of(model: type[M], body: kopf.Body, settings: Settings) -> M | None:
     if tenancy.refusal(result, body.meta.get("namespace") or "", settings) is not None:
         return None
     return result
+
+
+async def repeat_in_pool(
+    pool: Executor,
+    work: Callable[[], float | None],
+    stopped: kopf.DaemonStopped,
+    wakeup: asyncio.Event,
+    *,
+    finished: tuple[type[BaseException], ...],
+    on_error: Callable[[Exception], float],
+) -> None:
+    """A daemon's loop: run the blocking `work` in `pool` (never in kopf's handler threads),
+    then sleep the seconds it returns, or until `wakeup` is set, and again, until it returns
+    None, raises one of `finished`, or the daemon is stopped (which does not wait for a run
+    in progress: the caller halts it). Any other error is `on_error`'s: it returns the delay
+    before the next try."""
+    loop = asyncio.get_running_loop()
+    stop_task: asyncio.Future[Any] = asyncio.create_task(_until_stopped(stopped))
+    try:
+        while not stopped:
+            wakeup.clear()
+            run: asyncio.Future[float | None] = loop.run_in_executor(pool, work)
+            await asyncio.wait({run, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if stopped:
+                return
+            try:
+                delay = run.result()
+            except finished:
+                return
+            except Exception as error:
+                delay = on_error(error)
+            if delay is None:
+                return
+            wake_task: asyncio.Future[Any] = asyncio.create_task(wakeup.wait())
+            await asyncio.wait(
+                {wake_task, stop_task}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+            )
+            wake_task.cancel()
+    finally:
+        stop_task.cancel()
+
+
+async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
+    await stopped.wait()

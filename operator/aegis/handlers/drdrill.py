@@ -27,7 +27,6 @@ from aegis.reconcilers import failoverplan as plans
 from aegis.reconcilers.backuppolicy import PolicyRuntime
 from aegis.scheduler import Scheduler, utcnow
 from aegis.settings import Settings
-from aegis.steps.route53 import default_route53_client
 
 CLOCK: drills.Clock = utcnow
 """The clock that decides when scheduled runs are due. Tests running the operator in their
@@ -45,11 +44,9 @@ def failover_ports(memo: Any) -> drills.PortsOf:
 
     def ports(namespace: str) -> failover_drill.DrillPorts:
         runtime: plans.FailoverRuntime = memo[failover_handlers.RUNTIME]
-        route53 = plans.guarded_route53(
-            runtime.route53 or default_route53_client, settings.endpoints
-        )
+        route53 = plans.guarded_route53(runtime.route53, settings.endpoints)
         return failover_drill.cluster_ports(
-            namespace, runtime.prober, settings.endpoints, settings.reachable_namespaces,
+            namespace, runtime.probes, settings.endpoints, settings.reachable_namespaces,
             route53,
         )
 
@@ -121,7 +118,11 @@ def run_requested(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(
-    "batch", "v1", "jobs", labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "drill"}
+    "batch",
+    "v1",
+    "jobs",
+    id="drill-job",
+    labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "drill"},
 )
 def drill_job_changed(
     body: kopf.Body, type: str | None, memo: Any, logger: KopfLogger, **_: Any

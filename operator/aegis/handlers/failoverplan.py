@@ -25,9 +25,11 @@ import kopf
 
 from aegis import GROUP, VERSION
 from aegis.api import FAILOVER_PLAN as KIND
-from aegis.handlers.common import KopfLogger, accept, accepted, forget
+from aegis.handlers.common import KopfLogger, accept, accepted, forget, repeat_in_pool
+from aegis.k8s.adapters import ApiCluster
 from aegis.reconcilers import failoverplan as plans
 from aegis.settings import Settings
+from aegis.steps.route53 import default_route53_client
 
 RUNTIME = "failover-runtime"
 WAKEUPS = "failover-wakeups"
@@ -39,7 +41,7 @@ ERROR_RETRY_SECONDS = 5.0
 async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
     # aegis-configure (registered first) normally has put the settings in memo already.
     settings = memo.get("settings") or Settings.from_env()
-    memo[RUNTIME] = plans.FailoverRuntime(settings=settings)
+    memo[RUNTIME] = plans.FailoverRuntime(ApiCluster(), default_route53_client, settings)
     memo[WAKEUPS] = {}
     # sync handlers (in threads) wake a plan's daemon through its event loop
     memo["failover-loop"] = asyncio.get_running_loop()
@@ -90,47 +92,31 @@ async def failover_loop(
     wakeups: dict[tuple[str, str], asyncio.Event] = memo[WAKEUPS]
     wakeup = wakeups.setdefault((namespace, name), asyncio.Event())
     halted = threading.Event()
-    loop = asyncio.get_running_loop()
-    stop_task: asyncio.Future[Any] = asyncio.create_task(_until_stopped(stopped))
+
+    def failed(error: Exception) -> float:  # the API server or a port failed; try again soon
+        logger.warning(
+            "FailoverPlan %s/%s: tick failed: %s: %s",
+            namespace,
+            name,
+            type(error).__name__,
+            error,
+        )
+        return ERROR_RETRY_SECONDS
+
     try:
-        while not stopped:
-            wakeup.clear()
-            work: asyncio.Future[Any] = loop.run_in_executor(
-                runtime.ticks, partial(plans.tick, namespace, name, runtime, halted=halted.is_set)
-            )
-            await asyncio.wait({work, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if stopped:
-                return
-            try:
-                delay = work.result()
-            except plans.Halted:
-                return
-            except Exception as error:  # the API server or a port failed; try again soon
-                logger.warning(
-                    "FailoverPlan %s/%s: tick failed: %s: %s",
-                    namespace,
-                    name,
-                    type(error).__name__,
-                    error,
-                )
-                delay = ERROR_RETRY_SECONDS
-            if delay is None:
-                return  # the plan is gone
-            wake_task: asyncio.Future[Any] = asyncio.create_task(wakeup.wait())
-            await asyncio.wait(
-                {wake_task, stop_task}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-            )
-            wake_task.cancel()
+        await repeat_in_pool(
+            runtime.pool,
+            partial(plans.tick, namespace, name, runtime, halted=halted.is_set),
+            stopped,
+            wakeup,
+            finished=(plans.Halted,),
+            on_error=failed,
+        )
     finally:
         # A tick still running in its thread must not write after this point.
         halted.set()
-        stop_task.cancel()
         if wakeups.get((namespace, name)) is wakeup:
             del wakeups[(namespace, name)]
-
-
-async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
-    await stopped.wait()
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)

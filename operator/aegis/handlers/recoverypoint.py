@@ -13,9 +13,10 @@ from aegis import GROUP, VERSION
 from aegis.api import RECOVERY_POINT as KIND
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.recoverypoint import RecoveryPointSpec
-from aegis.cloud.s3 import S3Problem
+from aegis.cloud.s3 import StorageError
 from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions, spec_of
 from aegis.k8s import objects
+from aegis.k8s.adapters import ApiCluster
 from aegis.k8s.jobs import job_outcome
 from aegis.labels import PRUNED_ANNOTATION
 from aegis.reconcilers import naming, ownership, verification
@@ -45,14 +46,15 @@ def reconcile(
         _refuse(body, patch, refused)
         return
     namespace, name = body.metadata["namespace"], body.metadata["name"]
-    cluster = points.ApiCluster()
+    cluster = ApiCluster()
     settings: Settings = memo["settings"]
+    store = points.BucketStore(cluster, settings)
     phase = body.status.get("phase")
     if spec.trigger == "Imported" or phase in points.TERMINAL:
         points.accept(
             cluster, namespace, name, f"The recovery point is {phase or 'imported'}.", now()
         )
-        points.finish(namespace, name, settings)  # retells a lost completion event
+        points.sync(cluster, store, namespace, name, now())  # retells a lost completion event
         return
     # A user's on-demand point carries only spec.policyRef: label it, as the operator's own
     # points are, so that the policy's status, retention and `kubectl get -l` include it.
@@ -66,13 +68,13 @@ def reconcile(
         return
     point = dict(body)
     try:
-        job_name, _created = points.start(point, settings)
+        job_name, _created = points.start(cluster, store, point, settings, now())
     except points.PointBlocked as blocked:
-        points.block(point, blocked)
+        points.block(cluster, point, blocked, now())
         kopf.warn(body, reason=blocked.reason, message=blocked.message)
         raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
     logger.info("Backup Job %s runs the backup of %s", job_name, name)
-    finished = points.finish(namespace, name, settings)
+    finished = points.sync(cluster, store, namespace, name, now())
     if finished is not None:
         _replan(memo, finished)
 
@@ -88,6 +90,7 @@ async def cache_point(body: kopf.Body, type: str | None, memo: Any, **_: Any) ->
     "batch",
     "v1",
     "jobs",
+    id="backup-job",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "backup"},
 )
 async def backup_job_changed(
@@ -109,9 +112,12 @@ async def backup_job_changed(
 
 def _finish_from_job(namespace: str, point: str, memo: Any, logger: KopfLogger) -> None:
     settings: Settings = memo["settings"]
+    cluster = ApiCluster()
     try:
-        finished = points.finish(namespace, point, settings)
-    except (points.PointBlocked, S3Problem) as problem:
+        finished = points.sync(
+            cluster, points.BucketStore(cluster, settings), namespace, point, now()
+        )
+    except (points.PointBlocked, StorageError) as problem:
         logger.warning("Cannot finish RecoveryPoint %s yet: %s", point, problem)
         return
     if finished is not None:
@@ -173,9 +179,9 @@ def _start_verify(
     point: dict[str, Any], request: str, settings: Settings, logger: KopfLogger
 ) -> None:
     try:
-        started = verification.start(points.ApiCluster(), point, request, settings)
+        started = verification.start(ApiCluster(), point, request, settings)
     except points.PointBlocked as blocked:
-        points.ApiCluster().post_event(
+        ApiCluster().post_event(
             point, "Warning", blocked.reason, blocked.message, key=f"verify-{blocked.reason}"
         )
         raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
@@ -220,6 +226,7 @@ def verification_schedule(body: kopf.Body, memo: Any, logger: KopfLogger, **_: A
     "batch",
     "v1",
     "jobs",
+    id="verify-job",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "verify"},
 )
 async def verify_job_changed(
@@ -229,7 +236,7 @@ async def verify_job_changed(
     if type == "DELETED" or job_outcome(dict(body)) == "Running":
         return
     found = await asyncio.to_thread(
-        verification.finish, points.ApiCluster(), body.metadata["namespace"], dict(body), now()
+        verification.finish, ApiCluster(), body.metadata["namespace"], dict(body), now()
     )
     if found is not None:
         logger.info("Verify Job %s: %s (%s)", body.metadata["name"], found.result, found.message)
@@ -242,8 +249,11 @@ def on_delete(body: kopf.Body, memo: Any, logger: KopfLogger, **_: Any) -> None:
     settings: Settings = memo["settings"]
     pruned = bool(body.metadata.annotations.get(PRUNED_ANNOTATION))
     try:
-        locked_until = points.delete_objects(dict(body), settings, pruned=pruned)
-    except (points.PointBlocked, S3Problem) as problem:
+        cluster = ApiCluster()
+        locked_until = points.delete_objects(
+            cluster, points.BucketStore(cluster, settings), dict(body), now(), pruned=pruned
+        )
+    except (points.PointBlocked, StorageError) as problem:
         raise kopf.TemporaryError(
             f"cannot delete the bucket objects yet: {problem}", delay=300
         ) from None

@@ -11,11 +11,11 @@ from aegis import GROUP, VERSION, metrics
 from aegis.api import RESTORE as KIND
 from aegis.api.restore import RestoreSpec
 from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions
-from aegis.k8s import objects
+from aegis.k8s.adapters import ApiCluster
 from aegis.reconcilers import naming
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find
-from aegis.reconcilers.recoverypoint import ApiCluster, PointBlocked
+from aegis.reconcilers.recoverypoint import PointBlocked
 from aegis.settings import Settings
 
 
@@ -39,33 +39,28 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: KopfLogger, memo: Any,
     metrics.RESOURCE_READY.labels(KIND.kind, namespace, name).set(1)
     settings: Settings = memo["settings"]
     restore = dict(body)
+    cluster = ApiCluster()
     try:
-        started = restores.start(restore, spec, settings)
+        started = restores.start(cluster, restore, spec, settings, now())
     except restores.RestoreRefused as error:
-        _announce(restores.refuse(restore, error), logger)
+        _announce(cluster, restores.refuse(cluster, restore, error, now()), logger)
         return
     except PointBlocked as blocked:
-        restores.block(restore, blocked)
+        restores.block(cluster, restore, blocked, now())
         kopf.warn(body, reason=blocked.reason, message=blocked.message)
         raise kopf.TemporaryError(blocked.message, delay=blocked.retry_seconds) from None
     if started.created:
-        # kopf.info is filtered by the posting level: post Normal events directly.
-        objects.post_event(
-            restore,
-            "Normal",
-            "RestoreStarted",
-            f"Started restore Job {started.job_name} for RecoveryPoint {started.point}",
-        )
         logger.info("Started restore Job %s (RecoveryPoint %s)", started.job_name, started.point)
-    finished = restores.finish(namespace, name)
+    finished = restores.finish(namespace, name, cluster, now())
     if finished is not None:
-        _announce(finished, logger)
+        _announce(cluster, finished, logger)
 
 
 @kopf.on.event(
     "batch",
     "v1",
     "jobs",
+    id="restore-job",
     labels={naming.MANAGED_BY: naming.MANAGER, naming.COMPONENT: "restore"},
 )
 def restore_job_changed(body: kopf.Body, type: str | None, logger: KopfLogger, **_: Any) -> None:
@@ -76,39 +71,21 @@ def restore_job_changed(body: kopf.Body, type: str | None, logger: KopfLogger, *
     owner = next((o for o in owners if o.get("kind") == KIND.kind), None)
     if owner is None:
         return
+    cluster = ApiCluster()
     try:
-        finished = restores.finish(body.metadata["namespace"], owner["name"])
-    except (objects.NotFound, ApiException) as problem:
+        finished = restores.finish(body.metadata["namespace"], owner["name"], cluster, now())
+    except (restores.RestoreGone, ApiException) as problem:
         # The Restore went away (its Job goes with it) or the API hiccuped: the next event of
         # the Job, or the resume handler after a restart, folds it in.
         logger.warning("Cannot finish Restore %s yet: %s", owner["name"], problem)
         return
     if finished is not None:
-        _announce(finished, logger)
+        _announce(cluster, finished, logger)
 
 
-def _announce(finished: restores.Finished, logger: KopfLogger) -> None:
-    outcome = finished.outcome
-    completed = outcome.phase == "Completed"
-    objects.post_event(
-        finished.restore, "Normal" if completed else "Warning", outcome.reason, outcome.message
-    )
-    name = finished.restore["metadata"]["name"]
-    if completed:
-        logger.info("Restore %s completed: %s", name, outcome.message)
-        try:
-            restores.mark_point_verified(finished)
-        except ApiException as error:
-            logger.warning("Could not record the verification on the point: %s", error.reason)
-    else:
-        logger.warning("Restore %s failed: %s", name, outcome.message)
-        try:
-            if restores.judge_point(finished, ApiCluster(), now()):
-                logger.warning(
-                    "RecoveryPoint %s is Corrupted", finished.restore["status"].get("recoveryPoint")
-                )
-        except ApiException as error:
-            logger.warning("Could not mark the point Corrupted: %s", error.reason)
+def _announce(cluster: ApiCluster, finished: restores.Finished, logger: KopfLogger) -> None:
+    for level, line in restores.announce(cluster, finished, now()):
+        logger.log(level, "%s", line)
 
 
 @kopf.on.delete(GROUP, VERSION, KIND.plural, id="forget", optional=True)

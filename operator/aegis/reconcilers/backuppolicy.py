@@ -326,7 +326,9 @@ def make_runtime(
         clock=clock or SystemClock(),
         cluster=cluster,
         store=S3Store(cluster, settings),
-        runner=PointReconciler(settings),
+        # The points' own times (start, completion) are the wall clock's, even when a test
+        # moves the schedulers' clock.
+        runner=PointReconciler(settings, lambda: dt.datetime.now(dt.UTC)),
         reach=TcpReach(settings.connect_timeout_seconds),
         objects_cache=objects_cache,
         secrets=secrets,

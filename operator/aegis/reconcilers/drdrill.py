@@ -31,6 +31,7 @@ from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.drdrill import DRDrillSpec, DrillObjectives, RestoreDrill
 from aegis.api.failoverplan import FailoverPlanSpec
 from aegis.k8s import objects
+from aegis.k8s.adapters import ApiCluster
 from aegis.k8s.jobs import JobRequest, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION, RUN_ANNOTATION, RUN_START_ANNOTATION
 from aegis.locks import KeyedLocks
@@ -39,7 +40,6 @@ from aegis.reconcilers import keys as wrapping
 from aegis.reconcilers import restore as restores
 from aegis.reconcilers.conditions import ConditionUpdate, find, set_conditions
 from aegis.reconcilers.recoverypoint import (
-    ApiCluster,
     PointBlocked,
     PolicyContext,
     key_ids,
@@ -773,19 +773,21 @@ def _start_locked(
         run["scheduledTime"] = wire_time(decision.scheduled)
     job_name = naming.drill_job_name(name, run_identity(decision, drill, started))
     try:
-        point = restores.resolve_point(namespace, spec.restore)
+        point = restores.resolve_point(ApiCluster(), namespace, spec.restore)
         run["recoveryPoint"] = point["metadata"]["name"]
         source = (point.get("status") or {}).get("sourceTime")
         if source:
             run["sourceTime"] = source
-        policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+        cluster = ApiCluster()
+        policy = load_policy(cluster, namespace, point["spec"]["policyRef"]["name"])
         refusal = command_point_refusal(
             spec.restore, point, policy.spec, point["spec"]["policyRef"]["name"]
         )
         if refusal is not None:
             raise restores.RestoreRefused(*refusal)
         request = drill_job_request(
-            drill, spec.restore, point, policy.spec, key_ids(policy), app, job_name, started
+            drill, spec.restore, point, policy.spec, key_ids(cluster, policy), app, job_name,
+            started,
         )
         job, created = objects.create_job(namespace, build_job(request))
         if not created:
@@ -1008,7 +1010,7 @@ def _policy_of(namespace: str, spec: DRDrillSpec, point_name: str | None) -> Pol
     if policy_name is None:
         return None
     try:
-        return load_policy(namespace, policy_name)
+        return load_policy(ApiCluster(), namespace, policy_name)
     except PointBlocked:
         return None
 
@@ -1032,7 +1034,7 @@ def _write_evidence(
     )  # fmt: skip
     body = json.dumps(evidence_record(drill, spec, policy.name, run), indent=2, sort_keys=True)
     try:
-        client = s3_client_for(storage, policy.namespace, app)
+        client = s3_client_for(ApiCluster(), storage, policy.namespace, app)
         client.put_object(
             Bucket=storage.bucket, Key=key, Body=body.encode(), ContentType="application/json"
         )

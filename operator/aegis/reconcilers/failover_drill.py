@@ -57,11 +57,12 @@ from aegis.cloud.route53 import RecordSnapshot, Route53Records
 from aegis.k8s.workloads import SecretsOfNamespace, Workloads
 from aegis.probes.base import SecretReader, scrub
 from aegis.probes.postgres import PgEndpoint, in_recovery, pg_connect
-from aegis.probes.prober import ProbeContext, Prober
+from aegis.probes.prober import ProbeContext
 from aegis.probes.redis import redis_client
 from aegis.probes.workload import WorkloadKind, WorkloadReader
 from aegis.reach import EndpointRule
 from aegis.reconcilers import failover
+from aegis.reconcilers.failoverplan import SiteProber
 from aegis.steps.base import Route53ClientFactory, StepContext
 from aegis.steps.postgres import catch_up, measure_lag
 from aegis.steps.redis import _redis_preconditions
@@ -92,7 +93,7 @@ class DryRunScaler(WorkloadReader, Protocol):
 class DrillPorts:
     """The outside world as a failover drill sees it."""
 
-    prober: Prober
+    prober: SiteProber
     """The FailoverPlan reconciler's prober (one per operator process)."""
     secrets: SecretReader
     workloads: DryRunScaler
@@ -705,7 +706,7 @@ def _first_line(exc: BaseException) -> str:
 
 def cluster_ports(
     namespace: str,
-    prober: Prober,
+    prober: SiteProber,
     endpoints: EndpointRule,
     reachable: Sequence[str],
     route53: Route53ClientFactory,

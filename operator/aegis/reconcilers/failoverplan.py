@@ -11,6 +11,18 @@ operator process carries on exactly where the old one stopped.
 Status is written with JSON merge patches computed against what this plan's tick last saw
 (`merge_patch`): fields that went away are sent as null, so a resumed transition loses its
 old completionTime and a withdrawn recommendation its token.
+
+A probe whose result changes nothing that matters (no site's health or failure run, no
+state, no replica's lag band: `significant`) is not written; the plan's status is written
+then at most every `failover_status_heartbeat_seconds`, and the unwritten result is kept in
+the runtime (`FailoverRuntime.unsaved`) as the next tick's starting point, for as long as the
+stored status is the one this process last wrote. An operator restarted in between resumes
+from the last written status: at most one heartbeat of probe counts is lost, never a state.
+Metrics follow every probe.
+
+Ports: the API server is `PlanCluster` (the handlers pass `aegis.k8s.adapters.ApiCluster`),
+the checks run in `SiteProber`, Route53 clients come from the runtime's factory, the time
+from its clock; unit tests pass in-memory ones.
 """
 
 from __future__ import annotations
@@ -18,32 +30,31 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from aegis import metrics
-from aegis.api import FAILOVER_APPROVAL, FAILOVER_PLAN
 from aegis.api.failoverplan import (
     FailoverPlanSpec,
     FailoverPlanStatus,
     Route53Step,
+    Site,
     SiteStatus,
     Transition,
 )
-from aegis.k8s import objects
-from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
-from aegis.probes.prober import ProbeContext, Prober
+from aegis.probes.base import SecretReader
+from aegis.probes.prober import ProbeContext, Prober, SiteProbe
 from aegis.reach import EndpointRule
 from aegis.reconcilers import failover, tenancy
 from aegis.reconcilers.conditions import ConditionUpdate, iso, set_conditions
 from aegis.reconcilers.validation import SpecError, parse_spec
 from aegis.settings import Settings
 from aegis.steps import StepPorts, run_procedure
-from aegis.steps.base import Route53ClientFactory
-from aegis.steps.route53 import default_route53_client
+from aegis.steps.base import JobLauncher, Route53ClientFactory, WorkloadScaler
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +78,108 @@ class Halted(RuntimeError):
     nothing more may be written, as if the process had died here."""
 
 
+# --------------------------------------------------------------------------- ports
+
+
+class PlanCluster(Protocol):
+    """What a FailoverPlan's tick needs of the API server, and the Kubernetes-backed ports
+    its checks and steps are handed (bound to the plan's namespace)."""
+
+    def get_plan(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The FailoverPlan, or None when it does not exist."""
+
+    def patch_plan_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource."""
+
+    def annotate_plan(
+        self, namespace: str, name: str, annotations: dict[str, str | None]
+    ) -> None:
+        """Merge-patch annotations; None removes one."""
+
+    def list_approvals(self, namespace: str) -> list[dict[str, Any]]: ...
+
+    def patch_approval_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def post_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        """Best effort: never raises."""
+
+    def secret_reader(self, namespace: str) -> SecretReader | None: ...
+
+    def workloads(self, namespace: str, reachable: Sequence[str]) -> WorkloadScaler | None: ...
+
+    def plan_jobs(
+        self,
+        plan: Mapping[str, Any],
+        transition_id: str | None,
+        admit: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> JobLauncher | None: ...
+
+
+class SiteProber(Protocol):
+    """Runs the checks of the due sites, all in parallel, each with its hard deadline."""
+
+    def probe_sites(self, sites: Mapping[str, Site], ctx: ProbeContext) -> dict[str, SiteProbe]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Unsaved:
+    """A plan's probe results not written to its status (nothing significant changed), with
+    what this process last wrote: they are the next tick's start only while the stored status
+    is still that."""
+
+    uid: str | None
+    written: dict[str, Any]
+    written_at: dt.datetime
+    status: FailoverPlanStatus | None = None
+
+
 @dataclass
 class FailoverRuntime:
-    """What all plans of one operator process share. Probes run in the prober's bounded pool
-    (every check has a hard deadline); ticks, which may run a procedure for minutes, run in
-    their own pool so they never take kopf's handler threads."""
+    """What all plans of one operator process share, created at start-up and kept in kopf's
+    memo. Probes run in the prober's bounded pool (every check has a hard deadline); ticks,
+    which may run a procedure for minutes, run in their own pool so they never take kopf's
+    handler threads."""
 
-    prober: Prober = field(default_factory=lambda: Prober(max_workers=32))
-    ticks: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="aegis-failover")
-    )
-    route53: Any = None
-    """Optional Route53 client factory (tests of error paths); None uses the default."""
-    settings: Settings = field(default_factory=Settings.from_env)
-    """The operator's settings: what plans may reach (namespaces, images, endpoints)."""
+    cluster: PlanCluster
+    route53: Route53ClientFactory
+    """Builds the Route53 client of a step (the handlers pass boto3's)."""
+    settings: Settings
+    """The operator's settings: what plans may reach (namespaces, images, endpoints), pools,
+    the status heartbeat."""
+    clock: Clock = field(default_factory=lambda: utcnow)
+    prober: SiteProber | None = None
+    """None: a `Prober` of settings.probe_workers threads."""
+    ticks: ThreadPoolExecutor | None = None
+    """None: a pool of settings.failover_workers threads."""
+    unsaved: dict[tuple[str, str], Unsaved] = field(default_factory=dict)
+    """Per plan: what was last written and the probe results since (see the module doc)."""
+
+    def __post_init__(self) -> None:
+        if self.prober is None:
+            self.prober = Prober(max_workers=self.settings.probe_workers)
+        if self.ticks is None:
+            self.ticks = ThreadPoolExecutor(
+                self.settings.failover_workers, thread_name_prefix="aegis-failover"
+            )
+
+    @property
+    def probes(self) -> SiteProber:
+        assert self.prober is not None
+        return self.prober
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        assert self.ticks is not None
+        return self.ticks
 
     def close(self) -> None:
-        self.prober.close()
+        self.probes.close()
         # Running ticks are not waited for: a stopped daemon's tick is halted at its next write.
-        self.ticks.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -162,7 +256,10 @@ def interval_of(spec: FailoverPlanSpec) -> float:
 class PlanWriter:
     """Writes one plan's status and annotations, remembering what it last wrote."""
 
-    def __init__(self, body: Mapping[str, Any], halted: Callable[[], bool]) -> None:
+    def __init__(
+        self, cluster: PlanCluster, body: Mapping[str, Any], halted: Callable[[], bool]
+    ) -> None:
+        self.cluster = cluster
         self.body = body
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
@@ -170,6 +267,7 @@ class PlanWriter:
         self.generation = meta.get("generation")
         self.seen: dict[str, Any] = dict(body.get("status") or {})
         self.halted = halted
+        self.writes = 0
 
     def _guard(self) -> None:
         if self.halted():
@@ -197,8 +295,9 @@ class PlanWriter:
             wanted["observedGeneration"] = self.seen["observedGeneration"]
         patch = merge_patch(self.seen, wanted)
         if patch:
-            objects.patch_custom_status(FAILOVER_PLAN, self.namespace, self.name, patch)
+            self.cluster.patch_plan_status(self.namespace, self.name, patch)
             self.seen = wanted
+            self.writes += 1
 
     def save_transition(self, status: FailoverPlanStatus, transition: Transition) -> None:
         """The runner's save: only lastTransition changes while steps run."""
@@ -208,13 +307,11 @@ class PlanWriter:
         if not names:
             return
         self._guard()
-        objects.annotate_custom(
-            FAILOVER_PLAN, self.namespace, self.name, dict.fromkeys(names, None)
-        )
+        self.cluster.annotate_plan(self.namespace, self.name, dict.fromkeys(names, None))
 
     def event(self, type_: str, reason: str, message: str) -> None:
         if not self.halted():
-            objects.post_event(dict(self.body), type_, reason, message)
+            self.cluster.post_event(dict(self.body), type_, reason, message)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -305,13 +402,16 @@ def tick(
     runtime: FailoverRuntime,
     *,
     halted: Callable[[], bool] = lambda: False,
-    clock: Clock = utcnow,
+    clock: Clock | None = None,
 ) -> float | None:
     """One round for one plan. Returns the seconds until the next round is due, or None
     when the plan is gone. Raises `Halted` when its daemon was stopped mid-way."""
-    try:
-        body = objects.get_custom(FAILOVER_PLAN, namespace, name)
-    except objects.NotFound:
+    clock = clock or runtime.clock
+    cluster = runtime.cluster
+    key = (namespace, name)
+    body = cluster.get_plan(namespace, name)
+    if body is None:
+        runtime.unsaved.pop(key, None)
         return None
     parsed = parse_spec(FailoverPlanSpec, body.get("spec"))
     if isinstance(parsed, SpecError):
@@ -321,22 +421,30 @@ def tick(
         # reports why); an edit of the plan or of the settings lets it go on.
         return INVALID_SPEC_RETRY_SECONDS
     spec = parsed
-    status = FailoverPlanStatus.model_validate(body.get("status") or {})
+    stored = dict(body.get("status") or {})
+    written = FailoverPlanStatus.model_validate(stored)
+    status = written
+    unsaved = runtime.unsaved.get(key)
+    uid = (body.get("metadata") or {}).get("uid")
+    if unsaved is not None and (unsaved.uid != uid or unsaved.written != stored):
+        unsaved = None  # written by someone else (or a new plan of that name): start from it
+        runtime.unsaved.pop(key, None)
+    if unsaved is not None and unsaved.status is not None:
+        status = unsaved.status
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     triggers = {k: v for k, v in annotations.items() if k in TRIGGERS}
-    writer = PlanWriter(body, halted)
+    writer = PlanWriter(cluster, body, halted)
     now = clock()
     ignored: dict[str, str] = {}
     approval: Mapping[str, Any] | None = None
     if failover.by_approval_objects(spec):
         # Anyone who may patch the plan can set annotations: here they decide nothing.
         ignored, triggers = triggers, {}
-        approval = failover.pending_approval(
-            objects.list_custom(FAILOVER_APPROVAL, namespace), name)
+        approval = failover.pending_approval(cluster.list_approvals(namespace), name)
         if approval is not None:
             mapped = failover.approval_triggers(approval, now)
             if isinstance(mapped, str):
-                settle_approval(approval, False, mapped, None, now)
+                settle_approval(cluster, approval, False, mapped, None, now)
                 approval = None
             else:
                 triggers = mapped
@@ -359,7 +467,23 @@ def tick(
     if failover.by_approval_objects(spec):
         decision = for_approval_objects(spec, name, decision, ignored)
     status = apply_decision(status, decision)
-    writer.save(status, conditions_for(spec, status, decision), now)
+    updates = conditions_for(spec, status, decision)
+    heartbeat = dt.timedelta(seconds=runtime.settings.failover_status_heartbeat_seconds)
+    quiet = (
+        unsaved is not None
+        and now - unsaved.written_at < heartbeat
+        and decision.action == "none"
+        and not decision.events
+        and not decision.consume
+        and approval is None
+        and significant(spec, written) == significant(spec, status)
+        and not conditions_change(stored.get("conditions"), updates)
+    )
+    if quiet:
+        assert unsaved is not None
+        unsaved.status = status
+    else:
+        writer.save(status, updates, now)
     record_state(namespace, name, status.state)
     for event in decision.events:
         writer.event(event.type, event.reason, event.message)
@@ -372,17 +496,78 @@ def tick(
         if approval is not None:
             used, message = failover.approval_outcome(decision, triggers)
             last = status.last_transition
-            settle_approval(approval, used, message, last.id if last and used else None, now)
+            settle_approval(
+                cluster, approval, used, message, last.id if last and used else None, now
+            )
             approval = None
         status = drive(spec, status, writer, runtime, clock)
     else:
         writer.remove_annotations(decision.consume)
         if approval is not None:
             used, message = failover.approval_outcome(decision, triggers)
-            settle_approval(approval, used, message, None, now)
+            settle_approval(cluster, approval, used, message, None, now)
         if decision.action == "continue":
             status = drive(spec, status, writer, runtime, clock)
+    if writer.writes and not quiet:
+        runtime.unsaved[key] = Unsaved(uid, dict(writer.seen), clock())
     return next_delay(spec, status, clock())
+
+
+def lag_band(lag_bytes: int | None, max_lag_bytes: int) -> tuple[bool, int] | None:
+    """A replica's lag as status tells it without a write per probe: over maxLagBytes or
+    not, and its order of magnitude (0 for none, then 1 for < 10 bytes, 2 for < 100, ...)."""
+    if lag_bytes is None:
+        return None
+    magnitude = 0 if lag_bytes <= 0 else 1 + int(math.log10(lag_bytes))
+    return lag_bytes > max_lag_bytes, magnitude
+
+
+def conditions_change(
+    conditions: list[dict[str, Any]] | None, updates: list[ConditionUpdate]
+) -> bool:
+    """True when an update changes a condition's status or reason (a new message alone, such
+    as a lag figure, waits for the heartbeat)."""
+    current = {c.get("type"): c for c in conditions or []}
+    for update in updates:
+        found = current.get(update.type)
+        if found is None or (found.get("status"), found.get("reason")) != (
+            update.status, update.reason,
+        ):
+            return True
+    return False
+
+
+def significant(spec: FailoverPlanSpec, status: FailoverPlanStatus) -> tuple[Any, ...]:
+    """What of a plan's status is written as soon as it changes: its state, each site's
+    health and failure run, the success run until one probe past the threshold (a recovery
+    confirmed), each check's verdict, each replica's role, link and lag band (`lag_band`).
+    Latencies, probe times, positions and longer success runs wait for the heartbeat."""
+    sites: list[tuple[Any, ...] | None] = []
+    for key, site in (("primary", spec.primary), ("secondary", spec.secondary)):
+        found = (status.sites or {}).get(key)
+        if found is None:
+            sites.append(None)
+            continue
+        rep = found.replication
+        sites.append((
+            found.healthy,
+            min(found.consecutive_failures, site.failure_threshold),
+            min(found.consecutive_successes, site.success_threshold + 1),
+            found.down_since,
+            tuple((c.name, c.ok) for c in found.checks or []),
+            None if rep is None else (
+                rep.role, rep.streaming, rep.read_only, rep.stale,
+                lag_band(rep.lag_bytes, spec.max_lag_bytes),
+            ),
+        ))
+    return (
+        status.state,
+        status.active_site,
+        status.approval_token,
+        status.last_transition,
+        len(status.history or []),
+        tuple(sites),
+    )
 
 
 def for_approval_objects(
@@ -416,8 +601,8 @@ keeps the recommendation stable; approve annotations are refused anyway."""
 
 
 def settle_approval(
-    approval: Mapping[str, Any], used: bool, message: str, transition_id: str | None,
-    now: dt.datetime,
+    cluster: PlanCluster, approval: Mapping[str, Any], used: bool, message: str,
+    transition_id: str | None, now: dt.datetime,
 ) -> None:
     """Record on the FailoverApproval what the plan did with it (it acts once)."""
     meta = approval["metadata"]
@@ -427,7 +612,7 @@ def settle_approval(
         [ConditionUpdate("Succeeded", "True" if used else "False", state, message)],
         generation=meta.get("generation"), now=now,
     )
-    objects.patch_custom_status(FAILOVER_APPROVAL, meta["namespace"], meta["name"], {
+    cluster.patch_approval_status(meta["namespace"], meta["name"], {
         "state": state, "message": message[:1000], "transitionId": transition_id,
         "handledTime": iso(now), "conditions": conditions,
     })
@@ -445,11 +630,11 @@ def probe(
     settings = runtime.settings
     context = ProbeContext(
         namespace,
-        secrets=SecretsOfNamespace(namespace),
-        workloads=Workloads(namespace, settings.reachable_namespaces),
+        secrets=runtime.cluster.secret_reader(namespace),
+        workloads=runtime.cluster.workloads(namespace, settings.reachable_namespaces),
         endpoints=settings.endpoints,
     )
-    probes = runtime.prober.probe_sites(due, context)
+    probes = runtime.probes.probe_sites(due, context)
     previous = dict(status.sites or {})
     sites = dict(previous)
     for key, result in probes.items():
@@ -545,14 +730,15 @@ def drive(
     planned = planned_for(transition.kind, spec, status)
     namespace, name = writer.namespace, writer.name
     settings = runtime.settings
+    cluster = runtime.cluster
     ports = StepPorts(
-        secrets=SecretsOfNamespace(namespace),
-        scaler=Workloads(namespace, settings.reachable_namespaces),
-        jobs=PlanJobs(
+        secrets=cluster.secret_reader(namespace),
+        scaler=cluster.workloads(namespace, settings.reachable_namespaces),
+        jobs=cluster.plan_jobs(
             writer.body, transition.id,
             admit=partial(tenancy.job_template, "job.template", settings=settings),
         ),
-        route53=guarded_route53(runtime.route53 or default_route53_client, settings.endpoints),
+        route53=guarded_route53(runtime.route53, settings.endpoints),
         endpoints=settings.endpoints,
     )
     failing_over = transition.kind == "Failover"

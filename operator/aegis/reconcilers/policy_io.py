@@ -4,7 +4,9 @@ RecoveryPoint reconciler as the runner of started points."""
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aegis.agent.manifest import Manifest
@@ -12,6 +14,7 @@ from aegis.api import BACKUP_POLICY, RECOVERY_POINT
 from aegis.api.common import S3Location
 from aegis.cloud import s3
 from aegis.k8s import objects
+from aegis.k8s.adapters import ApiCluster
 from aegis.k8s.cache import PointCache, SecretCache
 from aegis.k8s.jobs import job_outcome
 from aegis.reconcilers import naming
@@ -106,14 +109,14 @@ class S3Store:
                 ) from None
             try:
                 credentials = s3.credentials_from_secret(ref.name, data)
-            except s3.S3Problem as problem:
+            except s3.StorageError as problem:
                 raise StoreProblem(problem.reason, str(problem)) from None
         return s3.client(location, credentials, self._settings.s3_endpoint)
 
     def head_bucket(self, location: S3Location, namespace: str) -> None:
         try:
             s3.head_bucket(self._client(location, namespace), location.bucket)
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise StoreProblem(problem.reason, str(problem)) from None
 
     def list_manifest_keys(self, location: S3Location, namespace: str, policy: str) -> list[str]:
@@ -127,13 +130,13 @@ class S3Store:
                 namespace,
                 policy,
             )
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise StoreProblem(problem.reason, str(problem)) from None
 
     def read_manifest(self, location: S3Location, namespace: str, key: str) -> Manifest:
         try:
             return s3.read_manifest(self._client(location, namespace), location.bucket, key)
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise StoreProblem(problem.reason, str(problem)) from None
 
 
@@ -154,13 +157,17 @@ class TcpReach:
 class PointReconciler:
     """PointRunner: the RecoveryPoint reconciler takes over a run once its Job exists."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], dt.datetime]) -> None:
         self._settings = settings
+        self._clock = clock
+        self._cluster = ApiCluster()
+        self._store = points.BucketStore(self._cluster, settings)
 
     def start(self, point: Body) -> None:
-        points.start(point, self._settings)
+        points.start(self._cluster, self._store, point, self._settings, self._clock())
 
     def started(self, point: Body, job: Body) -> None:
-        points.mark_running(point, job["metadata"]["name"])
+        points.mark_running(self._cluster, point, self._clock())
         if job_outcome(job) != "Running":
-            points.finish(point["metadata"]["namespace"], point["metadata"]["name"], self._settings)
+            meta = point["metadata"]
+            points.sync(self._cluster, self._store, meta["namespace"], meta["name"], self._clock())

@@ -9,8 +9,9 @@ deterministic name, so telling it again after a restart is a no-op. Whoever call
 however often, whenever the operator was killed, the point ends with one Job, one Complete
 condition and one completion event.
 
-Ports: `Cluster` (the API server) and `Store` (the bucket) are Protocols; `ApiCluster` and
-`BucketStore` are the real ones, tests pass in-memory ones.
+Ports: `Cluster` (the API server) and `Store` (the bucket) are Protocols, and the time is
+passed in; the handlers pass `aegis.k8s.adapters.ApiCluster` and `BucketStore`, tests pass
+in-memory ones.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from typing import Any, Protocol
 
 from aegis import metrics
 from aegis.agent.manifest import Manifest, ManifestError
-from aegis.api import BACKUP_POLICY, RECOVERY_POINT
+from aegis.api import BACKUP_POLICY
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.common import S3Location
 from aegis.cloud import s3
-from aegis.k8s import objects
 from aegis.k8s.jobs import Termination, build_job, job_outcome, killed_reason
 from aegis.locks import KeyedLocks
 from aegis.reach import EndpointRefused
@@ -60,15 +60,14 @@ class PolicyContext:
     body: dict[str, Any]
 
 
-def load_policy(namespace: str, name: str) -> PolicyContext:
+def load_policy(cluster: PolicyReader, namespace: str, name: str) -> PolicyContext:
     """The policy, parsed."""
-    try:
-        body = objects.get_custom(BACKUP_POLICY, namespace, name)
-    except objects.NotFound:
+    body = cluster.get_policy(namespace, name)
+    if body is None:
         raise PointBlocked(
             "PolicyNotFound",
             f"BackupPolicy {name} does not exist in {namespace}: create it or fix spec.policyRef",
-        ) from None
+        )
     spec = parse_spec(BACKUP_POLICY.spec, body.get("spec"))
     if isinstance(spec, SpecError):
         raise PointBlocked("PolicyInvalid", f"BackupPolicy {name} is invalid: {spec.message}")
@@ -76,20 +75,19 @@ def load_policy(namespace: str, name: str) -> PolicyContext:
     return PolicyContext(name, namespace, spec, body)
 
 
-def key_ids(policy: PolicyContext) -> list[str]:
+def key_ids(cluster: PolicyReader, policy: PolicyContext) -> list[str]:
     """Key ids of the policy's key Secret (names only: values stay in the Secret)."""
     ref = policy.spec.encryption.key_secret_ref
     if ref is None:
         return []  # KMS keys only: the Job wraps and unwraps with KMS
     secret = ref.name
-    try:
-        data = objects.read_secret(policy.namespace, secret)
-    except objects.NotFound:
+    data = cluster.read_secret(policy.namespace, secret)
+    if data is None:
         raise PointBlocked(
             "KeySecretNotFound",
             f"encryption key Secret {secret} does not exist: "
             "create it with at least one 32-byte key",
-        ) from None
+        )
     if not data:
         raise PointBlocked("EncryptionKeyMissing", f"encryption key Secret {secret} holds no keys")
     return sorted(data)
@@ -133,20 +131,21 @@ def admit_endpoint(location: S3Location, settings: Settings) -> None:
         ) from None
 
 
-def s3_client_for(location: S3Location, namespace: str, settings: Settings) -> Any:
+def s3_client_for(
+    cluster: PolicyReader, location: S3Location, namespace: str, settings: Settings
+) -> Any:
     admit_endpoint(location, settings)
     credentials = None
     ref = location.credentials_secret_ref
     if ref is not None:
-        try:
-            data = objects.read_secret(namespace, ref.name)
-        except objects.NotFound:
+        data = cluster.read_secret(namespace, ref.name)
+        if data is None:
             raise PointBlocked(
                 "S3CredentialsNotFound", f"S3 credentials Secret {ref.name} does not exist"
-            ) from None
+            )
         try:
             credentials = s3.credentials_from_secret(ref.name, data)
-        except s3.S3Problem as problem:
+        except s3.StorageError as problem:
             raise PointBlocked(problem.reason, str(problem)) from None
     return s3.client(location, credentials, settings.s3_endpoint)
 
@@ -154,7 +153,17 @@ def s3_client_for(location: S3Location, namespace: str, settings: Settings) -> A
 # --- ports --------------------------------------------------------------------------------
 
 
-class Cluster(Protocol):
+class PolicyReader(Protocol):
+    """What finding a point's policy, its keys and its bucket credentials needs."""
+
+    def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The BackupPolicy, or None when it does not exist."""
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's data, or None when it does not exist. Values are secrets."""
+
+
+class Cluster(PolicyReader, Protocol):
     """What the point lifecycle needs of the API server."""
 
     def get_point(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -168,9 +177,15 @@ class Cluster(Protocol):
     def termination(self, namespace: str, job_name: str) -> Termination | None: ...
 
     def post_event(
-        self, involved: dict[str, Any], event_type: str, reason: str, message: str, key: str
+        self,
+        involved: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        key: str | None = None,
     ) -> None:
-        """Post an event told once per point and `key` (a repeat is a no-op)."""
+        """Post an event (best effort); with `key`, told once per object and key (a repeat
+        is a no-op)."""
 
 
 @dataclass(frozen=True)
@@ -191,51 +206,33 @@ class Store(Protocol):
     def abort_uploads(self, point: dict[str, Any]) -> int:
         """Abort the point's unfinished multipart uploads; how many there were."""
 
+    def write_tombstone(self, point: dict[str, Any], body: bytes) -> None:
+        """Put the tombstone next to the point's manifest (its objects are kept)."""
 
-class ApiCluster:
-    """The real API server, through `aegis.k8s.objects`."""
-
-    def get_point(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return objects.get_custom(RECOVERY_POINT, namespace, name)
-        except objects.NotFound:
-            return None
-
-    def patch_point_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        objects.patch_custom_status(RECOVERY_POINT, namespace, name, status)
-
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return objects.get_job(namespace, name)
-
-    def create_job(self, namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        return objects.create_job(namespace, job)
-
-    def termination(self, namespace: str, job_name: str) -> Termination | None:
-        return objects.job_termination(namespace, job_name)
-
-    def post_event(
-        self, involved: dict[str, Any], event_type: str, reason: str, message: str, key: str
-    ) -> None:
-        objects.post_event(involved, event_type, reason, message, key=key)
+    def delete_objects(self, point: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+        """Delete the point's payload, manifest and copies; the latest Object Lock end of
+        objects that are locked (and so kept), or None."""
 
 
 class BucketStore:
-    """The point's bucket, found through its policy (read from the API server)."""
+    """The point's bucket through boto3, found through its policy (read through `cluster`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, cluster: PolicyReader, settings: Settings) -> None:
+        self.cluster = cluster
         self.settings = settings
 
     def _where(self, point: dict[str, Any]) -> tuple[PolicyContext, Any, Any]:
         namespace, name = point["metadata"]["namespace"], point["metadata"]["name"]
-        policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+        policy = load_policy(self.cluster, namespace, point["spec"]["policyRef"]["name"])
         ref = backup.point_ref(policy.spec, namespace, policy.name, name)
-        return policy, ref, s3_client_for(policy.spec.storage, namespace, self.settings)
+        client = s3_client_for(self.cluster, policy.spec.storage, namespace, self.settings)
+        return policy, ref, client
 
     def evidence(self, point: dict[str, Any]) -> Evidence:
         _, ref, client = self._where(point)
         try:
             manifest = s3.read_manifest(client, ref.bucket, ref.manifest_key)
-        except (s3.S3Problem, ManifestError) as error:
+        except (s3.StorageError, ManifestError) as error:
             return Evidence(None, unreadable=str(error))
         return Evidence(manifest, s3.check_payload(client, manifest, ref))
 
@@ -244,9 +241,26 @@ class BucketStore:
         aborted = s3.abort_uploads(client, ref.bucket, ref.directory)
         for copy in policy.spec.copies or []:
             where = ref.in_bucket(copy.bucket, copy.prefix)
-            copy_client = s3_client_for(copy, policy.namespace, self.settings)
+            copy_client = s3_client_for(self.cluster, copy, policy.namespace, self.settings)
             aborted += s3.abort_uploads(copy_client, where.bucket, where.directory)
         return aborted
+
+    def write_tombstone(self, point: dict[str, Any], body: bytes) -> None:
+        _, ref, client = self._where(point)
+        s3.write_tombstone(client, ref, body)
+
+    def delete_objects(self, point: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+        policy, ref, _ = self._where(point)
+        locations = [(policy.spec.storage, ref)] + [
+            (copy, ref.in_bucket(copy.bucket, copy.prefix)) for copy in policy.spec.copies or []
+        ]
+        latest_lock: dt.datetime | None = None
+        for location, where in locations:
+            client = s3_client_for(self.cluster, location, policy.namespace, self.settings)
+            until = s3.delete_point_objects(client, where.bucket, where.directory, now)
+            if until is not None:
+                latest_lock = max(latest_lock or until, until)
+        return latest_lock
 
 
 # --- the pure derivation -------------------------------------------------------------------
@@ -444,7 +458,7 @@ def _abort_uploads(store: Store, point: dict[str, Any]) -> None:
     # Best effort: the next attempt's agent aborts them too.
     try:
         store.abort_uploads(point)
-    except (PointBlocked, s3.S3Problem):
+    except (PointBlocked, s3.StorageError):
         pass
 
 
@@ -535,14 +549,19 @@ def mark_corrupted(
 
 
 def backup_job(
-    point: dict[str, Any], settings: Settings, policy: PolicyContext | None = None
+    cluster: PolicyReader,
+    point: dict[str, Any],
+    settings: Settings,
+    policy: PolicyContext | None = None,
 ) -> dict[str, Any]:
     """The Job object that takes the point's backup (reads the policy unless given, and the
     ids of its keys)."""
     namespace = point["metadata"]["namespace"]
-    policy = policy or load_policy(namespace, point["spec"]["policyRef"]["name"])
+    policy = policy or load_policy(cluster, namespace, point["spec"]["policyRef"]["name"])
     admit_policy(policy, settings)
-    return build_job(backup.backup_job_request(point, policy.spec, key_ids(policy), settings))
+    return build_job(
+        backup.backup_job_request(point, policy.spec, key_ids(cluster, policy), settings)
+    )
 
 
 POLICY_NOT_READY_RETRY_SECONDS = 15
@@ -562,37 +581,42 @@ def refuse_unless_policy_ready(policy: PolicyContext) -> None:
         )
 
 
-def start(point: dict[str, Any], settings: Settings) -> tuple[str, bool]:
+def start(
+    cluster: Cluster, store: Store, point: dict[str, Any], settings: Settings, now: dt.datetime
+) -> tuple[str, bool]:
     """Make sure the point's backup Job exists (unless its policy cannot back up). Returns
     (job name, created now)."""
-    policy = load_policy(point["metadata"]["namespace"], point["spec"]["policyRef"]["name"])
+    namespace = point["metadata"]["namespace"]
+    policy = load_policy(cluster, namespace, point["spec"]["policyRef"]["name"])
     if not point.get("status", {}).get("jobName"):  # a Job already made is followed, not gated
         refuse_unless_policy_ready(policy)
-    return launch(point, backup_job(point, settings, policy), settings)
+    return launch(cluster, store, point, backup_job(cluster, point, settings, policy), now)
 
 
-def launch(point: dict[str, Any], job: dict[str, Any], settings: Settings) -> tuple[str, bool]:
+def launch(
+    cluster: Cluster, store: Store, point: dict[str, Any], job: dict[str, Any], now: dt.datetime
+) -> tuple[str, bool]:
     """Create the prepared Job (or find it) and let the writer record it (and its end, if
     it has ended already)."""
     meta = point["metadata"]
-    _, created = ApiCluster().create_job(meta["namespace"], job)
-    finish(meta["namespace"], meta["name"], settings)
+    _, created = cluster.create_job(meta["namespace"], job)
+    sync(cluster, store, meta["namespace"], meta["name"], now)
     return job["metadata"]["name"], created
 
 
-def mark_running(point: dict[str, Any], job_name: str) -> None:
+def mark_running(cluster: Cluster, point: dict[str, Any], now: dt.datetime) -> None:
     """The Job was created: record it. Kept for the scheduler; the writer derives Running from
     the Job itself, so this is `sync` (which needs the bucket only after the Job ended)."""
     meta = point["metadata"]
     try:
-        sync(ApiCluster(), _NoStore(), meta["namespace"], meta["name"], dt.datetime.now(dt.UTC))
+        sync(cluster, _NoStore(), meta["namespace"], meta["name"], now)
     except PointBlocked:
         pass  # ended already: its Job event (or the resume handler) folds it in with evidence
 
 
 class _NoStore:
     """For `mark_running`: a Job just created has not ended, so no bucket is read; if it had,
-    the evidence is left to the next `finish` (its Job event or the resume handler)."""
+    the evidence is left to the next `sync` (its Job event or the resume handler)."""
 
     def evidence(self, point: dict[str, Any]) -> Evidence:
         raise PointBlocked("EvidencePending", "the bucket is read when the Job has ended", 1)
@@ -600,10 +624,11 @@ class _NoStore:
     def abort_uploads(self, point: dict[str, Any]) -> int:
         return 0
 
+    def write_tombstone(self, point: dict[str, Any], body: bytes) -> None:
+        raise PointBlocked("EvidencePending", "no bucket here", 1)
 
-def finish(namespace: str, name: str, settings: Settings) -> Finished | None:
-    """Fold the point's Job into its status (the one writer). None when nothing ended now."""
-    return sync(ApiCluster(), BucketStore(settings), namespace, name, dt.datetime.now(dt.UTC))
+    def delete_objects(self, point: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+        raise PointBlocked("EvidencePending", "no bucket here", 1)
 
 
 def _record_metrics(
@@ -623,51 +648,43 @@ def _record_metrics(
         metrics.BACKUP_FAILURES.labels(namespace, policy).inc()
 
 
-def block(point: dict[str, Any], blocked: PointBlocked) -> None:
+def block(cluster: Cluster, point: dict[str, Any], blocked: PointBlocked, now: dt.datetime) -> None:
     """Report why the point cannot start, without failing it: the cause may be fixed."""
     meta = point["metadata"]
     write_conditions(
-        ApiCluster(),
+        cluster,
         meta["namespace"],
         meta["name"],
         {"phase": "Pending", "message": blocked.message},
         [ConditionUpdate("Accepted", "False", blocked.reason, blocked.message)],
-        dt.datetime.now(dt.UTC),
+        now,
     )
 
 
 def delete_objects(
-    point: dict[str, Any], settings: Settings, *, pruned: bool
+    cluster: PolicyReader,
+    store: Store,
+    point: dict[str, Any],
+    now: dt.datetime,
+    *,
+    pruned: bool,
 ) -> dt.datetime | None:
     """Remove the point's payload, manifest and copies when its policy says so. Returns the
     Object Lock end when objects are locked (the point must be kept until then)."""
-    meta = point["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
+    namespace = point["metadata"]["namespace"]
     try:
-        policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+        policy = load_policy(cluster, namespace, point["spec"]["policyRef"]["name"])
     except PointBlocked:
         # Without its policy the point's bucket is unknown; deleting the policy keeps points
         # and their objects, by design.
         return None
-    ref = backup.point_ref(policy.spec, namespace, policy.name, name)
     if not pruned and policy.spec.deletion_policy == "Retain":
         # The objects stay; a tombstone next to the manifest keeps catalog sync from importing
         # the point again. Only a point with a manifest can be re-imported, so only it needs one.
         if (point.get("status") or {}).get("manifest"):
-            client = s3_client_for(policy.spec.storage, namespace, settings)
-            s3.write_tombstone(client, ref, tombstone_body(point, dt.datetime.now(dt.UTC)))
+            store.write_tombstone(point, tombstone_body(point, now))
         return None
-    now = dt.datetime.now(dt.UTC)
-    locations = [(policy.spec.storage, ref)] + [
-        (copy, ref.in_bucket(copy.bucket, copy.prefix)) for copy in policy.spec.copies or []
-    ]
-    latest_lock: dt.datetime | None = None
-    for location, where in locations:
-        client = s3_client_for(location, namespace, settings)
-        until = s3.delete_point_objects(client, where.bucket, where.directory, now)
-        if until is not None:
-            latest_lock = max(latest_lock or until, until)
-    return latest_lock
+    return store.delete_objects(point, now)
 
 
 def tombstone_body(point: dict[str, Any], now: dt.datetime) -> bytes:

@@ -2,7 +2,8 @@
 restore Job, and from the Job's outcome and the agent's result to the Restore's status.
 
 The first half is pure (point choice, the agent's `RestoreConfig`, the Job request, the
-outcome); the second half talks to the cluster and is what the kopf handlers call.
+outcome); the second half talks to the cluster through the `Cluster` port (the handlers pass
+`aegis.k8s.adapters.ApiCluster`, unit tests an in-memory one) and takes the time.
 
 A Restore restores at most once. The Job name is a function of the Restore's name, so a
 retried create after a crash or an operator restart gets the existing Job back; once a Job
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -25,12 +27,10 @@ from aegis.agent.config import (
     RestoreConfig,
 )
 from aegis.agent.layout import manifest_key_for, parse_s3_url
-from aegis.api import RECOVERY_POINT, RESTORE
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.checks import VerifyCheck
 from aegis.api.common import JobOptions, LocalObjectRef, S3Location
 from aegis.api.restore import RestoreSpec, RestoreTarget
-from aegis.k8s import objects
 from aegis.k8s.jobs import JobRequest, SecretEnv, build_job, job_outcome
 from aegis.labels import RECOVERY_POINT_ANNOTATION
 from aegis.locks import KeyedLocks
@@ -507,55 +507,45 @@ def verification_of(
 _locks = KeyedLocks()  # per object: this process's writers of one object take turns
 
 
-class Cluster(Protocol):
-    """What folding a restore Job into its Restore needs of the API server."""
+class Cluster(points.Cluster, Protocol):
+    """What a Restore needs of the API server: its point and that point's policy, Secrets
+    and Jobs (`points.Cluster`), and the Restore itself."""
 
-    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
-        """The Restore; raises objects.NotFound."""
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Restore, or None when it does not exist."""
 
     def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_points(self, namespace: str) -> list[dict[str, Any]]: ...
 
     def termination_message(self, namespace: str, job_name: str) -> str | None:
         """The termination message of the Job's newest pod (the agent's JSON result)."""
 
 
-class ApiCluster:
-    """The real API server, through `aegis.k8s.objects`."""
-
-    def get_restore(self, namespace: str, name: str) -> dict[str, Any]:
-        return objects.get_custom(RESTORE, namespace, name)
-
-    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        objects.patch_custom_status(RESTORE, namespace, name, status)
-
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return objects.get_job(namespace, name)
-
-    def termination_message(self, namespace: str, job_name: str) -> str | None:
-        return objects.job_result_message(namespace, job_name)
+class RestoreGone(LookupError):
+    """The Restore was deleted meanwhile (its Job goes with it)."""
 
 
 def _patch(
+    cluster: Cluster,
     namespace: str,
     name: str,
     status: dict[str, Any],
     updates: list[ConditionUpdate],
-    cluster: Cluster | None = None,
-    now: dt.datetime | None = None,
+    now: dt.datetime,
 ) -> dict[str, Any]:
     """Merge-patch the status; conditions are recomputed from the current object (the body a
     handler got may be stale) so that no condition is lost."""
-    cluster = cluster or ApiCluster()
     current = cluster.get_restore(namespace, name)
+    if current is None:
+        raise RestoreGone(f"Restore {namespace}/{name} not found")
     status = dict(status)
     if updates:
         status["conditions"] = set_conditions(
             (current.get("status") or {}).get("conditions"),
             updates,
             generation=current["metadata"].get("generation"),
-            now=now or dt.datetime.now(dt.UTC),
+            now=now,
         )
     status["observedGeneration"] = current["metadata"].get("generation")
     cluster.patch_restore_status(namespace, name, status)
@@ -573,24 +563,24 @@ class PointSelection(Protocol):
     def policy_ref(self) -> LocalObjectRef | None: ...
 
 
-def resolve_point(namespace: str, spec: PointSelection) -> dict[str, Any]:
+def resolve_point(cluster: Cluster, namespace: str, spec: PointSelection) -> dict[str, Any]:
     """The RecoveryPoint to restore: named, or the policy's best. Raises PointBlocked (may
     resolve later) or RestoreRefused (never will)."""
     if spec.recovery_point_ref is not None:
         name = spec.recovery_point_ref.name
-        try:
-            point = objects.get_custom(RECOVERY_POINT, namespace, name)
-        except objects.NotFound:
+        named = cluster.get_point(namespace, name)
+        if named is None:
             raise PointBlocked(
                 "RecoveryPointNotFound",
                 f"RecoveryPoint {name} does not exist in {namespace}: fix spec.recoveryPointRef "
                 "(kubectl get recoverypoints)",
                 retry_seconds=30,
-            ) from None
+            )
+        point = named
     else:
         assert spec.policy_ref is not None
         policy = spec.policy_ref.name
-        found = choose_point(objects.list_custom(RECOVERY_POINT, namespace), policy)
+        found = choose_point(cluster.list_points(namespace), policy)
         if found is None:
             raise PointBlocked(
                 "NoCompletedRecoveryPoint",
@@ -610,7 +600,13 @@ class Started:
     point: str | None
 
 
-def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Started:
+def start(
+    cluster: Cluster,
+    restore: dict[str, Any],
+    spec: RestoreSpec,
+    settings: Settings,
+    now: dt.datetime,
+) -> Started:
     """Make sure the Restore's one Job exists (or fold it in when it has already ended).
     Raises PointBlocked when it cannot start yet, RestoreRefused when it never can."""
     meta = restore["metadata"]
@@ -621,16 +617,25 @@ def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Sta
     if status.get("jobName"):
         # The Job was made before (an operator restart): never make another one.
         return Started(status["jobName"], False, status.get("recoveryPoint"))
-    point = resolve_point(namespace, spec)
-    policy = load_policy(namespace, point["spec"]["policyRef"]["name"])
+    point = resolve_point(cluster, namespace, spec)
+    policy = load_policy(cluster, namespace, point["spec"]["policyRef"]["name"])
     admit_policy(policy, settings)
-    request = restore_job_request(restore, spec, point, policy.spec, key_ids(policy), settings)
-    job, created = objects.create_job(namespace, build_job(request))
+    request = restore_job_request(
+        restore, spec, point, policy.spec, key_ids(cluster, policy), settings
+    )
+    job, created = cluster.create_job(namespace, build_job(request))
     # An existing Job (created before a crash, its status never written) restores the point
     # it was made for, which a policyRef may no longer resolve to.
     point_name = (job.get("metadata", {}).get("annotations") or {}).get(
         RECOVERY_POINT_ANNOTATION
     ) or point["metadata"]["name"]
+    if created:
+        cluster.post_event(
+            restore,
+            "Normal",
+            "RestoreStarted",
+            f"Started restore Job {request.name} for RecoveryPoint {point_name}",
+        )
     chosen = "" if spec.recovery_point_ref else " (the policy's newest good point)"
     message = (
         f"restore Job {request.name} restores {point_name}{chosen} into "
@@ -638,13 +643,14 @@ def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Sta
     )
     with _locks.hold((namespace, name)):
         _patch(
+            cluster,
             namespace,
             name,
             {
                 "phase": "Running",
                 "recoveryPoint": point_name,
                 "jobName": request.name,
-                "startTime": status.get("startTime") or iso(dt.datetime.now(dt.UTC)),
+                "startTime": status.get("startTime") or iso(now),
                 "message": message,
             },
             [
@@ -652,19 +658,24 @@ def start(restore: dict[str, Any], spec: RestoreSpec, settings: Settings) -> Sta
                 ConditionUpdate("Complete", "Unknown", "RestoreRunning", message),
                 ConditionUpdate("Failed", "False", "RestoreRunning", message),
             ],
+            now,
         )
     return Started(request.name, created, point_name)
 
 
-def block(restore: dict[str, Any], blocked: PointBlocked) -> None:
+def block(
+    cluster: Cluster, restore: dict[str, Any], blocked: PointBlocked, now: dt.datetime
+) -> None:
     """Say why the Restore cannot start yet, without failing it: the cause may be fixed."""
     meta = restore["metadata"]
     with _locks.hold((meta["namespace"], meta["name"])):
         _patch(
+            cluster,
             meta["namespace"],
             meta["name"],
             {"phase": "Pending", "message": blocked.message},
             [ConditionUpdate("Accepted", "False", blocked.reason, blocked.message)],
+            now,
         )
 
 
@@ -674,38 +685,37 @@ class Finished:
     outcome: RestoreOutcome
 
 
-def refuse(restore: dict[str, Any], error: RestoreRefused) -> Finished:
+def refuse(
+    cluster: Cluster, restore: dict[str, Any], error: RestoreRefused, now: dt.datetime
+) -> Finished:
     """End the Restore Failed before any Job: its spec names a point that will not restore."""
     meta = restore["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     outcome = refused(error)
     with _locks.hold((namespace, name)):
         current = _patch(
+            cluster,
             namespace,
             name,
             {
                 "phase": "Failed",
                 "message": outcome.message,
-                "completionTime": iso(dt.datetime.now(dt.UTC)),
+                "completionTime": iso(now),
             },
             [
                 ConditionUpdate("Accepted", "False", error.reason, error.message),
                 *outcome.conditions(),
             ],
+            now,
         )
-    metrics.RESTORE_FAILURES.labels(namespace).inc()
     return Finished(current, outcome)
 
 
-def finish(
-    namespace: str, name: str, cluster: Cluster | None = None, now: dt.datetime | None = None
-) -> Finished | None:
+def finish(namespace: str, name: str, cluster: Cluster, now: dt.datetime) -> Finished | None:
     """Fold the ended Job into the Restore. None when there is nothing (more) to do."""
-    cluster = cluster or ApiCluster()
     with _locks.hold((namespace, name)):
-        try:
-            restore = cluster.get_restore(namespace, name)
-        except objects.NotFound:
+        restore = cluster.get_restore(namespace, name)
+        if restore is None:
             return None
         status = restore.get("status") or {}
         job_name = status.get("jobName")
@@ -729,7 +739,6 @@ def finish(
         outcome = restore_outcome(
             state, result, job_message, status.get("recoveryPoint"), describe_target(spec.target)
         )
-        now = now or dt.datetime.now(dt.UTC)
         duration = measured_duration(result, started, ended)
         if duration is not None:
             outcome.status["durationSeconds"] = duration
@@ -747,13 +756,50 @@ def finish(
                 "completionTime": iso(ended or now),
             }
         )
-        current = _patch(namespace, name, outcome.status, outcome.conditions(), cluster, now)
-        if outcome.phase == "Completed":
-            if duration is not None:
-                metrics.RESTORE_DURATION.labels(namespace).observe(duration)
-        else:
-            metrics.RESTORE_FAILURES.labels(namespace).inc()
+        current = _patch(cluster, namespace, name, outcome.status, outcome.conditions(), now)
         return Finished(current, outcome)
+
+
+def announce(cluster: Cluster, finished: Finished, now: dt.datetime) -> list[tuple[int, str]]:
+    """The one place a Restore's end is told: its event, its metrics, and what it proves of
+    its point (Verified, or Corrupted for an integrity failure). Returns (logging level, line)
+    pairs for the handler's logger (kopf posts its warnings as events too)."""
+    outcome = finished.outcome
+    restore = finished.restore
+    namespace, name = restore["metadata"]["namespace"], restore["metadata"]["name"]
+    completed = outcome.phase == "Completed"
+    cluster.post_event(
+        restore, "Normal" if completed else "Warning", outcome.reason, outcome.message
+    )
+    lines: list[tuple[int, str]] = []
+    if completed:
+        duration = _number(outcome.status.get("durationSeconds"))
+        if duration is not None:
+            metrics.RESTORE_DURATION.labels(namespace).observe(duration)
+        lines.append((logging.INFO, f"Restore {name} completed: {outcome.message}"))
+        try:
+            mark_point_verified(cluster, finished, now)
+        except Exception as error:  # best effort: the Restore's own result stands
+            lines.append((
+                logging.WARNING,
+                f"Could not record the verification on the point: {_why(error)}",
+            ))
+        return lines
+    metrics.RESTORE_FAILURES.labels(namespace).inc()
+    lines.append((logging.WARNING, f"Restore {name} failed: {outcome.message}"))
+    try:
+        if judge_point(finished, cluster, now):
+            point = (restore.get("status") or {}).get("recoveryPoint")
+            lines.append((logging.WARNING, f"RecoveryPoint {point} is Corrupted"))
+    except Exception as error:  # best effort, as above
+        lines.append((logging.WARNING, f"Could not mark the point Corrupted: {_why(error)}"))
+    return lines
+
+
+def _why(error: Exception) -> str:
+    """An API error's reason (its body may be long), else its type and message."""
+    reason = getattr(error, "reason", None)
+    return str(reason) if reason else f"{type(error).__name__}: {error}"
 
 
 def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -> bool:
@@ -778,19 +824,17 @@ def judge_point(finished: Finished, cluster: points.Cluster, now: dt.datetime) -
     return marked
 
 
-def mark_point_verified(finished: Finished) -> bool:
+def mark_point_verified(cluster: points.Cluster, finished: Finished, now: dt.datetime) -> bool:
     """A Restore whose checks all passed proves its point restores: record it on the point
     (`status.verification`, condition Verified), so a policyRef prefers it. Best effort."""
     restore = finished.restore
     meta = restore["metadata"]
     point_name = (restore.get("status") or {}).get("recoveryPoint")
-    now = dt.datetime.now(dt.UTC)
     verification = verification_of(meta["name"], finished.outcome, now)
     if verification is None or not point_name:
         return False
-    try:
-        point = objects.get_custom(RECOVERY_POINT, meta["namespace"], point_name)
-    except objects.NotFound:
+    point = cluster.get_point(meta["namespace"], point_name)
+    if point is None:
         return False
     message = (
         f"restore/{meta['name']} restored it and {len(finished.outcome.checks)} check(s) passed"
@@ -801,8 +845,7 @@ def mark_point_verified(finished: Finished) -> bool:
         generation=point["metadata"].get("generation"),
         now=now,
     )
-    objects.patch_custom_status(
-        RECOVERY_POINT,
+    cluster.patch_point_status(
         meta["namespace"],
         point_name,
         {"verification": verification, "conditions": conditions},

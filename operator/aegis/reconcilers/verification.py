@@ -165,9 +165,10 @@ def start(
     if answered(point, request) or status.get("phase") != "Completed":
         return None
     meta = point["metadata"]
-    policy = points.load_policy(meta["namespace"], point["spec"]["policyRef"]["name"])
+    policy = points.load_policy(cluster, meta["namespace"], point["spec"]["policyRef"]["name"])
     points.admit_policy(policy, settings)  # the verify Job reaches the same endpoints
-    request_job = verify_job_request(point, policy.spec, points.key_ids(policy), settings, request)
+    key_ids = points.key_ids(cluster, policy)
+    request_job = verify_job_request(point, policy.spec, key_ids, settings, request)
     _, created = cluster.create_job(meta["namespace"], build_job(request_job))
     if created:
         cluster.post_event(
