@@ -7,33 +7,30 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import ValidationError
 
 from aegis.agent.errors import AgentError
 from aegis.agent.scrub import scrub
+from aegis.agent.wire import WireRecord
 
 Result = Literal["Passed", "Failed", "Error"]
 
 
-class _Model(BaseModel):
-    # The operator validated the checks already; tolerate fields added by newer versions.
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class Expect(_Model):
+# The operator validated the checks already (aegis.api.checks); these tolerate fields added by
+# newer versions.
+class Expect(WireRecord):
     min: float | None = None
     max: float | None = None
     equals: str | None = None
     matches_backup: bool | None = None
 
 
-class RedisQuery(_Model):
+class RedisQuery(WireRecord):
     op: Literal["KeyCount", "KeyExists", "Get", "TTL"]
     key: str | None = None
 
 
-class Check(_Model):
+class Check(WireRecord):
     name: str
     sql: str | None = None
     redis: RedisQuery | None = None
@@ -41,14 +38,11 @@ class Check(_Model):
     expect: Expect
 
 
-class CheckOutcome(_Model):
+class CheckOutcome(WireRecord):
     name: str
     result: Result
     value: str | None = None
     message: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def parse_checks(raw: Any, where: str) -> list[Check]:

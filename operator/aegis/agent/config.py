@@ -12,48 +12,21 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from aegis.agent.compress import Compression, parse_compression
 from aegis.agent.scrub import SCRUBBER
+from aegis.agent.wire import ObjectLock, Port, ServerSideEncryption, SSLMode, WireModel
 
 MiB = 1 << 20
-Port = Annotated[int, Field(ge=1, le=65535)]
-SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
 class ConfigError(ValueError):
     """Bad configuration; the message names the field and the fix."""
 
 
-class AgentModel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class ServerSideEncryptionConfig(AgentModel):
-    type: Literal["AES256", "aws:kms"]
-    """AES256 (SSE-S3) or aws:kms (SSE-KMS)."""
-    kms_key_id: str | None = None
-    """KMS key of SSE-KMS; absent uses the bucket's default key."""
-
-
-class ObjectLockConfig(AgentModel):
-    mode: Literal["GOVERNANCE", "COMPLIANCE"]
-    """Object Lock mode of every object written."""
-    days: Annotated[int, Field(ge=1, le=36500)]
-    """Retention from the time of writing."""
-
-
-class StoreConfig(AgentModel):
+class StoreConfig(WireModel):
     """A bucket and how to write to it (mirrors the API's S3Location)."""
 
     bucket: Annotated[str, Field(min_length=3, max_length=63)]
@@ -66,9 +39,9 @@ class StoreConfig(AgentModel):
     """S3-compatible endpoint; absent uses AEGIS_S3_ENDPOINT, AWS_ENDPOINT_URL_S3 or AWS."""
     storage_class: str | None = None
     """Storage class of written objects."""
-    server_side_encryption: ServerSideEncryptionConfig | None = None
+    server_side_encryption: ServerSideEncryption | None = None
     """Server-side encryption of written objects."""
-    object_lock: ObjectLockConfig | None = None
+    object_lock: ObjectLock | None = None
     """Object Lock retention of written objects."""
     credentials_env_prefix: Annotated[str, Field(pattern=r"^[A-Z0-9_]*$")] = ""
     """Read <prefix>AWS_ACCESS_KEY_ID / <prefix>AWS_SECRET_ACCESS_KEY / <prefix>AWS_SESSION_TOKEN;
@@ -77,7 +50,7 @@ class StoreConfig(AgentModel):
     """Bucket addressing; absent: path style with a custom endpoint, else auto."""
 
 
-class KmsKeyConfig(AgentModel):
+class KmsKeyConfig(WireModel):
     """An AWS KMS key that wraps the data key (mirrors the API's KmsKey)."""
 
     key_id: Annotated[str, Field(min_length=1, max_length=2048)]
@@ -91,7 +64,7 @@ class KmsKeyConfig(AgentModel):
     credentials (IRSA web identity, instance profile)."""
 
 
-class PostgresSourceConfig(AgentModel):
+class PostgresSourceConfig(WireModel):
     host: Annotated[str, Field(min_length=1)]
     """Server host."""
     port: Port = 5432
@@ -110,7 +83,7 @@ class PostgresSourceConfig(AgentModel):
     """Directory of pg_dump/pg_restore; absent picks /usr/lib/postgresql/<major>/bin."""
 
 
-class RedisSourceConfig(AgentModel):
+class RedisSourceConfig(WireModel):
     host: Annotated[str, Field(min_length=1)]
     """Server host."""
     port: Port = 6379
@@ -144,7 +117,7 @@ agent hands it to the command as NAME, so it never changes the agent's own envir
 Argv = Annotated[list[str], Field(min_length=1)]
 
 
-class CommandSourceConfig(AgentModel):
+class CommandSourceConfig(WireModel):
     """A dump command whose stdout is the backup (agent/command.py)."""
 
     dump: Argv
@@ -155,7 +128,7 @@ class CommandSourceConfig(AgentModel):
     """Label recorded as the manifest's source.database."""
 
 
-class CommandTargetConfig(AgentModel):
+class CommandTargetConfig(WireModel):
     """A restore command reading the dump on stdin (agent/command.py)."""
 
     restore: Argv
@@ -168,7 +141,7 @@ class CommandTargetConfig(AgentModel):
     """Limit of each emptyCheck and check command."""
 
 
-class TuningConfig(AgentModel):
+class TuningConfig(WireModel):
     chunk_size: Annotated[int, Field(ge=4096, le=64 * MiB)] = MiB
     """Plaintext bytes per encrypted chunk."""
     part_size: Annotated[int, Field(ge=5 * MiB, le=1024 * MiB)] = 6 * MiB
@@ -187,7 +160,7 @@ class TuningConfig(AgentModel):
     """botocore attempts per request (standard retry mode: backoff on throttling and 5xx)."""
 
 
-class Common(AgentModel):
+class Common(WireModel):
     keys_dir: str | None = None
     """Directory of key files (one per key id); default AEGIS_KEYS_DIR or /etc/aegis/keys."""
     kms_keys: list[KmsKeyConfig] = []
@@ -240,7 +213,7 @@ class BackupConfig(Common):
         return self
 
 
-class PostgresTargetConfig(AgentModel):
+class PostgresTargetConfig(WireModel):
     host: Annotated[str, Field(min_length=1)]
     """Server host."""
     port: Port = 5432
@@ -257,7 +230,7 @@ class PostgresTargetConfig(AgentModel):
     """Directory of pg_restore; absent picks /usr/lib/postgresql/<major>/bin."""
 
 
-class RedisTargetConfig(AgentModel):
+class RedisTargetConfig(WireModel):
     host: Annotated[str, Field(min_length=1)]
     """Server host."""
     port: Port = 6379

@@ -15,10 +15,10 @@ import datetime as dt
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
 from aegis.agent.compress import Compression
+from aegis.agent.wire import SourceInfo, WireRecord
 
 FORMAT_VERSION = 1
 
@@ -27,16 +27,7 @@ class ManifestError(ValueError):
     """A manifest that cannot be read or is of an unknown format."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        use_attribute_docstrings=True,
-    )
-
-
-class TableRows(_Model):
+class TableRows(WireRecord):
     """Rows of one table, counted in the dump's own snapshot."""
 
     schema_: str = Field(alias="schema")
@@ -51,23 +42,9 @@ class TableRows(_Model):
         return f"{self.schema_}.{self.name}"
 
 
-class SourceRecord(_Model):
-    """What was backed up (RecoveryPoint status.source, plus details)."""
+class SourceRecord(SourceInfo):
+    """What was backed up: RecoveryPoint status.source (`SourceInfo`), plus details."""
 
-    kind: Literal["Postgres", "Redis", "Command"]
-    """Kind of source."""
-    database: str | None = None
-    """Database name (PostgreSQL; a command source's label)."""
-    server_version: str | None = None
-    """Server version at backup time."""
-    position: str | None = None
-    """WAL LSN (PostgreSQL) or replication offset (Redis) of the snapshot."""
-    tables: int | None = None
-    """Number of tables whose rows were counted (PostgreSQL)."""
-    rows: int | None = None
-    """Total rows over those tables (PostgreSQL)."""
-    keys: int | None = None
-    """Number of keys (Redis), from INFO keyspace when the snapshot started."""
     method: str | None = None
     """How the dump was taken: pg_dump, Sync, Bgsave or command."""
     command: list[str] | None = None
@@ -78,7 +55,7 @@ class SourceRecord(_Model):
     """Per-table row counts (PostgreSQL), for `matchesBackup` checks."""
 
 
-class KeyWrap(_Model):
+class KeyWrap(WireRecord):
     """One wrapped copy of the data key: any one of them opens the backup."""
 
     key_wrap: str
@@ -97,7 +74,7 @@ class KeyWrap(_Model):
         return base64.b64decode(self.wrapped_key)
 
 
-class EncryptionRecord(_Model):
+class EncryptionRecord(WireRecord):
     """How the payload is encrypted; see docs/encryption-format.md."""
 
     algorithm: str
@@ -130,7 +107,7 @@ class EncryptionRecord(_Model):
         return bytes.fromhex(self.nonce_prefix)
 
 
-class StorageRecord(_Model):
+class StorageRecord(WireRecord):
     """How the objects were stored."""
 
     storage_class: str | None = None
@@ -143,7 +120,7 @@ class StorageRecord(_Model):
     """GOVERNANCE or COMPLIANCE."""
 
 
-class CopyRecord(_Model):
+class CopyRecord(WireRecord):
     """A copy of the payload in another bucket."""
 
     location: str
@@ -158,7 +135,7 @@ class CopyRecord(_Model):
     """Why it failed."""
 
 
-class Manifest(_Model):
+class Manifest(WireRecord):
     """One backup."""
 
     format_version: int = FORMAT_VERSION
@@ -208,9 +185,6 @@ class Manifest(_Model):
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), separators=(",", ":"), sort_keys=True)
 
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
     def table_rows(self) -> dict[str, int]:
         """`schema.table` → rows."""
         return {t.qualified: t.rows for t in self.source.table_rows or []}
@@ -221,7 +195,7 @@ class Manifest(_Model):
             mode="json",
             by_alias=True,
             exclude_none=True,
-            include={"kind", "database", "server_version", "position", "tables", "rows", "keys"},
+            include=set(SourceInfo.model_fields),
         )
         status: dict[str, Any] = {
             "startTime": _wire_time(self.start_time),

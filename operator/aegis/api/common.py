@@ -15,6 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from aegis.agent.wire import ObjectLock, Port, ServerSideEncryption, SSLMode, WireModel
+
 # Every integer in a spec has a maximum the code can handle, so the schema refuses what the
 # operator could not act on (a deadline of 2^62 seconds overflows a timedelta; past 2^63 the
 # API server refuses the number itself, with a less helpful message).
@@ -22,7 +24,6 @@ MAX_SECONDS = 10 * 366 * 24 * 3600
 """Ten years: the longest duration any spec field accepts."""
 MAX_COUNT = 2**31 - 1
 """int32, the range Kubernetes gives counts (replicas, backoffLimit)."""
-Port = Annotated[int, Field(ge=1, le=65535)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 PositiveSeconds = Annotated[int, Field(ge=1, le=MAX_SECONDS)]
 NonNegativeSeconds = Annotated[int, Field(ge=0, le=MAX_SECONDS)]
@@ -32,30 +33,19 @@ ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBD
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
 
 
-class ApiModel(BaseModel):
-    """Base of every API shape: camelCase aliases, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-    )
+class ApiModel(WireModel):
+    """Base of every API shape: camelCase aliases, unknown fields refused (the agent's wire
+    base, so a shape both sides use is one class)."""
 
     def to_api(self) -> dict[str, Any]:
         """The wire form: camelCase keys, unset optional fields left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self.to_wire()
 
 
 class StatusModel(ApiModel):
     """Status shapes tolerate fields written by newer operator versions."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        use_attribute_docstrings=True,
-    )
+    model_config = ConfigDict(extra="ignore")
 
 
 def exactly_one(model: BaseModel, fields: tuple[str, ...], field: str | None = None) -> None:
@@ -146,9 +136,6 @@ class SecretRef(ApiModel):
     """Name of the Secret."""
 
 
-SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-
-
 class PostgresTarget(ApiModel):
     """How to reach one PostgreSQL database. Credentials come from Secrets, never inline."""
 
@@ -181,24 +168,6 @@ class RedisTarget(ApiModel):
     """Connect with TLS."""
     db: Annotated[int, Field(ge=0, le=15)] | None = None
     """Logical database index for checks; backups always cover the whole server."""
-
-
-class ServerSideEncryption(ApiModel):
-    """S3 server-side encryption, on top of Aegis's own client-side encryption."""
-
-    type: Literal["AES256", "aws:kms"]
-    """`AES256` (SSE-S3) or `aws:kms` (SSE-KMS)."""
-    kms_key_id: str | None = None
-    """KMS key id or ARN when `type` is `aws:kms`; absent uses the bucket's default key."""
-
-
-class ObjectLock(ApiModel):
-    """S3 Object Lock retention set on every object written. The bucket must have Object Lock."""
-
-    mode: Literal["GOVERNANCE", "COMPLIANCE"]
-    """COMPLIANCE cannot be shortened by anyone; GOVERNANCE can, with a special permission."""
-    days: Annotated[int, Field(ge=1, le=36500)]
-    """Retention period in days from the time of writing."""
 
 
 # S3's bucket naming rules (general purpose buckets): 3-63 characters; lowercase letters,

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from aegis.agent.wire import Port
 from aegis.api.common import (
     MAX_COUNT,
     ApiModel,
@@ -15,7 +16,6 @@ from aegis.api.common import (
     NonNegativeInt,
     NonNegativeSeconds,
     ObjectName,
-    Port,
     PositiveSeconds,
     PostgresTarget,
     RedisTarget,

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict
 
+from aegis.agent.wire import SourceInfo
 from aegis.api.checks import CheckResult
 from aegis.api.common import ApiModel, Condition, Display, LocalObjectRef, StatusModel, cel
 
@@ -27,25 +28,6 @@ class RecoveryPointSpec(ApiModel):
     or Imported (rebuilt by catalog sync from a manifest in the bucket)."""
     scheduled_time: dt.datetime | None = None
     """The tick this point was made for (Scheduled only)."""
-
-
-class SourceInfo(StatusModel):
-    """What was backed up."""
-
-    kind: Literal["Postgres", "Redis", "Command"]
-    """Kind of source."""
-    database: str | None = None
-    """Database name (PostgreSQL; a command source's `database` label)."""
-    server_version: str | None = None
-    """Server version at backup time."""
-    position: str | None = None
-    """WAL LSN (PostgreSQL) or replication offset (Redis) of the snapshot."""
-    tables: int | None = None
-    """Number of tables whose rows were counted (PostgreSQL)."""
-    rows: int | None = None
-    """Total rows over all tables (PostgreSQL)."""
-    keys: int | None = None
-    """Number of keys (Redis)."""
 
 
 class CopyStatus(StatusModel):

@@ -18,10 +18,8 @@ from aegis.agent.config import (
     COMMAND_ENV_PREFIX,
     BackupConfig,
     CommandSourceConfig,
-    ObjectLockConfig,
     PostgresSourceConfig,
     RedisSourceConfig,
-    ServerSideEncryptionConfig,
     StoreConfig,
 )
 from aegis.agent.layout import PointRef
@@ -45,19 +43,8 @@ def store_config(
         region=location.region,
         endpoint=location.endpoint or default_endpoint,
         storage_class=location.storage_class,
-        server_side_encryption=(
-            ServerSideEncryptionConfig(
-                type=location.server_side_encryption.type,
-                kms_key_id=location.server_side_encryption.kms_key_id,
-            )
-            if location.server_side_encryption
-            else None
-        ),
-        object_lock=(
-            ObjectLockConfig(mode=location.object_lock.mode, days=location.object_lock.days)
-            if location.object_lock
-            else None
-        ),
+        server_side_encryption=location.server_side_encryption,
+        object_lock=location.object_lock,
         credentials_env_prefix=env_prefix if location.credentials_secret_ref else "",
     )
 
