@@ -97,12 +97,35 @@ class FailoverRow:
 
 
 @dataclass
+class FailoverDrillRow:
+    namespace: str
+    drill: str
+    plan: str
+    mode: str
+    start: dt.datetime
+    result: str
+    reason: str
+    rto: float | None
+    rto_predicted: bool
+    rto_objective: float | None
+    data_lost_bytes: int | None
+
+    @property
+    def rto_label(self) -> str:
+        """The RTO as recorded, saying whether it was predicted (DryRun) or measured (Live)."""
+        if self.rto is None:
+            return "-"
+        return f"{_s(self.rto)} ({'predicted' if self.rto_predicted else 'measured'})"
+
+
+@dataclass
 class Report:
     scope: str
     since: dt.datetime
     now: dt.datetime
     policies: list[PolicyReport]
     failovers: list[FailoverRow]
+    failover_drills: list[FailoverDrillRow] = field(default_factory=list)
 
 
 def _policy_of_point(point: dict[str, Any]) -> str | None:
@@ -160,6 +183,7 @@ def build_report(
         ]
         policies.append(report)
     by_key = {(p.namespace, p.name): p for p in policies}
+    failover_drills: list[FailoverDrillRow] = []
     for drill in objects.get("drdrills", []):
         meta, spec, status = drill["metadata"], drill.get("spec") or {}, drill.get("status") or {}
         objectives = spec.get("objectives") or {}
@@ -171,6 +195,25 @@ def build_report(
         for run in runs:
             start = _time(run.get("startTime"))
             if start is None or start < since or run.get("result") not in ("Passed", "Failed"):
+                continue
+            if spec.get("type") == "Failover":
+                failover = spec.get("failover") or {}
+                lost = run.get("dataLostBytes")
+                failover_drills.append(
+                    FailoverDrillRow(
+                        meta["namespace"],
+                        meta["name"],
+                        str(run.get("plan") or (failover.get("planRef") or {}).get("name") or ""),
+                        str(failover.get("mode") or "DryRun"),
+                        start,
+                        str(run.get("result")),
+                        str(run.get("reason") or ""),
+                        _num(run.get("rtoSeconds")),
+                        bool(run.get("rtoPredicted")),
+                        _num(objectives.get("rtoSeconds")),
+                        int(lost) if isinstance(lost, int) else None,
+                    )
+                )
                 continue
             point_name = str(run.get("recoveryPoint") or "")
             policy = point_policy.get((meta["namespace"], point_name)) or declared
@@ -215,7 +258,8 @@ def build_report(
                 )
             )
     failovers.sort(key=lambda f: f.start or since)
-    return Report(scope, since, now, policies, failovers)
+    failover_drills.sort(key=lambda d: (d.namespace, d.drill, d.start))
+    return Report(scope, since, now, policies, failovers, failover_drills)
 
 
 def load_evidence(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
@@ -341,6 +385,21 @@ def render_markdown(report: Report) -> str:
         ]
     else:
         out.append("No failover or failback in the period.")
+    out += ["", "## Failover drills", ""]
+    if report.failover_drills:
+        out += [
+            "| drill | plan | mode | start | result | RTO | RTO objective | data lost |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        out += [
+            f"| {d.namespace}/{d.drill} | {d.plan} | {d.mode} | {_day(d.start)} "
+            f"| {d.result} ({d.reason}) | {d.rto_label} "
+            f"| {_s(d.rto_objective)} {_met(d.rto, d.rto_objective)} "
+            f"| {'-' if d.data_lost_bytes is None else f'{d.data_lost_bytes} B'} |"
+            for d in report.failover_drills
+        ]
+    else:
+        out.append("No failover drill ran in the period.")
     return "\n".join(out) + "\n"
 
 
@@ -476,6 +535,38 @@ def render_html(report: Report) -> str:
         body.append("</table>")
     else:
         body.append("<p>No failover or failback in the period.</p>")
+    body.append("<h2>Failover drills</h2>")
+    if report.failover_drills:
+        body.append(
+            "<table><tr><th>drill</th><th>plan</th><th>mode</th><th>start</th><th>result</th>"
+            "<th>RTO</th><th>RTO objective</th><th>data lost</th></tr>"
+        )
+        for fd in report.failover_drills:
+            lost = "-" if fd.data_lost_bytes is None else f"{fd.data_lost_bytes} B"
+            body.append(
+                "<tr>"
+                + _cell(f"{fd.namespace}/{fd.drill}")
+                + _cell(fd.plan)
+                + _cell(fd.mode)
+                + _cell(_day(fd.start))
+                + _cell(f"{fd.result} ({fd.reason})", fd.result != "Passed")
+                + _cell(fd.rto_label, _met(fd.rto, fd.rto_objective) == "MISSED")
+                + _cell(_s(fd.rto_objective))
+                + _cell(lost, bool(fd.data_lost_bytes))
+                + "</tr>"
+            )
+        body.append("</table>")
+        for key in sorted({(fd.namespace, fd.drill) for fd in report.failover_drills}):
+            series = [r for r in report.failover_drills if (r.namespace, r.drill) == key]
+            body.append(
+                svg_bars(
+                    f"Failover drill {key[1]}: RTO per run",
+                    [(_day(r.start), r.rto) for r in series],
+                    series[-1].rto_objective,
+                )
+            )
+    else:
+        body.append("<p>No failover drill ran in the period.</p>")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>Aegis DR evidence report</title>"

@@ -26,8 +26,10 @@ def test_chromium_renders_the_report_with_its_charts_and_tables(tmp_path: Path) 
     dom = subprocess.run(
         [*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
-    assert dom.count("<svg") == 2 and dom.count("<table") == 3, dom[:2000]
+    assert dom.count("<svg") == 3 and dom.count("<table") == 4, dom[:2000]
     assert "Drill weekly: measured RTO per run" in dom
+    assert "Failover drill orders-failover: RTO per run" in dom
+    assert "42.0s (predicted)" in dom
     shot = tmp_path / "report.png"
     subprocess.run(
         [*common, f"--screenshot={shot}", "--window-size=900,1400", page.as_uri()],

@@ -71,7 +71,33 @@ OBJECTS: dict[str, list[dict[str, Any]]] = {
                     run("2026-03-23T10:00:00Z", "Passed", 41.0, 30000),
                 ],
             },
-        }
+        },
+        {
+            "metadata": {"namespace": "shop", "name": "orders-failover"},
+            "spec": {
+                "type": "Failover",
+                "failover": {"planRef": {"name": "orders"}},
+                "objectives": {"rtoSeconds": 120},
+            },
+            "status": {
+                "lastRun": {
+                    "startTime": "2026-03-30T11:00:00Z",
+                    "result": "Passed",
+                    "reason": "DrillPassed",
+                    "plan": "orders",
+                    "rtoSeconds": 42.0,
+                    "rtoPredicted": True,
+                },
+                "history": [
+                    {
+                        "startTime": "2026-03-29T11:00:00Z",
+                        "result": "Failed",
+                        "reason": "StandbyNotInRecovery",
+                        "plan": "orders",
+                    }
+                ],
+            },
+        },
     ],
     "failoverplans": [
         {
@@ -101,6 +127,14 @@ def test_the_report_counts_backups_gaps_and_drills_from_status() -> None:
     assert [(d.result, d.rto) for d in policy.drills] == [("Passed", 41.0), ("Failed", 75.5)]
 
 
+def test_failover_drill_runs_are_listed_per_plan_not_under_a_policy() -> None:
+    rows = report().failover_drills
+    assert [(d.drill, d.plan, d.result, d.reason, d.rto, d.rto_predicted) for d in rows] == [
+        ("orders-failover", "orders", "Failed", "StandbyNotInRecovery", None, False),
+        ("orders-failover", "orders", "Passed", "DrillPassed", 42.0, True),
+    ]
+
+
 def test_markdown_shows_objectives_against_measurements() -> None:
     text = render_markdown(report())
     assert "## BackupPolicy shop/orders" in text
@@ -110,6 +144,11 @@ def test_markdown_shows_objectives_against_measurements() -> None:
     )
     assert "| 60.0s MISSED |" in text
     assert "| shop/orders | Failover | Manual: drill | 2026-03-29 08:00:00Z | 12.5s |" in text
+    assert "## Failover drills" in text
+    assert (
+        "| shop/orders-failover | orders | DryRun | 2026-03-30 11:00:00Z | Passed (DrillPassed) "
+        "| 42.0s (predicted) | 120.0s met | - |"
+    ) in text
 
 
 class _Collect(HTMLParser):
@@ -132,8 +171,10 @@ def test_html_is_self_contained_with_rto_and_rpo_charts() -> None:
     assert [a["aria-label"] for a in svgs] == [
         "RPO over time: gap between consecutive backups",
         "Drill weekly: measured RTO per run",
+        "Failover drill orders-failover: RTO per run",
     ]
     bars = [a for t, a in parser.tags if t == "rect" and a.get("class") == "bar"]
-    assert len(bars) == 2 + 2  # two gaps between three backups, two drill runs
-    assert sum(1 for t, a in parser.tags if t == "line" and a.get("class") == "objective") == 2
-    assert page.count('class="missed"') >= 3  # the gap, the failed run, its RTO
+    # two gaps between three backups, two restore drill runs, one failover run with an RTO
+    assert len(bars) == 2 + 2 + 1
+    assert sum(1 for t, a in parser.tags if t == "line" and a.get("class") == "objective") == 3
+    assert page.count('class="missed"') >= 4  # the gap, the failed runs, the missed RTO
