@@ -67,7 +67,7 @@ def make_source(cfg: BackupConfig, env: dict[str, str]) -> tuple[Source, str]:
 
         return CommandDump(cfg.command, env, read_size), PAYLOAD_FORMAT
     assert cfg.redis is not None
-    from aegis.agent.redis_io import RedisSnapshot
+    from aegis.agent.redis_snapshot import RedisSnapshot
 
     user, password = redis_credentials(env)
     return RedisSnapshot(cfg.redis, user, password, read_size), "redis-rdb"

@@ -291,10 +291,10 @@ def _restore_redis(
     checks: list[Check],
     clock: float,
 ) -> dict[str, Any]:
-    from aegis.agent import redis_io
+    from aegis.agent import redis_replay, redis_scratch
 
     user, password = redis_credentials(env)
-    existing = redis_io.target_keys(target, user, password)
+    existing = redis_replay.target_keys(target, user, password)
     if existing and not cfg.allow_overwrite:
         raise AgentError(
             f"target Redis {target.host}:{target.port} is not empty ({existing} "
@@ -305,7 +305,7 @@ def _restore_redis(
     # server's RDB file, and the target is touched only after the whole of it checked out
     # (a damaged payload stops here, with the target untouched), so no separate verify pass.
     downloading = time.monotonic()
-    scratch = redis_io.ScratchRedis(cfg.work_dir, target.redis_server)
+    scratch = redis_scratch.ScratchRedis(cfg.work_dir, target.redis_server)
     enc = manifest.encryption
     try:
         with Progress("download", cfg.progress_seconds) as progress:
@@ -326,7 +326,7 @@ def _restore_redis(
         )
         started = time.monotonic()
         scratch_client = scratch.load()
-        keys = redis_io.replay(scratch_client, target, user, password, cfg.allow_overwrite)
+        keys = redis_replay.replay(scratch_client, target, user, password, cfg.allow_overwrite)
         scratch_client.close()
     except IntegrityError as error:
         raise AgentError(
@@ -359,12 +359,12 @@ def _redis_query(
 ) -> Callable[[Check], str | None]:
     import redis
 
-    from aegis.agent import redis_io
+    from aegis.agent import redis_replay
 
     def query(check: Check) -> str | None:
         if check.redis is None:
             raise ValueError("a Redis target runs redis checks, not sql ones")
-        client = redis_io.target_client(target, user, password, target.db)
+        client = redis_replay.target_client(target, user, password, target.db)
         try:
             op, key = check.redis.op, check.redis.key or ""
             if op == "KeyCount":

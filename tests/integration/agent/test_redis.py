@@ -262,7 +262,7 @@ def test_both_replay_paths_copy_every_key_with_its_absolute_expiry_and_keep_thei
     """The scratch server sends keys with MIGRATE over plain TCP; to TLS targets (or when the
     target refuses MIGRATE) the agent copies them with DUMP/RESTORE. Both end equal, expiry
     times to the millisecond; a key the target gained meanwhile is kept, not overwritten."""
-    from aegis.agent import redis_io
+    from aegis.agent import redis_replay
     from aegis.agent.config import RedisTargetConfig
 
     fill(redis_db)
@@ -270,8 +270,9 @@ def test_both_replay_paths_copy_every_key_with_its_absolute_expiry_and_keep_thei
     redis_target.client().set("str:7", "theirs")  # written by someone else meanwhile
     scratch = redis_db.client()
     target = RedisTargetConfig(host=redis_target.host, port=redis_target.port, batch_size=500)
-    restored = redis_io.replay(scratch, target, None, redis_target.password, False,
-                               migrate=migrate)
+    restored = redis_replay.replay(
+        scratch, target, None, redis_target.password, False, migrate=migrate
+    )
     assert restored == len(before) - 1
     after = snapshot(redis_target)
     assert after.keys() == before.keys()
