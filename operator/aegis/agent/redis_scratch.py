@@ -34,6 +34,11 @@ class ScratchRedis:
     def write(self, data: bytes) -> None:
         self._file.write(data)
 
+    def written(self) -> Path:
+        """The RDB file, complete (e.g. for agent/redis_feed.py to serve)."""
+        self._file.close()
+        return self.rdb_path
+
     def load(self, timeout: float = 3600) -> redis.Redis:
         import redis  # here, not at the top: Sync and PostgreSQL Jobs never load it
 

@@ -46,6 +46,8 @@ from aegis.agent.pipeline import Expected, open_sealed
 from aegis.agent.s3 import S3Client, StorageError, get_bytes, list_keys, make_client, read_stream
 
 KeyringLoader = Callable[[], Keyring]
+REDIS_LOAD_TIMEOUT = 3600.0
+"""How long a Redis target may take to load the RDB (by replication or in the scratch server)."""
 
 
 def load_manifest(client: S3Client, bucket: str, key: str) -> Manifest:
@@ -318,7 +320,7 @@ def _restore_redis(
     checks: list[Check],
     clock: float,
 ) -> dict[str, Any]:
-    from aegis.agent import redis_replay, redis_scratch
+    from aegis.agent import redis_feed, redis_replay, redis_scratch
 
     user, password = redis_credentials(env)
     existing = redis_replay.target_keys(target, user, password)
@@ -349,12 +351,20 @@ def _restore_redis(
         verify_seconds = time.monotonic() - downloading
         log(
             f"downloaded and authenticated {manifest.location} in {verify_seconds:.1f}s; "
-            "loading it into a scratch redis-server"
+            "loading it into the target"
         )
         started = time.monotonic()
-        scratch_client = scratch.load()
-        keys = redis_replay.replay(scratch_client, target, user, password, cfg.allow_overwrite)
-        scratch_client.close()
+        # An empty target loads the RDB itself, as a replica of the agent; otherwise (or when
+        # that is not possible) a scratch server's keys are replayed into it.
+        keys = (
+            redis_feed.feed(scratch.written(), target, user, password, REDIS_LOAD_TIMEOUT)
+            if not existing
+            else None
+        )
+        if keys is None:
+            scratch_client = scratch.load()
+            keys = redis_replay.replay(scratch_client, target, user, password, cfg.allow_overwrite)
+            scratch_client.close()
     except IntegrityError as error:
         raise AgentError(
             f"{manifest.location} failed authentication: {error}; the target was not touched",
@@ -365,7 +375,7 @@ def _restore_redis(
     finally:
         scratch.close()
     restore_seconds = time.monotonic() - started
-    log(f"replayed {keys} keys into {target.host}:{target.port} in {restore_seconds:.1f}s")
+    log(f"restored {keys} keys into {target.host}:{target.port} in {restore_seconds:.1f}s")
     outcomes = (
         run_checks(checks, _redis_query(target, user, password), None, None) if checks else []
     )
@@ -441,7 +451,7 @@ def restore_result(
         )
     log(
         f"restored {human_bytes(restored)} in {restore_seconds:.1f}s "
-        f"(+{verify_seconds:.1f}s verification pass)"
+        f"(payload authenticated after {verify_seconds:.1f}s)"
     )
     return result
 
