@@ -135,23 +135,26 @@ class RespSocket:
             yield data
 
     def read_until_mark(self, mark: bytes, piece: int) -> Iterator[bytes]:
-        """Diskless transfer: the RDB ends with a 40-byte random mark instead of a length."""
-        tail = bytes(self._buffer)
+        """Diskless transfer: the RDB ends with a 40-byte random mark instead of a length.
+        Pieces of about `piece` bytes (a recv returns far less): fewer, larger writes for the
+        stages after this one."""
+        tail = len(mark)
+        buffer = bytearray(self._buffer)
         self._buffer.clear()
         while True:
-            if tail.endswith(mark):
-                if len(tail) > len(mark):
-                    yield tail[: -len(mark)]
+            if buffer.endswith(mark):
+                if len(buffer) > tail:
+                    yield bytes(buffer[:-tail])
                 return
-            if len(tail) > len(mark):
-                yield tail[: -len(mark)]
-                tail = tail[-len(mark) :]
+            if len(buffer) >= piece + tail:
+                yield bytes(buffer[:-tail])
+                del buffer[:-tail]
             data = self.sock.recv(piece)
             if not data:
                 raise AgentError(
                     "Redis closed the connection before the end of the RDB", kind="SnapshotFailed"
                 )
-            tail += data
+            buffer += data
 
 
 def auth(conn: RespSocket, user: str | None, password: str | None) -> None:
