@@ -204,12 +204,16 @@ def feed(
         listener.close()
         if main:  # the undo below must not be cut short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with contextlib.suppress(redis.RedisError):
-            if replicating:
-                client.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
-            if saved is not None:
-                client.config_set("masterauth", saved)
         client.close()
+        if replicating or saved is not None:
+            # A fresh connection: a signal may have cut the last exchange on `client` short.
+            undo = target_client(cfg, user, password)
+            with contextlib.suppress(redis.RedisError):
+                if replicating:
+                    undo.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+                if saved is not None:
+                    undo.config_set("masterauth", saved)
+            undo.close()
         if main:
             signal.signal(signal.SIGTERM, previous)
 
