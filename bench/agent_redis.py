@@ -1,8 +1,10 @@
 """Benchmark: Aegis Redis backup (method Sync) vs `redis-cli --rdb` to a local file, measured
-in the same run on the same machine, plus the Aegis restore into an empty server.
+in the same run on the same machine, plus the Aegis restore into an empty server (by
+replication from the agent; see docs/restore.md).
 
     .venv/bin/python bench/agent_redis.py            # 1,000,000 keys
     .venv/bin/python bench/agent_redis.py --smoke    # 50,000 keys, for CI
+    .venv/bin/python bench/agent_redis.py --repeat 3 # medians of 3 back-to-back runs
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +60,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each ratio's pair back to back N times; report the medians",
+    )
     args = parser.parse_args()
     keys = 50_000 if args.smoke else args.keys
     source = RedisServer.start()
@@ -74,101 +83,85 @@ def main() -> int:
         # redis-cli --rdb and the agent both ask for a diskless transfer, which the master
         # delays by repl-diskless-sync-delay (5 s) to batch replicas: measure the transfer.
         source.client().config_set("repl-diskless-sync-delay", "0")
-        results: dict[str, float] = {}
         cli = ["redis-cli", "-h", source.host, "-p", str(source.port), "--rdb"]
         timed([*cli, str(work / "warm.rdb")], env)
         rdb = work / "dump.rdb"
-        results["redis_cli_rdb_file"] = timed([*cli, str(rdb)], env).seconds
+        backup_args = [
+            AEGIS,
+            "agent",
+            "backup",
+            "--source",
+            "redis",
+            "--host",
+            source.host,
+            "--port",
+            str(source.port),
+            "--bucket",
+            BUCKET,
+            "--namespace",
+            "b",
+            "--policy",
+            "r",
+            "--keys-dir",
+            str(work / "keys"),
+            "--progress-seconds",
+            "10",
+        ]
+        # Each ratio's pair runs back to back, `repeat` times; the medians are reported.
+        runs: dict[str, list[float]] = {}
+        ratio_runs: dict[str, list[float]] = {}
+        for i in range(1, max(1, args.repeat) + 1):
+            cli_run = timed([*cli, str(rdb)], env).seconds
+            backup = timed([*backup_args, "--point", f"rp-{i}"], env, stdout=subprocess.PIPE)
+            target.client().flushall()
+            restore = timed(
+                [
+                    AEGIS,
+                    "agent",
+                    "restore",
+                    "--manifest",
+                    f"s3://{BUCKET}/b/r/rp-{i}",
+                    "--target",
+                    "redis",
+                    "--host",
+                    target.host,
+                    "--port",
+                    str(target.port),
+                    "--keys-dir",
+                    str(work / "keys"),
+                    "--progress-seconds",
+                    "10",
+                ],
+                env,
+                stdout=subprocess.PIPE,
+            )
+            assert target.client().dbsize() == source.client().dbsize()
+            for name, value in (
+                ("redis_cli_rdb_file", cli_run),
+                ("aegis_backup", backup.seconds),
+                ("aegis_backup_peak_rss_mib", backup.max_rss_kib / 1024),
+                ("aegis_restore", restore.seconds),
+            ):
+                runs.setdefault(name, []).append(value)
+            ratio_runs.setdefault("backup/redis-cli --rdb (<=1.2)", []).append(
+                backup.seconds / cli_run
+            )
+            ratio_runs.setdefault("restore/redis-cli --rdb (<=5)", []).append(
+                restore.seconds / cli_run
+            )
+        results: dict[str, float] = {n: statistics.median(v) for n, v in runs.items()}
         results["rdb_mib"] = rdb.stat().st_size / 2**20
-        backup = timed(
-            [
-                AEGIS,
-                "agent",
-                "backup",
-                "--source",
-                "redis",
-                "--host",
-                source.host,
-                "--port",
-                str(source.port),
-                "--bucket",
-                BUCKET,
-                "--namespace",
-                "b",
-                "--policy",
-                "r",
-                "--point",
-                "rp-1",
-                "--keys-dir",
-                str(work / "keys"),
-                "--progress-seconds",
-                "10",
-            ],
-            env,
-            stdout=subprocess.PIPE,
-        )
-        results["aegis_backup"] = backup.seconds
-        results["aegis_backup_peak_rss_mib"] = backup.max_rss_kib / 1024
         diskless = timed(
-            [
-                AEGIS,
-                "agent",
-                "backup",
-                "--source",
-                "redis",
-                "--host",
-                source.host,
-                "--port",
-                str(source.port),
-                "--bucket",
-                BUCKET,
-                "--namespace",
-                "b",
-                "--policy",
-                "r",
-                "--point",
-                "rp-2",
-                "--no-diskless",
-                "--keys-dir",
-                str(work / "keys"),
-                "--progress-seconds",
-                "10",
-            ],
-            env,
-            stdout=subprocess.PIPE,
+            [*backup_args, "--point", "rp-disk", "--no-diskless"], env, stdout=subprocess.PIPE
         )
         results["aegis_backup_disk_based"] = diskless.seconds
-        restore = timed(
-            [
-                AEGIS,
-                "agent",
-                "restore",
-                "--manifest",
-                f"s3://{BUCKET}/b/r/rp-1",
-                "--target",
-                "redis",
-                "--host",
-                target.host,
-                "--port",
-                str(target.port),
-                "--keys-dir",
-                str(work / "keys"),
-                "--progress-seconds",
-                "10",
-            ],
-            env,
-            stdout=subprocess.PIPE,
+        ratios = {n: statistics.median(v) for n, v in ratio_runs.items()}
+        ratios["backup --no-diskless/redis-cli --rdb"] = (
+            results["aegis_backup_disk_based"] / results["redis_cli_rdb_file"]
         )
-        results["aegis_restore_replay"] = restore.seconds
-        assert target.client().dbsize() == source.client().dbsize()
-        ratios = {
-            "backup/redis-cli --rdb (<=1.2)": results["aegis_backup"]
-            / results["redis_cli_rdb_file"],
-            "backup --no-diskless/redis-cli --rdb": results["aegis_backup_disk_based"]
-            / results["redis_cli_rdb_file"],
-            "restore/redis-cli --rdb (<=5)": results["aegis_restore_replay"]
-            / results["redis_cli_rdb_file"],
-        }
+        if args.repeat > 1:
+            for name, values in ratio_runs.items():
+                print(f"RUNS  {name:36s} " + " ".join(f"{v:6.3f}" for v in values))
         for name, value in results.items():
             print(f"{name:28s} {value:10.2f}")
         for name, value in ratios.items():

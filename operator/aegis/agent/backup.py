@@ -67,7 +67,7 @@ def make_source(cfg: BackupConfig, env: dict[str, str]) -> tuple[Source, str]:
 
         return CommandDump(cfg.command, env, read_size), PAYLOAD_FORMAT
     assert cfg.redis is not None
-    from aegis.agent.redis_io import RedisSnapshot
+    from aegis.agent.redis_snapshot import RedisSnapshot
 
     user, password = redis_credentials(env)
     return RedisSnapshot(cfg.redis, user, password, read_size), "redis-rdb"
@@ -94,6 +94,27 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
         cfg.policy,
         cfg.recovery_point,
     )
+    # The snapshot starts first: the source produces data while the keys and the S3 client
+    # are prepared and the store is checked (a retried Job whose first attempt completed
+    # then drops a snapshot it did not need; rare, and cheaper than serialising start-up).
+    source, payload_format = make_source(cfg, env)
+    try:
+        source.start()
+        return _backup(cfg, env, keyring_loader, point, source, payload_format, started, clock)
+    finally:
+        source.close()
+
+
+def _backup(
+    cfg: BackupConfig,
+    env: dict[str, str],
+    keyring_loader: Any,
+    point: PointRef,
+    source: Source,
+    payload_format: str,
+    started: dt.datetime,
+    clock: float,
+) -> dict[str, Any]:
     tuning = cfg.tuning
     data_key, wraps = new_wrapped_data_key(
         keyring_loader,
@@ -117,7 +138,6 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
     except StorageError as error:
         raise AgentError(str(error), kind="StorageFailed") from None
 
-    source, payload_format = make_source(cfg, env)
     upload = MultipartUpload(
         client,
         point.bucket,
@@ -127,7 +147,6 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
         tuning.upload_concurrency,
     )
     try:
-        source.start()
         upload.start()
         with Progress("backup", cfg.progress_seconds) as progress:
             sealed = seal(
@@ -149,8 +168,6 @@ def run_backup(cfg: BackupConfig, env: dict[str, str], keyring_loader: Any) -> d
     except BaseException:
         upload.abort()
         raise
-    finally:
-        source.close()
     completed = now()
     seconds = time.monotonic() - clock
     log(

@@ -30,7 +30,6 @@ from aegis.agent.config import (
     validation_reason,
 )
 from aegis.agent.crypto import Keyring, KeyringError, load_keyring
-from aegis.agent.drill import DrillConfig
 from aegis.agent.errors import AgentError
 from aegis.agent.layout import LayoutError, parse_s3_url
 from aegis.agent.log import log
@@ -324,10 +323,19 @@ def _read_json(path: str, flag: str) -> Any:
         raise ConfigError(f"{flag} {path}: not valid JSON ({error.msg})") from None
 
 
+def model_for(command: str) -> type[BaseModel]:
+    """The command's config model. The drill's is imported only for a drill: it brings the
+    restore code and its clients, which a backup Job does not load (start-up time)."""
+    if command == "drill":
+        from aegis.agent.drill import DrillConfig
+
+        return DrillConfig
+    return MODELS[command]
+
+
 MODELS: dict[str, type[BaseModel]] = {
     "backup": BackupConfig,
     "restore": RestoreConfig,
-    "drill": DrillConfig,
     "verify": LocationConfig,
     "catalog": LocationConfig,
 }
@@ -370,7 +378,7 @@ def main(argv: list[str]) -> int:
         settings = settings_from(ns)
         result_file = settings.get("resultFile") or result_file
         try:
-            cfg: Any = MODELS[command].model_validate(settings)
+            cfg: Any = model_for(command).model_validate(settings)
         except ValidationError as error:
             raise ConfigError(validation_reason(error)) from None
         result = dispatch(command, cfg, env)
@@ -409,15 +417,22 @@ def fail(command: str, reason: str, kind: str, code: int, result_file: str | Non
 
 
 def dispatch(command: str, cfg: Any, env: dict[str, str]) -> dict[str, Any]:
-    from aegis.agent import backup, drill, restore
-
+    # Each command imports only its own code: a backup Job never loads the restore's.
     def keyring() -> Keyring:
         return load_keyring(cfg.keys_dir, env)
 
+    if command == "backup":
+        from aegis.agent import backup
+
+        return backup.run_backup(cfg, env, keyring)
+    if command == "drill":
+        from aegis.agent import drill
+
+        return drill.run_drill(cfg, env, keyring)
+    from aegis.agent import restore
+
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "backup": lambda: backup.run_backup(cfg, env, keyring),
         "restore": lambda: restore.run_restore(cfg, env, keyring),
-        "drill": lambda: drill.run_drill(cfg, env, keyring),
         "verify": lambda: restore.run_verify(cfg, env, keyring),
         "catalog": lambda: restore.run_catalog(cfg, env),
     }

@@ -2,8 +2,8 @@
 a given target), run the checks, throw the scratch server away, and report what each phase
 took, with wall-clock instants the operator can line up with the run's start.
 
-The restore itself is `aegis agent restore`'s code path (verification pass, restore pass,
-the same safety rules for a given target): a drill proves exactly what a real restore does.
+The restore itself is `aegis agent restore`'s code path (one authenticated pass, the same
+safety rules for a given target): a drill proves exactly what a real restore does.
 """
 
 from __future__ import annotations

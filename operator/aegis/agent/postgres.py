@@ -289,6 +289,18 @@ def user_relations(cfg: PostgresTargetConfig, user: str | None, password: str | 
         return int(row[0]) if row else 0
 
 
+def drop_database(cfg: PostgresTargetConfig, user: str | None, password: str | None) -> None:
+    """Drop the database this restore created (after a failure). FORCE (PostgreSQL 13+) ends
+    the killed pg_restore's backend if it is still going away."""
+    with connect(target_info(cfg, user, password, "postgres"), "server", autocommit=True) as c:
+        row = c.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        force = sql.SQL(" WITH (FORCE)") if row and int(row[0]) >= 130000 else sql.SQL("")
+        c.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(cfg.database), force)
+        )
+    log(f"dropped database {cfg.database}, which this restore had created")
+
+
 @dataclass(frozen=True)
 class TargetState:
     exists: bool
@@ -312,7 +324,15 @@ def inspect_target(
 
 class PgRestore:
     """pg_restore reading the archive from stdin, in one transaction: a failure (or a kill
-    before stdin is closed) leaves the target as it was."""
+    before the archive is complete) leaves the target as it was.
+
+    pg_restore commits as soon as it has parsed the whole archive, without waiting for the
+    end of its input (a custom-format archive ends with the last data block's terminator),
+    so closing stdin late is not enough: the last piece written is held back and handed
+    over only by `finish`, which the caller runs once the whole payload has authenticated
+    and its hash matched. Until then pg_restore waits for those bytes inside its open
+    transaction, and `kill` rolls it back. Sequential restore only: `-j` needs a seekable
+    file, and it would commit per worker."""
 
     def __init__(
         self,
@@ -338,9 +358,19 @@ class PgRestore:
             env, cfg.host, cfg.port, cfg.database, cfg.ssl_mode, user, password, "pg_restore"
         )
         self.child = Child(args, child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        widen_pipe(self.child.proc.stdin)
         self.written = 0
+        self._held = b""
 
     def write(self, data: bytes) -> None:
+        """Hand the previously held piece to pg_restore and hold this one back."""
+        if not data:
+            return
+        held, self._held = self._held, data
+        if held:
+            self._send(held)
+
+    def _send(self, data: bytes) -> None:
         assert self.child.proc.stdin is not None
         try:
             self.child.proc.stdin.write(data)
@@ -350,7 +380,11 @@ class PgRestore:
         self.written += len(data)
 
     def finish(self) -> None:
+        """The payload checked out: let pg_restore read the end of the archive and commit."""
         assert self.child.proc.stdin is not None
+        held, self._held = self._held, b""
+        if held:
+            self._send(held)
         try:
             self.child.proc.stdin.close()
         except BrokenPipeError:

@@ -1,10 +1,16 @@
 """`aegis agent restore`, `verify` and `catalog`.
 
-Restore reads the payload twice: a verification pass (download, hash, authenticate every
-chunk, keep nothing) and then the restore pass, which authenticates every chunk again and
-re-checks the hash before it commits. So a damaged object or a wrong key is refused before
-the target is touched, and nothing is spooled to disk (Redis aside: redis-server loads RDBs
-from files, so the RDB is written to the Job's scratch dir for the temporary server)."""
+Restore reads the payload once and commits only after every chunk authenticated and the
+whole payload's SHA-256 and sizes matched the manifest, so a damaged object or a wrong key
+never changes the target, and nothing is spooled to disk (Redis aside: redis-server loads
+RDBs from files). PostgreSQL: authenticated plaintext streams into `pg_restore
+--single-transaction`, which is held short of the archive's end until the payload checked
+out, and killed (the transaction rolls back; a database the restore created is dropped)
+when it does not. Redis: the payload is authenticated on its way into an RDB file in the
+Job's scratch dir, and the target is touched only once all of it checked out.
+
+Each target kind has its own `_restore_<kind>` (checked by `run_restore`), so another one
+slots in beside them."""
 
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ from aegis.agent.pipeline import Expected, open_sealed
 from aegis.agent.s3 import S3Client, StorageError, get_bytes, list_keys, make_client, read_stream
 
 KeyringLoader = Callable[[], Keyring]
+REDIS_LOAD_TIMEOUT = 3600.0
+"""How long a Redis target may take to load the RDB (by replication or in the scratch server)."""
 
 
 def load_manifest(client: S3Client, bucket: str, key: str) -> Manifest:
@@ -177,19 +185,39 @@ def _restore_postgres(
         )
     dump_major = int((manifest.source.dump_tool_version or "0").split(".")[0])
     tool = pick_tool("pg_restore", max(state.server_major, dump_major), target.bin_dir)
-    _opened, verify_seconds = check_payload(
-        client, manifest, data_key, cfg.progress_seconds, decompress=False
-    )
     log(
-        f"verified {manifest.location} in {verify_seconds:.1f}s; restoring into "
-        f"{target.host}:{target.port}/{target.database} with {tool.path}"
+        f"restoring {manifest.location} into {target.host}:{target.port}/{target.database} "
+        f"with {tool.path}, in one transaction that commits only once every chunk "
+        "authenticated and the payload's SHA-256 matched"
     )
-    if not state.exists:
-        pg.create_database(target, user, password)
-    started = time.monotonic()
-    restorer = pg.PgRestore(target, user, password, env, tool, clean=cfg.allow_overwrite)
     enc = manifest.encryption
+    started = time.monotonic()
+    created = not state.exists
+    if created:
+        pg.create_database(target, user, password)
+    restorer: pg.PgRestore | None = None
+
+    def undo() -> str:
+        """Roll back: kill pg_restore before it has the end of the archive (its transaction
+        never commits) and drop the database this restore created."""
+        if restorer is not None:
+            restorer.kill()
+        if not created:
+            return "the target was rolled back"
+        try:
+            pg.drop_database(target, user, password)
+        except AgentError as error:
+            return (
+                f"the target was rolled back, but dropping database {target.database} "
+                f"failed: {error}"
+            )
+        return f"the target was rolled back and database {target.database} dropped"
+
+    # One pass: only authenticated plaintext reaches pg_restore, and PgRestore holds back the
+    # archive's last bytes until open_sealed has checked the final chunk, the size and the
+    # SHA-256 of the whole payload, so a damaged object never commits.
     try:
+        restorer = pg.PgRestore(target, user, password, env, tool, clean=cfg.allow_overwrite)
         with Progress("restore", cfg.progress_seconds) as progress:
             open_sealed(
                 payload_stream(client, manifest),
@@ -201,20 +229,21 @@ def _restore_postgres(
                 Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
                 progress,
             )
+        verified = time.monotonic()
+        restorer.finish()
     except IntegrityError as error:
-        restorer.kill()  # before stdin closes: the single transaction rolls back
         raise AgentError(
-            f"{manifest.location} changed during the restore: {error}; the target was rolled back",
-            kind="Corrupted",
+            f"{manifest.location} is damaged: {error}; {undo()}", kind="Corrupted"
         ) from None
     except StorageError as error:
-        restorer.kill()
-        raise AgentError(f"{error}; the target was rolled back", kind="StorageFailed") from None
+        raise AgentError(f"{error}; {undo()}", kind="StorageFailed") from None
+    except AgentError as error:
+        raise AgentError(f"{error}; {undo()}", kind=error.kind) from None
     except BaseException:
-        restorer.kill()
+        undo()
         raise
-    restorer.finish()
     restore_seconds = time.monotonic() - started
+    assert restorer is not None
     outcomes = (
         run_checks(
             checks,
@@ -228,7 +257,7 @@ def _restore_postgres(
     return restore_result(
         manifest,
         restorer.written,
-        verify_seconds,
+        verified - started,
         restore_seconds,
         time.monotonic() - clock,
         outcomes,
@@ -291,10 +320,10 @@ def _restore_redis(
     checks: list[Check],
     clock: float,
 ) -> dict[str, Any]:
-    from aegis.agent import redis_io
+    from aegis.agent import redis_feed, redis_replay, redis_scratch
 
     user, password = redis_credentials(env)
-    existing = redis_io.target_keys(target, user, password)
+    existing = redis_replay.target_keys(target, user, password)
     if existing and not cfg.allow_overwrite:
         raise AgentError(
             f"target Redis {target.host}:{target.port} is not empty ({existing} "
@@ -305,7 +334,7 @@ def _restore_redis(
     # server's RDB file, and the target is touched only after the whole of it checked out
     # (a damaged payload stops here, with the target untouched), so no separate verify pass.
     downloading = time.monotonic()
-    scratch = redis_io.ScratchRedis(cfg.work_dir, target.redis_server)
+    scratch = redis_scratch.ScratchRedis(cfg.work_dir, target.redis_server)
     enc = manifest.encryption
     try:
         with Progress("download", cfg.progress_seconds) as progress:
@@ -322,12 +351,20 @@ def _restore_redis(
         verify_seconds = time.monotonic() - downloading
         log(
             f"downloaded and authenticated {manifest.location} in {verify_seconds:.1f}s; "
-            "loading it into a scratch redis-server"
+            "loading it into the target"
         )
         started = time.monotonic()
-        scratch_client = scratch.load()
-        keys = redis_io.replay(scratch_client, target, user, password, cfg.allow_overwrite)
-        scratch_client.close()
+        # An empty target loads the RDB itself, as a replica of the agent; otherwise (or when
+        # that is not possible) a scratch server's keys are replayed into it.
+        keys = (
+            redis_feed.feed(scratch.written(), target, user, password, REDIS_LOAD_TIMEOUT)
+            if not existing
+            else None
+        )
+        if keys is None:
+            scratch_client = scratch.load()
+            keys = redis_replay.replay(scratch_client, target, user, password, cfg.allow_overwrite)
+            scratch_client.close()
     except IntegrityError as error:
         raise AgentError(
             f"{manifest.location} failed authentication: {error}; the target was not touched",
@@ -338,7 +375,7 @@ def _restore_redis(
     finally:
         scratch.close()
     restore_seconds = time.monotonic() - started
-    log(f"replayed {keys} keys into {target.host}:{target.port} in {restore_seconds:.1f}s")
+    log(f"restored {keys} keys into {target.host}:{target.port} in {restore_seconds:.1f}s")
     outcomes = (
         run_checks(checks, _redis_query(target, user, password), None, None) if checks else []
     )
@@ -359,12 +396,12 @@ def _redis_query(
 ) -> Callable[[Check], str | None]:
     import redis
 
-    from aegis.agent import redis_io
+    from aegis.agent import redis_replay
 
     def query(check: Check) -> str | None:
         if check.redis is None:
             raise ValueError("a Redis target runs redis checks, not sql ones")
-        client = redis_io.target_client(target, user, password, target.db)
+        client = redis_replay.target_client(target, user, password, target.db)
         try:
             op, key = check.redis.op, check.redis.key or ""
             if op == "KeyCount":
@@ -414,7 +451,7 @@ def restore_result(
         )
     log(
         f"restored {human_bytes(restored)} in {restore_seconds:.1f}s "
-        f"(+{verify_seconds:.1f}s verification pass)"
+        f"(payload authenticated after {verify_seconds:.1f}s)"
     )
     return result
 

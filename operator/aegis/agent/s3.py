@@ -274,16 +274,21 @@ class MultipartUpload:
             )
 
     def _stop_workers(self, timeout: float | None) -> None:
-        for _ in self._workers:
-            while True:
-                try:
-                    self._tasks.put(None, timeout=0.5)
-                    break
-                except queue.Full:
-                    self._drain()
+        """Queue an end marker per worker until every worker has exited. Queued parts are
+        dropped only after a failure or an abort (workers then stop taking them): while the
+        upload is healthy, busy workers are waited for, since dropping a queued part (or an
+        end marker meant for another worker) would complete the upload without that part
+        (or never finish)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for worker in self._workers:
-            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        while any(worker.is_alive() for worker in self._workers):
+            if self._error is not None:
+                self._drain()
+            try:
+                self._tasks.put(None, timeout=0.5)
+            except queue.Full:
+                pass  # every worker busy with a part: wait for one (re-checking for failures)
+            if deadline is not None and time.monotonic() > deadline:
+                return
 
     def _drain(self) -> None:
         try:

@@ -448,3 +448,102 @@ def test_pg_dump_dropped_mid_stream_leaves_nothing(
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert not any(k.endswith("manifest.json") for k in keys)
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+def test_a_hash_mismatch_found_at_the_end_never_commits(
+    pg_database: PostgresDatabase,
+    moto: MotoServer,
+    s3_bucket: str,
+    s3_client: Any,
+    keys_dir: Path,
+) -> None:
+    """Every chunk authenticates, but the payload's SHA-256 differs from the manifest's: that
+    is known only after the last byte, when pg_restore has the whole archive but its end."""
+    fill(pg_database, rows=3000)
+    assert backup(pg_database, moto, s3_bucket, keys_dir).code == 0
+    manifest = manifest_of(s3_client, s3_bucket)
+    manifest["sha256"] = "0" * 64
+    s3_client.put_object(
+        Bucket=s3_bucket,
+        Key="backups/shop/orders/rp-1/manifest.json",
+        Body=json.dumps(manifest).encode(),
+    )
+    target = f"{pg_database.name}_hash"
+    run = restore(
+        pg_database.server, moto, s3_bucket, keys_dir, target, "rp-1", "--create-database"
+    )
+    assert run.code == 1 and run.result["kind"] == "Corrupted", run.result
+    assert "SHA-256 mismatch" in run.result["reason"]
+    assert "dropped" in run.result["reason"]
+    assert not database_exists(pg_database.server, target)
+
+
+def test_pg_restore_commits_only_when_handed_the_end_of_the_archive(
+    pg_database: PostgresDatabase,
+) -> None:
+    """pg_restore --single-transaction commits once it has parsed the whole archive, without
+    waiting for the end of its input. PgRestore holds the last piece back until `finish`:
+    with everything else written, the restore waits in its open transaction, and a kill
+    leaves the target empty."""
+    import subprocess
+
+    from aegis.agent.config import PostgresTargetConfig
+    from aegis.agent.pgtools import pick_tool
+    from aegis.agent.postgres import PgRestore
+
+    fill(pg_database, rows=3000)
+    server = pg_database.server
+    env = {
+        **os.environ,
+        "PGUSER": server.user,
+        "PGPASSWORD": server.password,
+        "PGHOST": server.host,
+        "PGPORT": str(server.port),
+    }
+    archive = subprocess.run(
+        [str(server.bin_dir / "pg_dump"), "-Fc", "-Z0", "-d", pg_database.name],
+        env=env,
+        capture_output=True,
+        check=True,
+    ).stdout
+    tool = pick_tool("pg_restore", 15, None)
+
+    def relations(database: str) -> int:
+        with server.connect(database) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname IN ('public', 'app')"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    def starved(restorer: PgRestore) -> bool:
+        """pg_restore took everything from its stdin and sleeps reading for more."""
+        import fcntl
+        import struct
+        import termios
+
+        assert restorer.child.proc.stdin is not None
+        raw = fcntl.ioctl(restorer.child.proc.stdin.fileno(), termios.FIONREAD, b"\0" * 4)
+        pending = struct.unpack("i", raw)[0]
+        wchan = Path(f"/proc/{restorer.child.proc.pid}/wchan").read_text()
+        return pending == 0 and "pipe" in wchan
+
+    for finish in (False, True):
+        database = f"{pg_database.name}_held_{int(finish)}"
+        server.create_database(database)
+        cfg = PostgresTargetConfig(host=server.host, port=server.port, database=database)
+        restorer = PgRestore(cfg, server.user, server.password, dict(os.environ), tool, False)
+        try:
+            for start in range(0, len(archive), 65536):
+                restorer.write(archive[start : start + 65536])
+            deadline = time.monotonic() + 30
+            while not starved(restorer):
+                assert restorer.child.proc.poll() is None, restorer.child.failure("exited")
+                assert time.monotonic() < deadline, "pg_restore never waited for input"
+                time.sleep(0.05)  # polling the pipe and the process state
+            assert relations(database) == 0  # nothing committed yet
+            if finish:
+                restorer.finish()
+        finally:
+            restorer.kill()
+        assert relations(database) == (relations(pg_database.name) if finish else 0)

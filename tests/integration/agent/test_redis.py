@@ -262,7 +262,7 @@ def test_both_replay_paths_copy_every_key_with_its_absolute_expiry_and_keep_thei
     """The scratch server sends keys with MIGRATE over plain TCP; to TLS targets (or when the
     target refuses MIGRATE) the agent copies them with DUMP/RESTORE. Both end equal, expiry
     times to the millisecond; a key the target gained meanwhile is kept, not overwritten."""
-    from aegis.agent import redis_io
+    from aegis.agent import redis_replay
     from aegis.agent.config import RedisTargetConfig
 
     fill(redis_db)
@@ -270,8 +270,9 @@ def test_both_replay_paths_copy_every_key_with_its_absolute_expiry_and_keep_thei
     redis_target.client().set("str:7", "theirs")  # written by someone else meanwhile
     scratch = redis_db.client()
     target = RedisTargetConfig(host=redis_target.host, port=redis_target.port, batch_size=500)
-    restored = redis_io.replay(scratch, target, None, redis_target.password, False,
-                               migrate=migrate)
+    restored = redis_replay.replay(
+        scratch, target, None, redis_target.password, False, migrate=migrate
+    )
     assert restored == len(before) - 1
     after = snapshot(redis_target)
     assert after.keys() == before.keys()
@@ -280,3 +281,70 @@ def test_both_replay_paths_copy_every_key_with_its_absolute_expiry_and_keep_thei
         if key == (0, b"str:7"):
             continue
         assert after[key] == (payload, expire_at), key
+
+
+def test_replication_is_not_used_when_the_target_has_keys_and_is_undone(
+    redis_db: RedisServer, redis_target: RedisServer
+) -> None:
+    """The emptiness check runs in the MULTI/EXEC that makes the target a replica: a target
+    that holds a key is detached again before anything is served, keeps its key, and gets
+    its own masterauth back."""
+    from aegis.agent import redis_feed
+    from aegis.agent.config import RedisTargetConfig
+
+    fill(redis_db)
+    redis_db.client().save()
+    target = redis_target.client()
+    target.config_set("masterauth", "their-own")
+    target.set("theirs", "1")
+    cfg = RedisTargetConfig(host=redis_target.host, port=redis_target.port)
+    rdb = redis_db.base_dir / "dump.rdb"
+    assert redis_feed.feed(rdb, cfg, None, redis_target.password, 60) is None
+    assert target.dbsize() == 1 and target.get("theirs") == b"1"
+    assert target.info("replication")["role"] == "master"
+    assert target.config_get("masterauth")["masterauth"] == "their-own"
+
+    target.delete("theirs")
+    assert redis_feed.feed(rdb, cfg, None, redis_target.password, 60) == len(snapshot(redis_db))
+    assert snapshot(redis_target) == snapshot(redis_db)  # values and absolute expiry times
+    assert target.info("replication")["role"] == "master"
+    assert target.config_get("masterauth")["masterauth"] == "their-own"
+
+
+def test_a_target_that_refuses_replicaof_is_restored_by_replay(
+    redis_db: RedisServer,
+    redis_target: RedisServer,
+    moto: MotoServer,
+    s3_bucket: str,
+    keys_dir: Path,
+) -> None:
+    """A user without REPLICAOF and CONFIG (as on managed Redis services): the restore falls
+    back to MIGRATE from a scratch server, with the same result."""
+    fill(redis_db)
+    before = snapshot(redis_db)
+    assert backup(redis_db, moto, s3_bucket, keys_dir, "rp-1").code == 0
+    redis_target.client().acl_setuser(
+        "restorer",
+        enabled=True,
+        passwords=[f"+{redis_target.password}"],
+        keys=["*"],
+        commands=["+@all", "-replicaof", "-config"],
+    )
+    argv = [
+        "restore",
+        "--manifest",
+        f"s3://{s3_bucket}/cache/sessions/rp-1",
+        "--target",
+        "redis",
+        "--host",
+        redis_target.host,
+        "--port",
+        str(redis_target.port),
+        "--keys-dir",
+        str(keys_dir),
+    ]
+    run = run_agent(argv, {**env_of(moto, redis_target), "AEGIS_REDIS_USER": "restorer"})
+    assert run.code == 0, run.stderr
+    assert "replaying keys" in run.stderr
+    assert run.result["restoredKeys"] == len(before)
+    assert snapshot(redis_target) == before

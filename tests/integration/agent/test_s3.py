@@ -277,3 +277,51 @@ def test_unreachable_store_fails_with_a_reason(
     run = backup(redis_db, env, "some-bucket", keys_dir, "--s3-max-attempts", "1")
     assert run.code == 1 and run.result["kind"] == "StorageFailed"
     assert "sekrit-value-123" not in run.stdout + run.stderr
+
+
+def test_completing_while_every_worker_is_busy_keeps_every_part(
+    s3_bucket: str, s3_client: Any
+) -> None:
+    """complete() queues the last part and then an end marker per worker. With every worker
+    still busy (a slow store), the queue stays full: the upload must wait for them, never
+    drop the queued last part (which completed the object without it) or a marker (which
+    hung the agent) — seen on a loaded machine."""
+    from aegis.agent.s3 import MultipartUpload
+
+    released = threading.Event()
+
+    class SlowStore:
+        """The real client; part uploads wait until the test lets them through."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def upload_part(self, **kwargs: Any) -> Any:
+            assert released.wait(60)
+            return self.inner.upload_part(**kwargs)
+
+    part = 5 * 1024 * 1024
+    data = os.urandom(2 * part + 1000)
+    upload = MultipartUpload(SlowStore(s3_client), s3_bucket, "slow/payload", {}, part, 2)
+    upload.start()
+    for start in range(0, 2 * part, part):  # both workers take a part and wait
+        upload.write(data[start : start + part])
+    upload.write(data[2 * part :])
+    done = threading.Event()
+
+    def complete() -> None:
+        upload.complete()
+        done.set()
+
+    finisher = threading.Thread(target=complete, daemon=True)
+    finisher.start()
+    # complete() has queued the last part and is waiting to queue the end markers: the old
+    # code gave up on a full queue after 0.5 s and emptied it.
+    assert not done.wait(2.0)
+    released.set()
+    assert done.wait(60), "complete() never returned"
+    body = s3_client.get_object(Bucket=s3_bucket, Key="slow/payload")["Body"].read()
+    assert body == data

@@ -9,7 +9,7 @@ import pytest
 
 from aegis.agent.errors import AgentError
 from aegis.agent.pgtools import dumped_with_data, parse_tool_version, table_pattern
-from aegis.agent.redis_io import (
+from aegis.agent.redis_resp import (
     RespSocket,
     encode_command,
     keyspace_keys,
