@@ -26,27 +26,27 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aegis.agent.checks import Check, run_checks
+from aegis.agent.checks import Check
 from aegis.agent.config import (
     COMMAND_ENV_PREFIX,
     CommandSourceConfig,
     CommandTargetConfig,
     RestoreConfig,
 )
-from aegis.agent.crypto import IntegrityError
 from aegis.agent.errors import AgentError
-from aegis.agent.log import Progress, log
-from aegis.agent.manifest import Manifest, SourceRecord
-from aegis.agent.pipeline import Expected, open_sealed
-from aegis.agent.procs import Child
-from aegis.agent.s3 import S3Client, StorageError
+from aegis.agent.log import log
+from aegis.agent.manifest import SourceRecord
+from aegis.agent.procs import Child, StdinFeed, widen_pipe
 from aegis.agent.scrub import SCRUBBER, scrub
+
+if TYPE_CHECKING:
+    from aegis.agent.restore import Restoring
 
 PAYLOAD_FORMAT = "command-stdout"
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-F_SETPIPE_SZ = 1031  # Linux fcntl: resize a pipe's buffer
+STOPPED = "the restore command was stopped and may have applied part of the dump"
 IMAGE_HINT = "the Job's image must contain it: use an image with the agent plus your tools"
 
 
@@ -90,15 +90,6 @@ def start_child(
             f"{what} command {argv[0]!r} is not executable; {IMAGE_HINT}",
             kind="CommandNotFound",
         ) from None
-
-
-def _widen(stream: Any) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, 1 << 20)
-    except (ImportError, OSError, AttributeError):
-        pass
 
 
 def run_capture(
@@ -150,7 +141,7 @@ class CommandDump:
         self.child = start_child(
             self._argv, child_env, "dump", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
         )
-        _widen(self.child.proc.stdout)
+        widen_pipe(self.child.proc.stdout)
 
     def chunks(self) -> Iterator[bytes]:
         assert self.child is not None and self.child.proc.stdout is not None
@@ -235,36 +226,13 @@ def check_target_empty(
     log(f"emptyCheck counted {count} objects in the target")
 
 
-class CommandRestore:
+class CommandRestore(StdinFeed):
     """The restore command, fed the decrypted dump on stdin."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.child = start_child(
-            argv, env, "restore", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+        super().__init__(
+            start_child(argv, env, "restore", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         )
-        _widen(self.child.proc.stdin)
-        self.written = 0
-
-    def write(self, data: bytes) -> None:
-        assert self.child.proc.stdin is not None
-        try:
-            self.child.proc.stdin.write(data)
-        except BrokenPipeError:
-            self.child.wait()
-            raise AgentError(self.child.failure("failed"), kind="RestoreFailed") from None
-        self.written += len(data)
-
-    def finish(self) -> None:
-        assert self.child.proc.stdin is not None
-        try:
-            self.child.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        if self.child.wait() != 0:
-            raise AgentError(self.child.failure("failed"), kind="RestoreFailed")
-
-    def kill(self) -> None:
-        self.child.kill()
 
 
 def command_query(
@@ -283,66 +251,28 @@ def command_query(
     return query
 
 
-def restore_command(
-    cfg: RestoreConfig,
-    target: CommandTargetConfig,
-    env: dict[str, str],
-    client: S3Client,
-    manifest: Manifest,
-    data_key: bytes,
-    checks: list[Check],
-    clock: float,
-) -> dict[str, Any]:
-    from aegis.agent.restore import check_payload, payload_stream, restore_result
-
-    child_env = command_env(target.env, env)
+def restore_command(run: Restoring, target: CommandTargetConfig) -> dict[str, Any]:
+    cfg, manifest = run.cfg, run.manifest
+    child_env = command_env(target.env, run.env)
     check_target_empty(cfg, target, child_env)
-    _opened, verify_seconds = check_payload(
-        client, manifest, data_key, cfg.progress_seconds, decompress=False
-    )
+    _opened, verify_seconds = run.payload.verify(cfg.progress_seconds, decompress=False)
     log(
         f"verified {manifest.location} in {verify_seconds:.1f}s; restoring with "
         f"{describe(target.restore)}"
     )
     started = time.monotonic()
     restorer = CommandRestore(list(target.restore), child_env)
-    enc = manifest.encryption
-    try:
-        with Progress("restore", cfg.progress_seconds) as progress:
-            open_sealed(
-                payload_stream(client, manifest),
-                restorer.write,
-                data_key,
-                enc.nonce_prefix_bytes(),
-                enc.chunk_size,
-                manifest.compression,
-                Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
-                progress,
-            )
-    except IntegrityError as error:
-        restorer.kill()  # stdin is never closed: the tool sees a killed session, not an EOF
-        raise AgentError(
-            f"{manifest.location} changed after it was verified: {error}; the restore "
-            f"command was stopped and may have applied part of the dump",
-            kind="Corrupted",
-        ) from None
-    except StorageError as error:
-        restorer.kill()
-        raise AgentError(
-            f"{error}; the restore command was stopped and may have applied part of the dump",
-            kind="StorageFailed",
-        ) from None
-    except BaseException:
-        restorer.kill()
-        raise
+    # A second pass that authenticates every chunk again: the tool applies what it reads as it
+    # reads it. On a failure stdin is never closed: the tool sees a killed session, not an EOF.
+    run.payload.stream(
+        restorer.write,
+        "restore",
+        cfg.progress_seconds,
+        corrupted="{location} changed after it was verified: {error}; " + STOPPED,
+        unreadable="{error}; " + STOPPED,
+        stop=restorer.kill,
+    )
     restorer.finish()
     restore_seconds = time.monotonic() - started
-    outcomes = run_checks(checks, command_query(target, child_env), None, None) if checks else []
-    return restore_result(
-        manifest,
-        restorer.written,
-        verify_seconds,
-        restore_seconds,
-        time.monotonic() - clock,
-        outcomes,
-    )
+    outcomes = run.run_checks(command_query(target, child_env))
+    return run.result(restorer.written, verify_seconds, restore_seconds, outcomes)

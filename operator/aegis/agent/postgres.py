@@ -18,7 +18,7 @@ from aegis.agent.errors import AgentError
 from aegis.agent.log import log
 from aegis.agent.manifest import SourceRecord, TableRows
 from aegis.agent.pgtools import Tool, dumped_with_data, pick_tool
-from aegis.agent.procs import Child
+from aegis.agent.procs import Child, StdinFeed, widen_pipe
 from aegis.agent.scrub import scrub
 
 APP_NAME = "aegis-agent"
@@ -90,22 +90,6 @@ def libpq_env(
     if password:
         env["PGPASSWORD"] = password
     return env
-
-
-F_SETPIPE_SZ = 1031  # Linux fcntl: resize a pipe's buffer
-
-
-def widen_pipe(stream: Any) -> None:
-    """Let pg_dump run ahead by 1 MiB instead of the default 64 KiB: fewer stalls and
-    wake-ups on both sides of the pipe. Best effort (Linux only, capped by pipe-max-size)."""
-    if stream is None:
-        return
-    try:
-        import fcntl
-
-        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, 1 << 20)
-    except (ImportError, OSError):
-        pass
 
 
 def connect(info: dict[str, Any], what: str, autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -322,7 +306,7 @@ def inspect_target(
     return TargetState(exists, relations, major)
 
 
-class PgRestore:
+class PgRestore(StdinFeed):
     """pg_restore reading the archive from stdin, in one transaction: a failure (or a kill
     before the archive is complete) leaves the target as it was.
 
@@ -357,9 +341,7 @@ class PgRestore:
         child_env = libpq_env(
             env, cfg.host, cfg.port, cfg.database, cfg.ssl_mode, user, password, "pg_restore"
         )
-        self.child = Child(args, child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        widen_pipe(self.child.proc.stdin)
-        self.written = 0
+        super().__init__(Child(args, child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL))
         self._held = b""
 
     def write(self, data: bytes) -> None:
@@ -368,29 +350,11 @@ class PgRestore:
             return
         held, self._held = self._held, data
         if held:
-            self._send(held)
-
-    def _send(self, data: bytes) -> None:
-        assert self.child.proc.stdin is not None
-        try:
-            self.child.proc.stdin.write(data)
-        except BrokenPipeError:
-            self.child.wait()
-            raise AgentError(self.child.failure("failed"), kind="RestoreFailed") from None
-        self.written += len(data)
+            super().write(held)
 
     def finish(self) -> None:
         """The payload checked out: let pg_restore read the end of the archive and commit."""
-        assert self.child.proc.stdin is not None
         held, self._held = self._held, b""
         if held:
-            self._send(held)
-        try:
-            self.child.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        if self.child.wait() != 0:
-            raise AgentError(self.child.failure("failed"), kind="RestoreFailed")
-
-    def kill(self) -> None:
-        self.child.kill()
+            super().write(held)
+        super().finish()

@@ -16,9 +16,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from aegis.agent.checks import Check, CheckOutcome, parse_checks, run_checks
+from aegis.agent.checks import (
+    Check,
+    CheckOutcome,
+    Query,
+    RowCounter,
+    parse_checks,
+    run_checks,
+)
 from aegis.agent.config import (
     KmsKeyConfig,
     LocationConfig,
@@ -42,7 +50,7 @@ from aegis.agent.layout import (
 from aegis.agent.log import Progress, human_bytes, log
 from aegis.agent.manifest import Manifest, ManifestError, parse_manifest
 from aegis.agent.pgtools import pick_tool
-from aegis.agent.pipeline import Expected, open_sealed
+from aegis.agent.pipeline import Expected, Opened, Sink, open_sealed
 from aegis.agent.s3 import S3Client, StorageError, get_bytes, list_keys, make_client, read_stream
 
 KeyringLoader = Callable[[], Keyring]
@@ -96,30 +104,101 @@ def payload_stream(client: S3Client, manifest: Manifest) -> Any:
     return read_stream(client, bucket, key)
 
 
-def check_payload(
-    client: S3Client, manifest: Manifest, data_key: bytes, progress_seconds: float, decompress: bool
-) -> tuple[Any, float]:
-    """The verification pass: every chunk authenticated, the hash and sizes checked."""
-    enc = manifest.encryption
-    started = time.monotonic()
-    try:
-        with Progress("verify", progress_seconds) as progress:
-            opened = open_sealed(
-                payload_stream(client, manifest),
-                None,
-                data_key,
-                enc.nonce_prefix_bytes(),
-                enc.chunk_size,
-                manifest.compression,
-                Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
-                progress,
-                decompress=decompress,
-            )
-    except IntegrityError as error:
-        raise AgentError(f"{manifest.location} is damaged: {error}", kind="Corrupted") from None
-    except StorageError as error:
-        raise AgentError(str(error), kind="StorageFailed") from None
-    return opened, time.monotonic() - started
+@dataclass(frozen=True)
+class Payload:
+    """A backup's stored payload and the data key that opens it."""
+
+    client: S3Client
+    manifest: Manifest
+    data_key: bytes
+
+    def stream(
+        self,
+        sink: Sink | None,
+        step: str,
+        progress_seconds: float,
+        *,
+        corrupted: str = "{location} is damaged: {error}",
+        unreadable: str = "{error}",
+        stop: Callable[[], None] | None = None,
+        decompress: bool = True,
+    ) -> Opened:
+        """Read the payload, hash and authenticate it, and hand its plaintext to `sink` (None:
+        discard). A damaged payload fails with kind Corrupted and the reason `corrupted`, one
+        that cannot be read with StorageFailed and `unreadable` (templates of {location} and
+        {error}). On any failure `stop` (which kills the sink) runs first."""
+        manifest = self.manifest
+        enc = manifest.encryption
+        try:
+            with Progress(step, progress_seconds) as progress:
+                return open_sealed(
+                    payload_stream(self.client, manifest),
+                    sink,
+                    self.data_key,
+                    enc.nonce_prefix_bytes(),
+                    enc.chunk_size,
+                    manifest.compression,
+                    Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
+                    progress,
+                    decompress=decompress,
+                )
+        except BaseException as error:
+            if stop is not None:
+                stop()
+            if isinstance(error, IntegrityError):
+                reason = corrupted.format(location=manifest.location, error=error)
+                raise AgentError(reason, kind="Corrupted") from None
+            if isinstance(error, StorageError):
+                reason = unreadable.format(location=manifest.location, error=error)
+                raise AgentError(reason, kind="StorageFailed") from None
+            raise
+
+    def verify(self, progress_seconds: float, decompress: bool) -> tuple[Opened, float]:
+        """The verification pass: every chunk authenticated, the hash and sizes checked."""
+        started = time.monotonic()
+        opened = self.stream(None, "verify", progress_seconds, decompress=decompress)
+        return opened, time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Restoring:
+    """What a restore into any kind of target works with: the request, the payload, the
+    checks to run afterwards, and when the restore began (monotonic)."""
+
+    cfg: RestoreConfig
+    env: dict[str, str]
+    payload: Payload
+    checks: list[Check]
+    clock: float
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.payload.manifest
+
+    def run_checks(
+        self,
+        query: Query,
+        count_rows: RowCounter | None = None,
+        backup_rows: dict[str, int] | None = None,
+    ) -> list[CheckOutcome]:
+        """The checks' outcomes (none without checks) once the target is restored."""
+        return run_checks(self.checks, query, count_rows, backup_rows) if self.checks else []
+
+    def result(
+        self,
+        restored: int,
+        verify_seconds: float,
+        restore_seconds: float,
+        outcomes: list[CheckOutcome],
+    ) -> dict[str, Any]:
+        return restore_result(
+            self.manifest,
+            restored,
+            verify_seconds,
+            restore_seconds,
+            time.monotonic() - self.clock,
+            outcomes,
+        )
 
 
 # --- restore ---------------------------------------------------------------------------------
@@ -147,29 +226,22 @@ def run_restore(
             kind="InvalidConfig",
         )
     data_key = data_key_for(manifest, keyring_loader, cfg.kms_keys, env)
+    run = Restoring(cfg, env, Payload(client, manifest, data_key), checks, clock)
     if cfg.command is not None:
         from aegis.agent.command import restore_command  # a Job loads only what it needs
 
-        return restore_command(cfg, cfg.command, env, client, manifest, data_key, checks, clock)
+        return restore_command(run, cfg.command)
     if cfg.postgres is not None:
-        return _restore_postgres(cfg, cfg.postgres, env, client, manifest, data_key, checks, clock)
+        return _restore_postgres(run, cfg.postgres)
     assert cfg.redis is not None
-    return _restore_redis(cfg, cfg.redis, env, client, manifest, data_key, checks, clock)
+    return _restore_redis(run, cfg.redis)
 
 
-def _restore_postgres(
-    cfg: RestoreConfig,
-    target: PostgresTargetConfig,
-    env: dict[str, str],
-    client: S3Client,
-    manifest: Manifest,
-    data_key: bytes,
-    checks: list[Check],
-    clock: float,
-) -> dict[str, Any]:
+def _restore_postgres(run: Restoring, target: PostgresTargetConfig) -> dict[str, Any]:
     from aegis.agent import postgres as pg  # per target: a Job loads only its own client
 
-    user, password = postgres_credentials(env)
+    cfg, manifest = run.cfg, run.manifest
+    user, password = postgres_credentials(run.env)
     state = pg.inspect_target(target, user, password)
     if not state.exists and not target.create_database:
         raise AgentError(
@@ -190,7 +262,6 @@ def _restore_postgres(
         f"with {tool.path}, in one transaction that commits only once every chunk "
         "authenticated and the payload's SHA-256 matched"
     )
-    enc = manifest.encryption
     started = time.monotonic()
     created = not state.exists
     if created:
@@ -217,51 +288,23 @@ def _restore_postgres(
     # archive's last bytes until open_sealed has checked the final chunk, the size and the
     # SHA-256 of the whole payload, so a damaged object never commits.
     try:
-        restorer = pg.PgRestore(target, user, password, env, tool, clean=cfg.allow_overwrite)
-        with Progress("restore", cfg.progress_seconds) as progress:
-            open_sealed(
-                payload_stream(client, manifest),
-                restorer.write,
-                data_key,
-                enc.nonce_prefix_bytes(),
-                enc.chunk_size,
-                manifest.compression,
-                Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
-                progress,
-            )
+        restorer = pg.PgRestore(target, user, password, run.env, tool, clean=cfg.allow_overwrite)
+        run.payload.stream(restorer.write, "restore", cfg.progress_seconds)
         verified = time.monotonic()
         restorer.finish()
-    except IntegrityError as error:
-        raise AgentError(
-            f"{manifest.location} is damaged: {error}; {undo()}", kind="Corrupted"
-        ) from None
-    except StorageError as error:
-        raise AgentError(f"{error}; {undo()}", kind="StorageFailed") from None
-    except AgentError as error:
+    except AgentError as error:  # a damaged or unreadable payload, or pg_restore's failure
         raise AgentError(f"{error}; {undo()}", kind=error.kind) from None
     except BaseException:
         undo()
         raise
     restore_seconds = time.monotonic() - started
     assert restorer is not None
-    outcomes = (
-        run_checks(
-            checks,
-            _pg_query(target, user, password),
-            _pg_row_counter(target, user, password),
-            manifest.table_rows(),
-        )
-        if checks
-        else []
+    outcomes = run.run_checks(
+        _pg_query(target, user, password),
+        _pg_row_counter(target, user, password),
+        manifest.table_rows(),
     )
-    return restore_result(
-        manifest,
-        restorer.written,
-        verified - started,
-        restore_seconds,
-        time.monotonic() - clock,
-        outcomes,
-    )
+    return run.result(restorer.written, verified - started, restore_seconds, outcomes)
 
 
 def _pg_query(
@@ -310,19 +353,11 @@ def _pg_row_counter(
     return count
 
 
-def _restore_redis(
-    cfg: RestoreConfig,
-    target: RedisTargetConfig,
-    env: dict[str, str],
-    client: S3Client,
-    manifest: Manifest,
-    data_key: bytes,
-    checks: list[Check],
-    clock: float,
-) -> dict[str, Any]:
+def _restore_redis(run: Restoring, target: RedisTargetConfig) -> dict[str, Any]:
     from aegis.agent import redis_feed, redis_replay, redis_scratch
 
-    user, password = redis_credentials(env)
+    cfg, manifest = run.cfg, run.manifest
+    user, password = redis_credentials(run.env)
     existing = redis_replay.target_keys(target, user, password)
     if existing and not cfg.allow_overwrite:
         raise AgentError(
@@ -335,19 +370,13 @@ def _restore_redis(
     # (a damaged payload stops here, with the target untouched), so no separate verify pass.
     downloading = time.monotonic()
     scratch = redis_scratch.ScratchRedis(cfg.work_dir, target.redis_server)
-    enc = manifest.encryption
     try:
-        with Progress("download", cfg.progress_seconds) as progress:
-            opened = open_sealed(
-                payload_stream(client, manifest),
-                scratch.write,
-                data_key,
-                enc.nonce_prefix_bytes(),
-                enc.chunk_size,
-                manifest.compression,
-                Expected(manifest.stored_bytes, manifest.sha256, manifest.size_bytes),
-                progress,
-            )
+        opened = run.payload.stream(
+            scratch.write,
+            "download",
+            cfg.progress_seconds,
+            corrupted="{location} failed authentication: {error}; the target was not touched",
+        )
         verify_seconds = time.monotonic() - downloading
         log(
             f"downloaded and authenticated {manifest.location} in {verify_seconds:.1f}s; "
@@ -365,28 +394,12 @@ def _restore_redis(
             scratch_client = scratch.load()
             keys = redis_replay.replay(scratch_client, target, user, password, cfg.allow_overwrite)
             scratch_client.close()
-    except IntegrityError as error:
-        raise AgentError(
-            f"{manifest.location} failed authentication: {error}; the target was not touched",
-            kind="Corrupted",
-        ) from None
-    except StorageError as error:
-        raise AgentError(str(error), kind="StorageFailed") from None
     finally:
         scratch.close()
     restore_seconds = time.monotonic() - started
     log(f"restored {keys} keys into {target.host}:{target.port} in {restore_seconds:.1f}s")
-    outcomes = (
-        run_checks(checks, _redis_query(target, user, password), None, None) if checks else []
-    )
-    result = restore_result(
-        manifest,
-        opened.logical_bytes,
-        verify_seconds,
-        restore_seconds,
-        time.monotonic() - clock,
-        outcomes,
-    )
+    outcomes = run.run_checks(_redis_query(target, user, password))
+    result = run.result(opened.logical_bytes, verify_seconds, restore_seconds, outcomes)
     result["restoredKeys"] = keys
     return result
 
@@ -467,8 +480,8 @@ def run_verify(
     client = make_client(cfg.storage, env, max_attempts=cfg.tuning.s3_max_attempts)
     manifest = load_manifest(client, bucket, key)
     data_key = data_key_for(manifest, keyring_loader, cfg.kms_keys, env)
-    opened, seconds = check_payload(
-        client, manifest, data_key, cfg.progress_seconds, decompress=True
+    opened, seconds = Payload(client, manifest, data_key).verify(
+        cfg.progress_seconds, decompress=True
     )
     return {
         "ok": True,
