@@ -509,7 +509,7 @@ def test_a_cel_one_of_failure_is_the_only_message(k8s_api: Any, namespace: str) 
     status = _status(caught.value)
     assert status["message"] == (
         'BackupPolicy.dr.aegis.dev "two-sources" is invalid: spec.source: Invalid value: '
-        '"object": BackupSource: set exactly one of postgres, redis')
+        '"object": BackupSource: set exactly one of postgres, redis, command')
     assert [c["field"] for c in status["details"]["causes"]] == ["spec.source"]
 
 
