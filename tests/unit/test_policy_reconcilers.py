@@ -413,3 +413,65 @@ def test_a_tick_failure_makes_the_policy_not_ready_until_a_tick_succeeds() -> No
         assert ready_of(world)["status"] == "True"
     finally:
         runtime.stop()
+
+
+# --- the API footprint at rest (issue 15) ------------------------------------------------------
+
+
+def completed_point(world: World, source: dt.datetime) -> None:
+    world.cluster.points[(NS, "orders-1")] = {
+        "metadata": {"name": "orders-1", "namespace": NS, "creationTimestamp": iso(source)},
+        "spec": {"policyRef": {"name": "orders"}, "trigger": "Imported"},
+        "status": {
+            "phase": "Completed",
+            "sourceTime": iso(source),
+            "completionTime": iso(source + dt.timedelta(seconds=5)),
+        },
+    }
+
+
+def test_an_unchanged_status_is_not_written_again() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    ready = policy_references.ready_condition(None, world.spec())
+    first = policy_status.refresh(
+        world.cluster, world.cluster.policies[(NS, "orders")], world.spec(), [], [ready], at(1)
+    )
+    assert first.written and len(world.cluster.policy_patches) == 1
+    again = policy_status.refresh(
+        world.cluster, world.cluster.policies[(NS, "orders")], world.spec(), [], [ready], at(9)
+    )
+    assert not again.written and len(world.cluster.policy_patches) == 1
+    # A change a user can see (here: Ready) is written.
+    broken = policy_references.ready_condition(Problem("SecretNotFound", "gone"), world.spec())
+    policy_status.refresh(
+        world.cluster, world.cluster.policies[(NS, "orders")], world.spec(), [], [broken], at(10)
+    )
+    assert len(world.cluster.policy_patches) == 2
+
+
+def test_at_rest_the_rpo_is_rewritten_at_most_once_per_status_period() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    completed_point(world, START - dt.timedelta(minutes=10))
+    runtime, clock = runtime_for(world)
+    try:
+        for _ in range(20):  # ten minutes, woken every 30 s (the reference re-check period)
+            runtime.maintain(NS, "orders", clock.now())
+            clock.current += dt.timedelta(seconds=30)
+        patches = world.cluster.policy_patches
+        assert 9 <= len(patches) <= 11, len(patches)  # once a minute (AEGIS_STATUS_SECONDS)
+        rpos = [p["currentRPOSeconds"] for p in patches]
+        assert rpos == sorted(rpos) and rpos[0] == 600
+    finally:
+        runtime.stop()
+
+
+def test_at_rest_a_policy_without_points_writes_its_status_once() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    runtime, clock = runtime_for(world)
+    try:
+        for _ in range(20):
+            runtime.maintain(NS, "orders", clock.now())
+            clock.current += dt.timedelta(seconds=30)
+        assert len(world.cluster.policy_patches) == 1
+    finally:
+        runtime.stop()

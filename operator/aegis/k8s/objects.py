@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from aegis import GROUP, VERSION
 from aegis.api import Kind
+from aegis.k8s.cache import SecretCache
 from aegis.k8s.client import api_client
 from aegis.k8s.jobs import Termination, termination_of
 
@@ -171,15 +172,27 @@ def job_termination(
     return termination_of(list(raw), failed_only=failed_only)
 
 
-def read_secret(namespace: str, name: str) -> dict[str, bytes]:
-    """A Secret's data, decoded. Values are secrets: never log or report them."""
+def read_secret(
+    namespace: str, name: str, cache: SecretCache | None = None
+) -> dict[str, bytes]:
+    """A Secret's data, decoded. Values are secrets: never log or report them.
+
+    With `cache` (the operator's watch-fed SecretCache), a Secret it holds costs no API call,
+    and one read from the API server is kept there for the next read (see SecretCache.fill)."""
+    if cache is not None:
+        found = cache.get(namespace, name)
+        if found is not None:
+            return found
     try:
         secret = _core().read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
             raise NotFound(f"Secret {namespace}/{name} not found") from None
         raise
-    return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+    data: dict[str, str] = dict(secret.data or {})
+    if cache is not None:
+        cache.fill(namespace, name, str(secret.metadata.resource_version or ""), data)
+    return {key: base64.b64decode(value) for key, value in data.items()}
 
 
 def post_event(

@@ -144,17 +144,12 @@ class PolicyRuntime:
             self._listed.discard(key)
         metrics.forget_policy(namespace, name)
 
-    def names_secret(self, namespace: str, secret: str) -> bool:
-        """True when a policy of the namespace refers to this Secret (only those are kept)."""
-        return any(
-            secret in policy_references.secret_names(policy.get("spec") or {})
-            for policy in self.objects_cache.policies_in(namespace)
-        )
-
     def secret_changed(self, event_type: str | None, body: Body) -> None:
-        """Feed the Secret cache; a policy naming a changed or deleted Secret has its
-        references re-checked now rather than at the end of its period."""
-        self.secrets.event(event_type, body)
+        """Feed the Secret cache; a policy naming a changed, new or deleted Secret has its
+        references re-checked now rather than at the end of its period (not on a watch's
+        re-list, which repeats a version already seen)."""
+        if not self.secrets.event(event_type, body):
+            return
         meta = body.get("metadata") or {}
         namespace, secret = meta.get("namespace", ""), meta.get("name", "")
         for policy in self.objects_cache.policies_in(namespace):
@@ -315,11 +310,12 @@ def make_runtime(
     clock: Clock | None = None,
     *,
     objects_cache: PointCache,
+    secrets: SecretCache | None = None,
 ) -> PolicyRuntime:
     """The production runtime: API server, S3 and TCP behind the ports."""
     from aegis.reconcilers.policy_io import KubeCluster, PointReconciler, S3Store, TcpReach
 
-    secrets = SecretCache()
+    secrets = secrets if secrets is not None else SecretCache()
     cluster = KubeCluster(objects_cache, secrets)
     return PolicyRuntime(
         settings,
