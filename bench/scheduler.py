@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from kubernetes import client, config  # noqa: E402
 
+from aegis.reconcilers.schedule import jitter_seconds  # noqa: E402
 from aegis.sandbox.servers import MotoServer, PostgresServer  # noqa: E402
 
 GROUP, VERSION = "dr.aegis.dev", "v1alpha1"
@@ -79,6 +80,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="50 policies, 1 tick")
+    parser.add_argument(
+        "--jitter", type=int, default=0, help="spec.jitterSeconds of every policy (0: all fire "
+        "at the same second; latency is then measured from each run's own jittered time)")
+    parser.add_argument(
+        "--profile", metavar="SVG", help="record the operator with py-spy (pip install py-spy; "
+        "not a dependency) from 5 s before the first tick until the last Job, as a flame graph")
     args = parser.parse_args(argv)
     if args.smoke:
         args.policies, args.ticks = 50, 1
@@ -125,6 +132,7 @@ def main(argv: list[str]) -> int:
             },
             "encryption": {"keySecretRef": {"name": "keys"}},
             "concurrencyPolicy": "Allow",
+            "jitterSeconds": args.jitter,
         }
         started = time.monotonic()
         for i in range(args.policies):
@@ -193,10 +201,13 @@ def main(argv: list[str]) -> int:
                         continue
                     seen.add(name)
                     owners = job["metadata"].get("ownerReferences") or [{}]
-                    stamp = owners[0].get("name", "").rsplit("-", 1)[-1]
+                    policy, stamp = owners[0].get("name", "").rsplit("-", 1)
                     tick = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+                    due = tick + dt.timedelta(
+                        seconds=jitter_seconds(namespace, policy, args.jitter)
+                    )
                     if first_tick <= tick <= last_tick:
-                        latencies.append((arrived - tick).total_seconds())
+                        latencies.append((arrived - due).total_seconds())
                     if len(latencies) >= expected:
                         done.set()
                         response.release_conn()
@@ -204,9 +215,22 @@ def main(argv: list[str]) -> int:
 
         watcher = threading.Thread(target=watch_jobs, daemon=True)
         watcher.start()
-        deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60
+        spy: subprocess.Popen[bytes] | None = None
+        if args.profile:
+            lead = (first_tick - dt.datetime.now(dt.UTC)).total_seconds() - 5
+            time.sleep(max(0.0, lead))
+            seconds = int((last_tick - first_tick).total_seconds() + args.jitter + 20)
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(operator.pid), "--duration", str(seconds),
+                 "--rate", "50", "--subprocesses", "--output", args.profile],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60 + args.jitter
         done.wait(timeout=max(deadline, 60))
         rss = rss_peak_mib(operator.pid)
+        if spy is not None:
+            spy.wait()
+            print(f"profile: {args.profile}")
         points = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "recoverypoints")
         jobs = client.BatchV1Api(api).list_namespaced_job(namespace)
         print(
@@ -214,7 +238,8 @@ def main(argv: list[str]) -> int:
             f"operator log {workdir / 'operator.log'})"
         )
         print()
-        print(f"policies                   {args.policies}")
+        print(f"policies                   {args.policies} (jitterSeconds {args.jitter}; "
+              f"load average {os.getloadavg()[0]:.1f})")
         print(f"ticks measured             {args.ticks}")
         print(f"Jobs seen for those ticks  {len(latencies)} of {expected}")
         if latencies:

@@ -143,7 +143,8 @@ def test_suspend_in_the_lead_window_removes_the_prepared_point_and_the_next_run_
     assert "UnstartedRunRemoved" in world.cluster.reasons()
     assert world.tick_at(at(4.7)) == pytest.approx(18.0)  # looks again at the 02:05 tick
     world.tick_at(at(5))  # the 02:05 tick passes while suspended: handled, not run
-    assert world.cluster.policies[(NS, "orders")]["status"]["handledUntil"] == iso(at(5))
+    # Handled in memory (written while suspended only every SUSPENDED_CURSOR_SECONDS).
+    assert world.state.cursor[(NS, "orders")] == at(5)
     world.edit(suspend=False)
     world.tick_at(at(6))
     assert world.cluster.jobs == {}  # nothing from the suspended period is made up
@@ -473,5 +474,36 @@ def test_at_rest_a_policy_without_points_writes_its_status_once() -> None:
             runtime.maintain(NS, "orders", clock.now())
             clock.current += dt.timedelta(seconds=30)
         assert len(world.cluster.policy_patches) == 1
+    finally:
+        runtime.stop()
+
+
+def test_a_suspended_policy_moves_its_cursor_in_memory_and_writes_it_every_ten_minutes() -> None:
+    world = World(schedule="* * * * *", suspend=True)
+    for minute in range(0, 21):
+        world.tick_at(at(minute))
+    written = [p["handledUntil"] for p in world.cluster.policy_patches if "handledUntil" in p]
+    assert 2 <= len(written) <= 4, written  # not 21: once, then every ten minutes
+    assert world.state.cursor[(NS, "orders")] == at(20)
+    # Resuming does not make up the suspended ticks: the in-memory cursor is the newest.
+    world.edit(suspend=False)
+    world.tick_at(at(20.5))
+    assert world.cluster.jobs == {}
+    assert world.point_names() in ([], [naming.recovery_point_name("orders", at(21))])
+    assert not [e for e in world.cluster.events if e[2] == "MissedRuns"]
+
+
+def test_a_suspended_policys_cursor_is_written_along_with_a_status_write() -> None:
+    world = World(schedule="* * * * *", suspend=True, objectives={"rpoSeconds": 3600})
+    completed_point(world, START - dt.timedelta(minutes=10))
+    runtime, clock = runtime_for(world)
+    try:
+        for _ in range(6):  # three minutes: ticks each minute, maintenance every 30 s
+            runtime.tick(NS, "orders", clock.now())
+            runtime.maintain(NS, "orders", clock.now())
+            clock.current += dt.timedelta(seconds=30)
+        status = world.cluster.policies[(NS, "orders")]["status"]
+        assert status["handledUntil"] >= iso(START + dt.timedelta(minutes=2))
+        assert len(world.cluster.policy_patches) <= 5  # one a minute, plus the first tick's
     finally:
         runtime.stop()

@@ -35,7 +35,8 @@ from aegis.reconcilers import (
     policy_tick,
     tenancy,
 )
-from aegis.reconcilers.conditions import ConditionUpdate
+from aegis.reconcilers.backup import parse_time
+from aegis.reconcilers.conditions import ConditionUpdate, iso
 from aegis.reconcilers.policy_ports import (
     Body,
     Clock,
@@ -264,12 +265,26 @@ class PolicyRuntime:
             # may not hold every point yet, and a short count would be written as status.
             points = self.cluster.list_points(namespace, name, cached=key in self._listed)
             self._listed.add(key)
-            policy_status.refresh(self.cluster, body, spec, points, updates, now)
+            along = self._suspended_cursor(key, body, spec)
+            policy_status.refresh(self.cluster, body, spec, points, updates, now, along)
         if now >= due.get("catalog", now + dt.timedelta(seconds=min(10, periods["catalog"]))):
             due["catalog"] = now + dt.timedelta(seconds=periods["catalog"])
             self._catalog(body, spec, now)
         due.setdefault("catalog", now + dt.timedelta(seconds=min(10, periods["catalog"])))
         return max(0.0, (min(due.values()) - now).total_seconds())
+
+    def _suspended_cursor(
+        self, key: tuple[str, str], body: Body, spec: BackupPolicySpec
+    ) -> dict[str, str]:
+        """A suspended policy's cursor, when the tick moved it past the written one (the tick
+        writes it only every SUSPENDED_CURSOR_SECONDS): written along with a status write."""
+        cursor = self.ticks.cursor.get(key)
+        if not spec.suspend or cursor is None:
+            return {}
+        written = parse_time((body.get("status") or {}).get("handledUntil"))
+        if written is not None and written >= cursor:
+            return {}
+        return {"handledUntil": iso(cursor)}
 
     def _catalog(self, body: Body, spec: BackupPolicySpec, now: dt.datetime) -> None:
         meta = body["metadata"]

@@ -206,13 +206,15 @@ def refresh(
     points: list[Body],
     updates: list[ConditionUpdate],
     now: dt.datetime,
+    along: dict[str, Any] | None = None,
 ) -> Refreshed:
     """Prune, recompute the status from the points, and write it with `updates` (Ready,
     Scheduling) and RPOMet in one patch, only when it differs from the policy's status (at
     rest, a policy with no new point costs no write; one with points, a currentRPOSeconds
     refresh as often as the caller asks: once per status period). Posts Pruned and
     RPOBreached events. The metrics are set from the points either way (the RPO gauge is
-    computed at scrape time, not read from status)."""
+    computed at scrape time, not read from status). `along`: fields written with the status
+    when it is written anyway, never a reason to write (a suspended policy's cursor)."""
     meta = body["metadata"]
     namespace, policy = meta["namespace"], meta["name"]
     pruned = prune(cluster, namespace, spec, points, now)
@@ -236,7 +238,7 @@ def refresh(
     status["observedGeneration"] = meta.get("generation")
     written = not unchanged(previous, status)
     if written:
-        cluster.patch_policy_status(namespace, policy, status)
+        cluster.patch_policy_status(namespace, policy, {**status, **(along or {})})
     metrics.export_policy(body, points)
     was = find(previous.get("conditions"), "RPOMet")
     if rpo.reason == "RPOBreached" and (was is None or was.get("status") != "False"):

@@ -313,7 +313,8 @@ def _tick(
             _prepare(state, ports, body, spec, plan, upcoming, update)
             return max(0.0, plan.requeue_after)
         # Not Ready: nothing is prepared; at the tick the run is skipped with the reason.
-    ports.cluster.patch_policy_status(namespace, policy, update)
+    if _tells_something(status, update, suspended=plan.action == "Suspended"):
+        ports.cluster.patch_policy_status(namespace, policy, update)
     if plan.action == "Suspended":
         # Look again at each tick, so the cursor passes the ticks of the suspended period
         # and resuming does not make them up (a tick passed unseen would run at resume).
@@ -322,6 +323,31 @@ def _tick(
     if lead is not None and lead > 0:
         return lead
     return plan.requeue_after
+
+
+SUSPENDED_CURSOR_SECONDS = 600
+"""While a policy is suspended, its cursor (status.handledUntil) moves at every tick in memory
+but is written at most this often by the tick, or along with a status write that happens
+anyway (`PolicyRuntime.maintain`): a suspended per-minute policy at rest costs no write a
+minute. What the written cursor is for: after an operator restart, ticks before it are not
+made up; a restart while suspended re-plans at once and moves it again."""
+
+
+def _tells_something(status: Body, update: Body, *, suspended: bool) -> bool:
+    """Whether writing `update` changes the policy's status (merge patch: None clears). A
+    suspended policy's cursor alone counts only when the written one is
+    SUSPENDED_CURSOR_SECONDS behind."""
+    for field_name, value in update.items():
+        if status.get(field_name) == value:
+            continue
+        if suspended and field_name == "handledUntil":
+            written, moved = parse_time(status.get(field_name)), parse_time(value)
+            if written is not None and moved is not None and (
+                0 <= (moved - written).total_seconds() < SUSPENDED_CURSOR_SECONDS
+            ):
+                continue
+        return True
+    return False
 
 
 def _record_references(
