@@ -84,8 +84,9 @@ def main(argv: list[str]) -> int:
         "--jitter", type=int, default=0, help="spec.jitterSeconds of every policy (0: all fire "
         "at the same second; latency is then measured from each run's own jittered time)")
     parser.add_argument(
-        "--profile", metavar="SVG", help="record the operator with py-spy (pip install py-spy; "
-        "not a dependency) from 5 s before the first tick until the last Job, as a flame graph")
+        "--profile", metavar="SVG|TXT", help="record the operator's GIL-holding samples with "
+        "py-spy (pip install py-spy; not a dependency) from 5 s before the first tick, as a "
+        "flame graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.policies, args.ticks = 50, 1
@@ -222,7 +223,8 @@ def main(argv: list[str]) -> int:
             seconds = int((last_tick - first_tick).total_seconds() + args.jitter + 20)
             spy = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(operator.pid), "--duration", str(seconds),
-                 "--rate", "50", "--subprocesses", "--output", args.profile],
+                 "--rate", "50", "--gil", "--output", args.profile,
+                 *(["--format", "raw"] if args.profile.endswith(".txt") else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60 + args.jitter

@@ -126,7 +126,8 @@ def test_a_tick_is_prepared_inside_the_lead_window_and_fired_at_its_due_time() -
     point = world.cluster.points[(NS, tick)]
     assert ownership.is_scheduler_point(point)
     assert world.cluster.jobs == {}
-    assert world.tick_at(at(5)) == 0.0
+    # Fired; the next tick (02:10) is planned when it is due to be prepared (30 s before).
+    assert world.tick_at(at(5)) == pytest.approx(270.0)
     assert (NS, naming.backup_job_name(tick)) in world.cluster.jobs
     world.state.followups.shutdown(wait=True)
     assert world.cluster.points[(NS, tick)]["status"]["jobName"] == naming.backup_job_name(tick)

@@ -182,9 +182,15 @@ def _tick(
         problem = state.problem(key)
         if problem is not None:
             _skip_prepared(state, ports, ready, problem, now)
-        else:
-            _fire(state, ports, ready, now)
-        return 0.0  # plan the next tick right away
+            return 0.0  # plan the next tick right away
+        _fire(state, ports, ready, now)
+        # Plan the next tick when it is due to be prepared, not at once: re-planning now
+        # would write the status the fired run's follow-up writes anyway, and at a busy tick
+        # a thousand such writes would compete with the Jobs still being created.
+        following = parse_time(ready.status_update.get("nextScheduleTime"))
+        if following is None:
+            return 0.0
+        return max(0.0, (following - now).total_seconds() - ports.prepare_seconds)
 
     # The first look at a policy after start-up reads the API server; later ones read the
     # watch cache, which by then holds everything kopf has listed.
