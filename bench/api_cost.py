@@ -312,7 +312,9 @@ def main(argv: list[str]) -> int:
 
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT / "operator"),
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT / "operator"), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
             "KUBECONFIG": str(kubeconfig),
             "AEGIS_METRICS_PORT": "0",
             "AEGIS_HEALTH_PORT": "0",

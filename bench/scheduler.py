@@ -84,6 +84,9 @@ def main(argv: list[str]) -> int:
         "--jitter", type=int, default=0, help="spec.jitterSeconds of every policy (0: all fire "
         "at the same second; latency is then measured from each run's own jittered time)")
     parser.add_argument(
+        "--settle", type=float, default=45.0, help="seconds the operator gets to take every "
+        "policy in before the first measured tick (more for thousands of policies)")
+    parser.add_argument(
         "--profile", metavar="SVG|TXT", help="record the operator's GIL-holding samples with "
         "py-spy (pip install py-spy; not a dependency) from 5 s before the first tick, as a "
         "flame graph (.svg) or collapsed stacks (.txt)")
@@ -173,7 +176,7 @@ def main(argv: list[str]) -> int:
         seen: set[str] = set()
         expected = args.policies * args.ticks
         # The first tick starts after the operator has taken every policy in.
-        first_tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=45)).replace(
+        first_tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.settle)).replace(
             second=0, microsecond=0
         ) + dt.timedelta(minutes=1)
         last_tick = first_tick + dt.timedelta(minutes=args.ticks - 1)
