@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class TickState:
             max_workers=followup_workers, thread_name_prefix="aegis-followup"
         )
         self._firing = 0
+        self._last_fire = 0.0  # time.monotonic() of the newest Job create started
         self._firing_done = threading.Condition()
 
     def problem(self, key: Key) -> Problem | None:
@@ -478,6 +480,7 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
     policy = ready.point["spec"]["policyRef"]["name"]
     with state._firing_done:
         state._firing += 1
+        state._last_fire = time.monotonic()
     try:
         job, _ = ports.cluster.create_job(namespace, ready.job)
     finally:
@@ -495,7 +498,9 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
 
     def record() -> None:
         with state._firing_done:
-            state._firing_done.wait_for(lambda: state._firing == 0, timeout=30)
+            deadline = time.monotonic() + 30
+            while not _quiet(state) and (left := deadline - time.monotonic()) > 0:
+                state._firing_done.wait(timeout=min(left, FOLLOWUP_QUIET_SECONDS))
         try:
             ports.runner.started(ready.point, job)
             ports.cluster.patch_policy_status(namespace, policy, ready.status_update)
@@ -503,6 +508,17 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
             logger.warning("Recording the start of %s/%s failed: %s", namespace, name, error)
 
     state.followups.submit(record)
+
+
+FOLLOWUP_QUIET_SECONDS = 0.5
+"""Follow-up writes of fired runs wait until no Job create has started for this long: at a
+busy tick the tick threads fire in waves, and between two waves no create is in flight for a
+moment; writes started then would compete with the next wave."""
+
+
+def _quiet(state: TickState) -> bool:
+    """No Job create in flight, and none started for FOLLOWUP_QUIET_SECONDS."""
+    return not state._firing and time.monotonic() - state._last_fire >= FOLLOWUP_QUIET_SECONDS
 
 
 def _create_point(cluster: PolicyCluster, policy: Body, name: str, scheduled: dt.datetime) -> Body:
