@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from kubernetes import client, config  # noqa: E402
 
+from aegis.reconcilers.schedule import jitter_seconds  # noqa: E402
 from aegis.sandbox.servers import MotoServer, PostgresServer  # noqa: E402
 
 GROUP, VERSION = "dr.aegis.dev", "v1alpha1"
@@ -79,6 +80,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="50 policies, 1 tick")
+    parser.add_argument(
+        "--jitter", type=int, default=0, help="spec.jitterSeconds of every policy (0: all fire "
+        "at the same second; latency is then measured from each run's own jittered time)")
+    parser.add_argument(
+        "--settle", type=float, default=45.0, help="seconds the operator gets to take every "
+        "policy in before the first measured tick (more for thousands of policies)")
+    parser.add_argument(
+        "--profile", metavar="SVG|TXT", help="record the operator's GIL-holding samples with "
+        "py-spy (pip install py-spy; not a dependency) from 5 s before the first tick, as a "
+        "flame graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.policies, args.ticks = 50, 1
@@ -125,6 +136,7 @@ def main(argv: list[str]) -> int:
             },
             "encryption": {"keySecretRef": {"name": "keys"}},
             "concurrencyPolicy": "Allow",
+            "jitterSeconds": args.jitter,
         }
         started = time.monotonic()
         for i in range(args.policies):
@@ -164,7 +176,7 @@ def main(argv: list[str]) -> int:
         seen: set[str] = set()
         expected = args.policies * args.ticks
         # The first tick starts after the operator has taken every policy in.
-        first_tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=45)).replace(
+        first_tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.settle)).replace(
             second=0, microsecond=0
         ) + dt.timedelta(minutes=1)
         last_tick = first_tick + dt.timedelta(minutes=args.ticks - 1)
@@ -193,10 +205,13 @@ def main(argv: list[str]) -> int:
                         continue
                     seen.add(name)
                     owners = job["metadata"].get("ownerReferences") or [{}]
-                    stamp = owners[0].get("name", "").rsplit("-", 1)[-1]
+                    policy, stamp = owners[0].get("name", "").rsplit("-", 1)
                     tick = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+                    due = tick + dt.timedelta(
+                        seconds=jitter_seconds(namespace, policy, args.jitter)
+                    )
                     if first_tick <= tick <= last_tick:
-                        latencies.append((arrived - tick).total_seconds())
+                        latencies.append((arrived - due).total_seconds())
                     if len(latencies) >= expected:
                         done.set()
                         response.release_conn()
@@ -204,9 +219,23 @@ def main(argv: list[str]) -> int:
 
         watcher = threading.Thread(target=watch_jobs, daemon=True)
         watcher.start()
-        deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60
+        spy: subprocess.Popen[bytes] | None = None
+        if args.profile:
+            lead = (first_tick - dt.datetime.now(dt.UTC)).total_seconds() - 5
+            time.sleep(max(0.0, lead))
+            seconds = int((last_tick - first_tick).total_seconds() + args.jitter + 20)
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(operator.pid), "--duration", str(seconds),
+                 "--rate", "50", "--gil", "--output", args.profile,
+                 *(["--format", "raw"] if args.profile.endswith(".txt") else [])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60 + args.jitter
         done.wait(timeout=max(deadline, 60))
         rss = rss_peak_mib(operator.pid)
+        if spy is not None:
+            spy.wait()
+            print(f"profile: {args.profile}")
         points = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "recoverypoints")
         jobs = client.BatchV1Api(api).list_namespaced_job(namespace)
         print(
@@ -214,7 +243,8 @@ def main(argv: list[str]) -> int:
             f"operator log {workdir / 'operator.log'})"
         )
         print()
-        print(f"policies                   {args.policies}")
+        print(f"policies                   {args.policies} (jitterSeconds {args.jitter}; "
+              f"load average {os.getloadavg()[0]:.1f})")
         print(f"ticks measured             {args.ticks}")
         print(f"Jobs seen for those ticks  {len(latencies)} of {expected}")
         if latencies:

@@ -126,7 +126,8 @@ def test_a_tick_is_prepared_inside_the_lead_window_and_fired_at_its_due_time() -
     point = world.cluster.points[(NS, tick)]
     assert ownership.is_scheduler_point(point)
     assert world.cluster.jobs == {}
-    assert world.tick_at(at(5)) == 0.0
+    # Fired; the next tick (02:10) is planned when it is due to be prepared (30 s before).
+    assert world.tick_at(at(5)) == pytest.approx(270.0)
     assert (NS, naming.backup_job_name(tick)) in world.cluster.jobs
     world.state.followups.shutdown(wait=True)
     assert world.cluster.points[(NS, tick)]["status"]["jobName"] == naming.backup_job_name(tick)
@@ -143,7 +144,8 @@ def test_suspend_in_the_lead_window_removes_the_prepared_point_and_the_next_run_
     assert "UnstartedRunRemoved" in world.cluster.reasons()
     assert world.tick_at(at(4.7)) == pytest.approx(18.0)  # looks again at the 02:05 tick
     world.tick_at(at(5))  # the 02:05 tick passes while suspended: handled, not run
-    assert world.cluster.policies[(NS, "orders")]["status"]["handledUntil"] == iso(at(5))
+    # Handled in memory (written while suspended only every SUSPENDED_CURSOR_SECONDS).
+    assert world.state.cursor[(NS, "orders")] == at(5)
     world.edit(suspend=False)
     world.tick_at(at(6))
     assert world.cluster.jobs == {}  # nothing from the suspended period is made up
@@ -411,5 +413,98 @@ def test_a_tick_failure_makes_the_policy_not_ready_until_a_tick_succeeds() -> No
         runtime.tick(NS, "orders", clock.now())
         runtime.maintain(NS, "orders", clock.now())
         assert ready_of(world)["status"] == "True"
+    finally:
+        runtime.stop()
+
+
+# --- the API footprint at rest (issue 15) ------------------------------------------------------
+
+
+def completed_point(world: World, source: dt.datetime) -> None:
+    world.cluster.points[(NS, "orders-1")] = {
+        "metadata": {"name": "orders-1", "namespace": NS, "creationTimestamp": iso(source)},
+        "spec": {"policyRef": {"name": "orders"}, "trigger": "Imported"},
+        "status": {
+            "phase": "Completed",
+            "sourceTime": iso(source),
+            "completionTime": iso(source + dt.timedelta(seconds=5)),
+        },
+    }
+
+
+def test_an_unchanged_status_is_not_written_again() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    ready = policy_references.ready_condition(None, world.spec())
+    first = policy_status.refresh(
+        world.cluster, world.cluster.policies[(NS, "orders")], world.spec(), [], [ready], at(1)
+    )
+    assert first.written and len(world.cluster.policy_patches) == 1
+    again = policy_status.refresh(
+        world.cluster, world.cluster.policies[(NS, "orders")], world.spec(), [], [ready], at(9)
+    )
+    assert not again.written and len(world.cluster.policy_patches) == 1
+    # A change a user can see (here: Ready) is written.
+    broken = policy_references.ready_condition(Problem("SecretNotFound", "gone"), world.spec())
+    policy_status.refresh(
+        world.cluster, world.cluster.policies[(NS, "orders")], world.spec(), [], [broken], at(10)
+    )
+    assert len(world.cluster.policy_patches) == 2
+
+
+def test_at_rest_the_rpo_is_rewritten_at_most_once_per_status_period() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    completed_point(world, START - dt.timedelta(minutes=10))
+    runtime, clock = runtime_for(world)
+    try:
+        for _ in range(20):  # ten minutes, woken every 30 s (the reference re-check period)
+            runtime.maintain(NS, "orders", clock.now())
+            clock.current += dt.timedelta(seconds=30)
+        patches = world.cluster.policy_patches
+        assert 9 <= len(patches) <= 11, len(patches)  # once a minute (AEGIS_STATUS_SECONDS)
+        rpos = [p["currentRPOSeconds"] for p in patches]
+        assert rpos == sorted(rpos) and rpos[0] == 600
+    finally:
+        runtime.stop()
+
+
+def test_at_rest_a_policy_without_points_writes_its_status_once() -> None:
+    world = World(objectives={"rpoSeconds": 3600})
+    runtime, clock = runtime_for(world)
+    try:
+        for _ in range(20):
+            runtime.maintain(NS, "orders", clock.now())
+            clock.current += dt.timedelta(seconds=30)
+        assert len(world.cluster.policy_patches) == 1
+    finally:
+        runtime.stop()
+
+
+def test_a_suspended_policy_moves_its_cursor_in_memory_and_writes_it_every_ten_minutes() -> None:
+    world = World(schedule="* * * * *", suspend=True)
+    for minute in range(0, 21):
+        world.tick_at(at(minute))
+    written = [p["handledUntil"] for p in world.cluster.policy_patches if "handledUntil" in p]
+    assert 2 <= len(written) <= 4, written  # not 21: once, then every ten minutes
+    assert world.state.cursor[(NS, "orders")] == at(20)
+    # Resuming does not make up the suspended ticks: the in-memory cursor is the newest.
+    world.edit(suspend=False)
+    world.tick_at(at(20.5))
+    assert world.cluster.jobs == {}
+    assert world.point_names() in ([], [naming.recovery_point_name("orders", at(21))])
+    assert not [e for e in world.cluster.events if e[2] == "MissedRuns"]
+
+
+def test_a_suspended_policys_cursor_is_written_along_with_a_status_write() -> None:
+    world = World(schedule="* * * * *", suspend=True, objectives={"rpoSeconds": 3600})
+    completed_point(world, START - dt.timedelta(minutes=10))
+    runtime, clock = runtime_for(world)
+    try:
+        for _ in range(6):  # three minutes: ticks each minute, maintenance every 30 s
+            runtime.tick(NS, "orders", clock.now())
+            runtime.maintain(NS, "orders", clock.now())
+            clock.current += dt.timedelta(seconds=30)
+        status = world.cluster.policies[(NS, "orders")]["status"]
+        assert status["handledUntil"] >= iso(START + dt.timedelta(minutes=2))
+        assert len(world.cluster.policy_patches) <= 5  # one a minute, plus the first tick's
     finally:
         runtime.stop()

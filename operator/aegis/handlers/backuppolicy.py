@@ -14,8 +14,8 @@ import kopf
 
 from aegis import GROUP, VERSION, metrics
 from aegis.api import BACKUP_POLICY as KIND
-from aegis.handlers.common import KopfLogger, accept, forget
-from aegis.k8s.cache import PointCache
+from aegis.handlers.common import SECRETS, KopfLogger, accept, forget
+from aegis.k8s.cache import PointCache, SecretCache
 from aegis.reconcilers.backuppolicy import PolicyRuntime, make_runtime
 from aegis.scheduler import Scheduler
 from aegis.settings import Settings
@@ -38,7 +38,12 @@ def start_runtime(memo: kopf.Memo, logger: KopfLogger, **_: Any) -> None:
     """Make the policy runtime and start its two schedulers (after `aegis-configure`, which
     puts the settings into memo)."""
     settings: Settings = memo.get("settings") or Settings.from_env()
-    runtime = make_runtime(settings, memo.get(CLOCK), objects_cache=PointCache())
+    runtime = make_runtime(
+        settings,
+        memo.get(CLOCK),
+        objects_cache=PointCache(),
+        secrets=memo.setdefault(SECRETS, SecretCache()),
+    )
     ticks = Scheduler(
         runtime.tick, workers=settings.tick_workers, clock=runtime.now, name="aegis-tick"
     ).start()
@@ -70,19 +75,18 @@ async def cache_policy(body: kopf.Body, type: str | None, memo: Any, **_: Any) -
     runtime_of(memo).objects_cache.policy_event(type, dict(body))
 
 
-def _named_by_a_policy(namespace: str | None, name: str, memo: Any, **_: Any) -> bool:
-    runtime: PolicyRuntime | None = memo.get(RUNTIME)
-    return runtime is not None and runtime.names_secret(namespace or "", name)
-
-
-@kopf.on.event("", "v1", "secrets", id="secret-cache", when=_named_by_a_policy)
+@kopf.on.event("", "v1", "secrets", id="secret-cache")
 async def cache_secret(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
-    """Keep the Secrets that policies name in memory, so that re-checking references costs
-    no API call, and re-check a policy at once when a Secret it names changes or goes.
-    Other Secrets are filtered out before this runs: neither kept nor logged."""
+    """Keep the Secrets the operator reads current in memory (the SecretCache keeps only the
+    resourceVersion of the others, never their values), so that re-checking references and
+    probing plans cost no API call; and re-check a policy at once when a Secret it names
+    changes or goes."""
     runtime: PolicyRuntime | None = memo.get(RUNTIME)
     if runtime is not None:
         runtime.secret_changed(type, dict(body))
+    else:
+        secrets: SecretCache = memo.setdefault(SECRETS, SecretCache())
+        secrets.event(type, dict(body))
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="reconcile")

@@ -22,6 +22,11 @@ from aegis.reconcilers.validation import SpecError, parse_spec
 from aegis.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+
+SECRETS = "secrets"
+"""The memo key of the operator's one SecretCache (aegis.k8s.cache), fed by the Secret watch
+(handlers.backuppolicy `cache_secret`) and read by the policies' reference checks and the
+plans' probes."""
 # What kopf passes as `logger`.
 KopfLogger = logging.Logger | logging.LoggerAdapter[Any]
 

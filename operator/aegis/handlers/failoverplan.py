@@ -25,8 +25,16 @@ import kopf
 
 from aegis import GROUP, VERSION
 from aegis.api import FAILOVER_PLAN as KIND
-from aegis.handlers.common import KopfLogger, accept, accepted, forget, repeat_in_pool
+from aegis.handlers.common import (
+    SECRETS,
+    KopfLogger,
+    accept,
+    accepted,
+    forget,
+    repeat_in_pool,
+)
 from aegis.k8s.adapters import ApiCluster
+from aegis.k8s.cache import SecretCache
 from aegis.reconcilers import failoverplan as plans
 from aegis.settings import Settings
 from aegis.steps.route53 import default_route53_client
@@ -41,7 +49,8 @@ ERROR_RETRY_SECONDS = 5.0
 async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
     # aegis-configure (registered first) normally has put the settings in memo already.
     settings = memo.get("settings") or Settings.from_env()
-    memo[RUNTIME] = plans.FailoverRuntime(ApiCluster(), default_route53_client, settings)
+    secrets = memo.setdefault(SECRETS, SecretCache())  # shared with the policies
+    memo[RUNTIME] = plans.FailoverRuntime(ApiCluster(secrets), default_route53_client, settings)
     memo[WAKEUPS] = {}
     # sync handlers (in threads) wake a plan's daemon through its event loop
     memo["failover-loop"] = asyncio.get_running_loop()

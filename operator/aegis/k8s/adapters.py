@@ -15,6 +15,7 @@ from typing import Any
 
 from aegis.api import BACKUP_POLICY, FAILOVER_APPROVAL, FAILOVER_PLAN, RECOVERY_POINT, RESTORE
 from aegis.k8s import objects
+from aegis.k8s.cache import SecretCache
 from aegis.k8s.jobs import Termination
 from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
 
@@ -22,7 +23,13 @@ Body = dict[str, Any]
 
 
 class ApiCluster:
-    """The real API server. Every call is a blocking API call: use it from threads."""
+    """The real API server. Every call is a blocking API call: use it from threads.
+
+    With `secrets` (the operator's watch-fed SecretCache), Secrets are read through it: a
+    FailoverPlan probing every few seconds then costs no Secret GET."""
+
+    def __init__(self, secrets: SecretCache | None = None) -> None:
+        self._secrets = secrets
 
     # --- BackupPolicy, RecoveryPoint, Secrets
 
@@ -47,7 +54,7 @@ class ApiCluster:
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """A Secret's data, or None when it does not exist. Values are secrets."""
         try:
-            return objects.read_secret(namespace, name)
+            return objects.read_secret(namespace, name, self._secrets)
         except objects.NotFound:
             return None
 
@@ -97,7 +104,7 @@ class ApiCluster:
         objects.patch_custom_status(FAILOVER_APPROVAL, namespace, name, status)
 
     def secret_reader(self, namespace: str) -> SecretsOfNamespace:
-        return SecretsOfNamespace(namespace)
+        return SecretsOfNamespace(namespace, self._secrets)
 
     def workloads(self, namespace: str, reachable: Sequence[str]) -> Workloads:
         return Workloads(namespace, reachable)

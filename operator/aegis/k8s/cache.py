@@ -55,36 +55,68 @@ class PointCache:
 
 
 class SecretCache:
-    """Secrets by (namespace, name), fed by a watch, so that re-checking a thousand policies'
-    references costs no API call and a deleted Secret is seen at the next check.
+    """Secrets by (namespace, name), fed by a watch of every Secret the operator may read, so
+    that re-checking a thousand policies' references and probing a plan's sites cost no API
+    call, and a changed or deleted Secret is seen at the next read.
+
+    What is kept: of every Secret, its resourceVersion (so a read can tell whether what it
+    fetched is the newest version); the data only of the Secrets the operator has read (a
+    policy's or a plan's reference), which are then kept current by the watch. Other Secrets'
+    values are never kept. A read the cache cannot answer (a Secret never read before, or one
+    larger than `max_bytes`: a Helm release, a CA bundle) goes to the API server once, and its
+    answer is kept when it is the version the watch last saw (`fill`): nothing the watch
+    delivered in the meantime is overwritten by an older read.
 
     Values are kept as the API sends them (base64) and decoded on read; they are secrets:
-    never log them. A Secret larger than `max_bytes` (a Helm release, a CA bundle) is not
-    kept: readers fall back to a GET for it."""
+    never log them."""
 
     TOO_LARGE: Final = object()
 
     def __init__(self, max_bytes: int = 65536) -> None:
         self._lock = threading.Lock()
         self._max_bytes = max_bytes
-        self._secrets: dict[tuple[str, str], dict[str, str] | object] = {}
+        # (namespace, name) -> (resourceVersion, data | None (not kept) | TOO_LARGE)
+        self._secrets: dict[tuple[str, str], tuple[str, dict[str, str] | object | None]] = {}
 
-    def event(self, event_type: str | None, body: Body) -> None:
+    def _sized(self, data: dict[str, str]) -> dict[str, str] | object:
+        size = sum(len(k) + len(v or "") for k, v in data.items())
+        return data if size <= self._max_bytes else self.TOO_LARGE
+
+    def event(self, event_type: str | None, body: Body) -> bool:
+        """A watch event of any Secret. True when it tells something new (a version not seen
+        before, or the deletion); False for a re-list's repeat of a known version."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
+        version = str(meta.get("resourceVersion") or "")
         with self._lock:
+            known = self._secrets.get(key)
             if event_type == "DELETED":
                 self._secrets.pop(key, None)
-                return
-            data = dict(body.get("data") or {})
-            size = sum(len(k) + len(v or "") for k, v in data.items())
-            self._secrets[key] = data if size <= self._max_bytes else self.TOO_LARGE
+                return True
+            if known is not None and version and known[0] == version:
+                return False
+            kept = known is not None and known[1] is not None
+            data = self._sized(dict(body.get("data") or {})) if kept else None
+            self._secrets[key] = (version, data)
+            return True
 
     def get(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        """The Secret's data decoded, or None when the cache does not hold it (never seen,
-        deleted, or too large): ask the API server then."""
+        """The Secret's data decoded, or None when the cache does not hold it (never read,
+        deleted, or too large): ask the API server then, and `fill` with the answer."""
         with self._lock:
             found = self._secrets.get((namespace, name))
-        if not isinstance(found, dict):
+        if found is None or not isinstance(found[1], dict):
             return None
-        return {k: base64.b64decode(v or "") for k, v in found.items()}
+        return {k: base64.b64decode(v or "") for k, v in found[1].items()}
+
+    def fill(self, namespace: str, name: str, version: str, data: dict[str, str]) -> bool:
+        """Keep what a read from the API server returned (base64 values), when it is the
+        version the watch last delivered; from then on the watch keeps it current. False when
+        not kept (the watch has not seen this Secret yet, or has seen a newer version)."""
+        key = (namespace, name)
+        with self._lock:
+            known = self._secrets.get(key)
+            if known is None or not version or known[0] != version:
+                return False
+            self._secrets[key] = (version, self._sized(dict(data)))
+            return True

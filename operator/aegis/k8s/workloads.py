@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from aegis.api.common import SecretKeyRef, SecretRef
 from aegis.k8s import objects
+from aegis.k8s.cache import SecretCache
 from aegis.k8s.client import api_client
 from aegis.k8s.jobs import JobState, job_state_of, owner_reference
 from aegis.labels import PLAN_LABEL, TRANSITION_LABEL
@@ -24,14 +25,16 @@ from aegis.reach import namespace_allowed
 
 
 class SecretsOfNamespace:
-    """`SecretReader` over the Secrets of one namespace. Errors name the Secret and the key,
-    never a value."""
+    """`SecretReader` over the Secrets of one namespace (through the operator's watch-fed
+    `cache` when given: a probe every few seconds then costs no API call). Errors name the
+    Secret and the key, never a value."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, cache: SecretCache | None = None) -> None:
         self.namespace = namespace
+        self.cache = cache
 
     def data(self, ref: SecretRef) -> dict[str, str]:
-        raw = objects.read_secret(self.namespace, ref.name)
+        raw = objects.read_secret(self.namespace, ref.name, self.cache)
         try:
             return {key: value.decode() for key, value in raw.items()}
         except UnicodeDecodeError:

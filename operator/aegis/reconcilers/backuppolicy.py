@@ -35,7 +35,8 @@ from aegis.reconcilers import (
     policy_tick,
     tenancy,
 )
-from aegis.reconcilers.conditions import ConditionUpdate
+from aegis.reconcilers.backup import parse_time
+from aegis.reconcilers.conditions import ConditionUpdate, iso
 from aegis.reconcilers.policy_ports import (
     Body,
     Clock,
@@ -144,17 +145,12 @@ class PolicyRuntime:
             self._listed.discard(key)
         metrics.forget_policy(namespace, name)
 
-    def names_secret(self, namespace: str, secret: str) -> bool:
-        """True when a policy of the namespace refers to this Secret (only those are kept)."""
-        return any(
-            secret in policy_references.secret_names(policy.get("spec") or {})
-            for policy in self.objects_cache.policies_in(namespace)
-        )
-
     def secret_changed(self, event_type: str | None, body: Body) -> None:
-        """Feed the Secret cache; a policy naming a changed or deleted Secret has its
-        references re-checked now rather than at the end of its period."""
-        self.secrets.event(event_type, body)
+        """Feed the Secret cache; a policy naming a changed, new or deleted Secret has its
+        references re-checked now rather than at the end of its period (not on a watch's
+        re-list, which repeats a version already seen)."""
+        if not self.secrets.event(event_type, body):
+            return
         meta = body.get("metadata") or {}
         namespace, secret = meta.get("namespace", ""), meta.get("name", "")
         for policy in self.objects_cache.policies_in(namespace):
@@ -269,12 +265,26 @@ class PolicyRuntime:
             # may not hold every point yet, and a short count would be written as status.
             points = self.cluster.list_points(namespace, name, cached=key in self._listed)
             self._listed.add(key)
-            policy_status.refresh(self.cluster, body, spec, points, updates, now)
+            along = self._suspended_cursor(key, body, spec)
+            policy_status.refresh(self.cluster, body, spec, points, updates, now, along)
         if now >= due.get("catalog", now + dt.timedelta(seconds=min(10, periods["catalog"]))):
             due["catalog"] = now + dt.timedelta(seconds=periods["catalog"])
             self._catalog(body, spec, now)
         due.setdefault("catalog", now + dt.timedelta(seconds=min(10, periods["catalog"])))
         return max(0.0, (min(due.values()) - now).total_seconds())
+
+    def _suspended_cursor(
+        self, key: tuple[str, str], body: Body, spec: BackupPolicySpec
+    ) -> dict[str, str]:
+        """A suspended policy's cursor, when the tick moved it past the written one (the tick
+        writes it only every SUSPENDED_CURSOR_SECONDS): written along with a status write."""
+        cursor = self.ticks.cursor.get(key)
+        if not spec.suspend or cursor is None:
+            return {}
+        written = parse_time((body.get("status") or {}).get("handledUntil"))
+        if written is not None and written >= cursor:
+            return {}
+        return {"handledUntil": iso(cursor)}
 
     def _catalog(self, body: Body, spec: BackupPolicySpec, now: dt.datetime) -> None:
         meta = body["metadata"]
@@ -315,11 +325,12 @@ def make_runtime(
     clock: Clock | None = None,
     *,
     objects_cache: PointCache,
+    secrets: SecretCache | None = None,
 ) -> PolicyRuntime:
     """The production runtime: API server, S3 and TCP behind the ports."""
     from aegis.reconcilers.policy_io import KubeCluster, PointReconciler, S3Store, TcpReach
 
-    secrets = SecretCache()
+    secrets = secrets if secrets is not None else SecretCache()
     cluster = KubeCluster(objects_cache, secrets)
     return PolicyRuntime(
         settings,

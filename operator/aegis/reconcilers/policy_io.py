@@ -25,7 +25,8 @@ from aegis.settings import Settings
 
 class KubeCluster:
     """PolicyCluster over the API server, with policies, points and Secrets from the watch
-    caches when `cached` (a Secret the cache lacks is read from the API server)."""
+    caches when `cached`; Secrets through the SecretCache (one the cache lacks is read from the
+    API server once, then kept current by the watch)."""
 
     def __init__(self, objects_cache: PointCache, secrets: SecretCache) -> None:
         self._cache = objects_cache
@@ -51,11 +52,8 @@ class KubeCluster:
         ]
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
-        data = self._secrets.get(namespace, name)
-        if data is not None:
-            return data
         try:
-            return objects.read_secret(namespace, name)
+            return objects.read_secret(namespace, name, self._secrets)
         except objects.NotFound:
             raise SecretNotFound(f"Secret {namespace}/{name} not found") from None
 

@@ -189,6 +189,14 @@ def prune(
 class Refreshed:
     status: dict[str, Any]
     pruned: list[str]
+    written: bool
+    """False when the status was already what it would be written as (no API call)."""
+
+
+def unchanged(previous: dict[str, Any], status: dict[str, Any]) -> bool:
+    """True when writing `status` (a merge patch: None clears) would change nothing a user
+    can see in `previous`."""
+    return all(previous.get(field) == value for field, value in status.items())
 
 
 def refresh(
@@ -198,9 +206,15 @@ def refresh(
     points: list[Body],
     updates: list[ConditionUpdate],
     now: dt.datetime,
+    along: dict[str, Any] | None = None,
 ) -> Refreshed:
     """Prune, recompute the status from the points, and write it with `updates` (Ready,
-    Scheduling) and RPOMet in one patch. Posts Pruned and RPOBreached events."""
+    Scheduling) and RPOMet in one patch, only when it differs from the policy's status (at
+    rest, a policy with no new point costs no write; one with points, a currentRPOSeconds
+    refresh as often as the caller asks: once per status period). Posts Pruned and
+    RPOBreached events. The metrics are set from the points either way (the RPO gauge is
+    computed at scrape time, not read from status). `along`: fields written with the status
+    when it is written anyway, never a reason to write (a suspended policy's cursor)."""
     meta = body["metadata"]
     namespace, policy = meta["namespace"], meta["name"]
     pruned = prune(cluster, namespace, spec, points, now)
@@ -222,7 +236,9 @@ def refresh(
         now=now,
     )
     status["observedGeneration"] = meta.get("generation")
-    cluster.patch_policy_status(namespace, policy, status)
+    written = not unchanged(previous, status)
+    if written:
+        cluster.patch_policy_status(namespace, policy, {**status, **(along or {})})
     metrics.export_policy(body, points)
     was = find(previous.get("conditions"), "RPOMet")
     if rpo.reason == "RPOBreached" and (was is None or was.get("status") != "False"):
@@ -236,4 +252,4 @@ def refresh(
         before = find(previous.get("conditions"), update.type)
         if update.status == "False" and (before is None or before.get("reason") != update.reason):
             cluster.post_event(body, "Warning", update.reason, update.message)
-    return Refreshed(status, pruned)
+    return Refreshed(status, pruned, written)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class TickState:
             max_workers=followup_workers, thread_name_prefix="aegis-followup"
         )
         self._firing = 0
+        self._last_fire = 0.0  # time.monotonic() of the newest Job create started
         self._firing_done = threading.Condition()
 
     def problem(self, key: Key) -> Problem | None:
@@ -182,9 +184,15 @@ def _tick(
         problem = state.problem(key)
         if problem is not None:
             _skip_prepared(state, ports, ready, problem, now)
-        else:
-            _fire(state, ports, ready, now)
-        return 0.0  # plan the next tick right away
+            return 0.0  # plan the next tick right away
+        _fire(state, ports, ready, now)
+        # Plan the next tick when it is due to be prepared, not at once: re-planning now
+        # would write the status the fired run's follow-up writes anyway, and at a busy tick
+        # a thousand such writes would compete with the Jobs still being created.
+        following = parse_time(ready.status_update.get("nextScheduleTime"))
+        if following is None:
+            return 0.0
+        return max(0.0, (following - now).total_seconds() - ports.prepare_seconds)
 
     # The first look at a policy after start-up reads the API server; later ones read the
     # watch cache, which by then holds everything kopf has listed.
@@ -313,7 +321,8 @@ def _tick(
             _prepare(state, ports, body, spec, plan, upcoming, update)
             return max(0.0, plan.requeue_after)
         # Not Ready: nothing is prepared; at the tick the run is skipped with the reason.
-    ports.cluster.patch_policy_status(namespace, policy, update)
+    if _tells_something(status, update, suspended=plan.action == "Suspended"):
+        ports.cluster.patch_policy_status(namespace, policy, update)
     if plan.action == "Suspended":
         # Look again at each tick, so the cursor passes the ticks of the suspended period
         # and resuming does not make them up (a tick passed unseen would run at resume).
@@ -322,6 +331,31 @@ def _tick(
     if lead is not None and lead > 0:
         return lead
     return plan.requeue_after
+
+
+SUSPENDED_CURSOR_SECONDS = 600
+"""While a policy is suspended, its cursor (status.handledUntil) moves at every tick in memory
+but is written at most this often by the tick, or along with a status write that happens
+anyway (`PolicyRuntime.maintain`): a suspended per-minute policy at rest costs no write a
+minute. What the written cursor is for: after an operator restart, ticks before it are not
+made up; a restart while suspended re-plans at once and moves it again."""
+
+
+def _tells_something(status: Body, update: Body, *, suspended: bool) -> bool:
+    """Whether writing `update` changes the policy's status (merge patch: None clears). A
+    suspended policy's cursor alone counts only when the written one is
+    SUSPENDED_CURSOR_SECONDS behind."""
+    for field_name, value in update.items():
+        if status.get(field_name) == value:
+            continue
+        if suspended and field_name == "handledUntil":
+            written, moved = parse_time(status.get(field_name)), parse_time(value)
+            if written is not None and moved is not None and (
+                0 <= (moved - written).total_seconds() < SUSPENDED_CURSOR_SECONDS
+            ):
+                continue
+        return True
+    return False
 
 
 def _record_references(
@@ -446,6 +480,7 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
     policy = ready.point["spec"]["policyRef"]["name"]
     with state._firing_done:
         state._firing += 1
+        state._last_fire = time.monotonic()
     try:
         job, _ = ports.cluster.create_job(namespace, ready.job)
     finally:
@@ -463,7 +498,9 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
 
     def record() -> None:
         with state._firing_done:
-            state._firing_done.wait_for(lambda: state._firing == 0, timeout=30)
+            deadline = time.monotonic() + 30
+            while not _quiet(state) and (left := deadline - time.monotonic()) > 0:
+                state._firing_done.wait(timeout=min(left, FOLLOWUP_QUIET_SECONDS))
         try:
             ports.runner.started(ready.point, job)
             ports.cluster.patch_policy_status(namespace, policy, ready.status_update)
@@ -471,6 +508,17 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
             logger.warning("Recording the start of %s/%s failed: %s", namespace, name, error)
 
     state.followups.submit(record)
+
+
+FOLLOWUP_QUIET_SECONDS = 0.5
+"""Follow-up writes of fired runs wait until no Job create has started for this long: at a
+busy tick the tick threads fire in waves, and between two waves no create is in flight for a
+moment; writes started then would compete with the next wave."""
+
+
+def _quiet(state: TickState) -> bool:
+    """No Job create in flight, and none started for FOLLOWUP_QUIET_SECONDS."""
+    return not state._firing and time.monotonic() - state._last_fire >= FOLLOWUP_QUIET_SECONDS
 
 
 def _create_point(cluster: PolicyCluster, policy: Body, name: str, scheduled: dt.datetime) -> Body:
