@@ -66,6 +66,11 @@ ORDERS_CHECKS = [
     {"name": "row-counts", "expect": {"matchesBackup": True}},
     {"name": "orders", "sql": "SELECT count(*) FROM public.orders", "expect": {"min": 1}},
 ]
+SLOW_CHECK = {
+    "name": "slow",
+    "sql": "SELECT count(*) FROM public.orders CROSS JOIN pg_sleep(1.5)",
+    "expect": {"min": 1},
+}
 
 
 def test_scheduled_restore_drill_passes_measures_and_verifies_its_point(
@@ -199,7 +204,10 @@ def test_rto_objective_below_the_measured_rto_fails_the_drill(
         "too-ambitious",
         {
             "type": "Restore",
-            "restore": {"policyRef": {"name": "orders"}, "verify": ORDERS_CHECKS},
+            # The one-pass restore of this small database can take under a second, the
+            # smallest objective the schema allows: a check that takes 1.5 s makes the
+            # measured RTO exceed it on any machine.
+            "restore": {"policyRef": {"name": "orders"}, "verify": [*ORDERS_CHECKS, SLOW_CHECK]},
             "objectives": {"rtoSeconds": 1},
         },
     )
