@@ -5,6 +5,7 @@ their points from here instead of asking the API server for them at every tick."
 from __future__ import annotations
 
 import base64
+import copy
 import threading
 from collections import defaultdict
 from typing import Any, Final
@@ -136,3 +137,67 @@ class SecretCache:
                 return False
             self._secrets[key] = (version, self._sized(dict(data)))
             return True
+
+
+class PlanCache:
+    """FailoverPlans by (namespace, name), fed by kopf's watch of plans, so that a plan's
+    tick (every probe round) reads its plan without a GET.
+
+    The watch delivers every change of a plan (spec, trigger annotations, status) in order,
+    but a moment after it is made. The one read that must not be answered from a copy that
+    lags is the one right after this process wrote the plan: the tick would see its own
+    status as someone else's and start over from the older one. So each write records the
+    resourceVersion it produced (`wrote`), and a copy is trusted only while it is that
+    version — or while this process has written nothing since it last read the plan from
+    the API server (`fresh`). Anything else (the watch has not caught up, or someone else
+    wrote after us) is a miss: the caller GETs the plan and reports it with `fresh`, and
+    the copy is trusted again once the watch shows that version."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bodies: dict[tuple[str, str], Body] = {}
+        self._expected: dict[tuple[str, str], str] = {}
+
+    @staticmethod
+    def _key(body: Body) -> tuple[tuple[str, str], str | None]:
+        meta = body.get("metadata") or {}
+        return (meta.get("namespace", ""), meta.get("name", "")), meta.get("resourceVersion")
+
+    def event(self, event_type: str | None, body: Body) -> None:
+        key, _ = self._key(body)
+        with self._lock:
+            if event_type == "DELETED":
+                self._bodies.pop(key, None)
+                self._expected.pop(key, None)
+            else:
+                self._bodies[key] = copy.deepcopy(body)
+
+    def wrote(self, namespace: str, name: str, version: str | None) -> None:
+        """This process changed the plan; `version` is the resourceVersion it answered
+        with (None: unknown, so nothing is trusted until the next `fresh`)."""
+        with self._lock:
+            self._expected[(namespace, name)] = version or ""
+
+    def fresh(self, body: Body) -> None:
+        """A copy just read from the API server: the watch's copy is trusted again once
+        it shows this version."""
+        key, version = self._key(body)
+        with self._lock:
+            if version:
+                self._expected[key] = version
+            else:
+                self._expected.pop(key, None)
+
+    def get(self, namespace: str, name: str) -> Body | None:
+        """A private copy of the plan as the watch last delivered it, when it can be
+        trusted (see the class doc); None means: read it from the API server."""
+        key = (namespace, name)
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is None:
+                return None
+            expected = self._expected.get(key)
+            version = (body.get("metadata") or {}).get("resourceVersion")
+            if expected is not None and version != expected:
+                return None
+            return copy.deepcopy(body)
