@@ -8,6 +8,7 @@ import base64
 import copy
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Final
 
 Body = dict[str, Any]
@@ -201,3 +202,72 @@ class PlanCache:
             if expected is not None and version != expected:
                 return None
             return copy.deepcopy(body)
+
+
+class _Round:
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.done = threading.Event()
+        self.result: dict[str, list[Body]] = {}
+        self.error: BaseException | None = None
+
+
+class SharedListing:
+    """Reads that must see everything that exists when they are made (not a watch cache that
+    may still be filling), shared: callers that ask while a LIST of their namespace is
+    running wait for the next one, and that one LIST answers them all. At start-up a
+    thousand policies' first looks at their points cost a few namespace-wide LISTs instead
+    of one label-selected LIST each (which makes the API server scan every object of the
+    namespace each time: O(policies * points)).
+
+    `list_one(namespace, key)` answers a round with a single caller (a narrower request);
+    `list_all(namespace)` answers a round of several, and `key_of(item)` groups its items.
+    Every answer comes from a request that started after the caller asked."""
+
+    def __init__(
+        self,
+        list_one: Callable[[str, str], list[Body]],
+        list_all: Callable[[str], list[Body]],
+        key_of: Callable[[Body], str | None],
+    ) -> None:
+        self._list_one = list_one
+        self._list_all = list_all
+        self._key_of = key_of
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Round] = {}
+        self._serial: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self.requests = 0
+
+    def get(self, namespace: str, key: str) -> list[Body]:
+        with self._lock:
+            round_ = self._pending.get(namespace)
+            leader = round_ is None
+            if round_ is None:
+                round_ = self._pending[namespace] = _Round()
+            round_.keys.add(key)
+            serial = self._serial[namespace]
+        if leader:
+            with serial:  # one LIST of a namespace at a time; callers meanwhile join this round
+                with self._lock:
+                    del self._pending[namespace]  # later callers need a LIST started later
+                    keys = set(round_.keys)
+                    self.requests += 1
+                try:
+                    if len(keys) == 1:
+                        round_.result = {key: self._list_one(namespace, key)}
+                    else:
+                        grouped: defaultdict[str, list[Body]] = defaultdict(list)
+                        for item in self._list_all(namespace):
+                            item_key = self._key_of(item)
+                            if item_key in keys:
+                                grouped[item_key].append(item)
+                        round_.result = dict(grouped)
+                except BaseException as error:
+                    round_.error = error
+                finally:
+                    round_.done.set()
+        else:
+            round_.done.wait()
+        if round_.error is not None:
+            raise round_.error
+        return list(round_.result.get(key, []))
