@@ -87,3 +87,22 @@ def test_an_error_reaches_every_caller_of_its_round_and_the_next_round_retries()
     with pytest.raises(RuntimeError, match="unavailable"):
         shared.get("ns", "a")
     assert shared.get("ns", "a") == [{"policy": "a"}]
+
+
+def point(name: str, policy: str = "p") -> Body:
+    return {"metadata": {"namespace": "ns", "name": name}, "spec": {"policyRef": {"name": policy}}}
+
+
+def test_the_point_cache_serves_first_looks_once_it_holds_what_a_list_returned() -> None:
+    from aegis.k8s.cache import PointCache
+
+    cache = PointCache()
+    assert not cache.covers("ns")  # nothing listed yet: a first look must LIST
+    cache.point_event(None, point("a"))
+    cache.expect("ns", {"a", "b", "c"})
+    assert not cache.covers("ns")  # the watch has not delivered b and c yet
+    cache.point_event(None, point("b"))
+    cache.point_event("DELETED", point("c"))  # deleted since the LIST: delivered all the same
+    assert cache.covers("ns")
+    assert not cache.covers("other")
+    assert [p["metadata"]["name"] for p in cache.points("ns", "p")] == ["a", "b"]

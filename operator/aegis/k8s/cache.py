@@ -21,9 +21,40 @@ class PointCache:
         self._lock = threading.Lock()
         self._points: defaultdict[tuple[str, str], dict[str, Body]] = defaultdict(dict)
         self._policies: dict[tuple[str, str], Body] = {}
+        # Start-up: point names the watch delivered, per namespace, until the cache is known to
+        # hold every point a LIST of the namespace returned (`expect`, `covers`).
+        self._seen: defaultdict[str, set[str]] = defaultdict(set)
+        self._expected: dict[str, set[str]] = {}
+        self._covered: set[str] = set()
+
+    def expect(self, namespace: str, names: set[str]) -> None:
+        """A LIST of the namespace's points returned these: once the watch has delivered
+        each of them, the cache holds everything that existed then."""
+        with self._lock:
+            if namespace not in self._covered:
+                self._expected.setdefault(namespace, names)  # the first such LIST suffices
+
+    def covers(self, namespace: str) -> bool:
+        """Whether the cache holds at least what the last `expect`ed LIST returned (the
+        watch's start-up listing of the namespace has been taken in)."""
+        with self._lock:
+            if namespace in self._covered:
+                return True
+            expected = self._expected.get(namespace)
+            if expected is None or not expected <= self._seen[namespace]:
+                return False
+            self._covered.add(namespace)
+            self._expected.pop(namespace, None)
+            self._seen.pop(namespace, None)
+            return True
 
     def point_event(self, event_type: str | None, body: Body) -> None:
         meta = body.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        if namespace not in self._covered:
+            with self._lock:
+                if namespace not in self._covered:
+                    self._seen[namespace].add(meta.get("name", ""))
         policy = ((body.get("spec") or {}).get("policyRef") or {}).get("name")
         if not policy:
             return
