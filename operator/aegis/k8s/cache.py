@@ -48,7 +48,8 @@ class PointCache:
             self._seen.pop(namespace, None)
             return True
 
-    def point_event(self, event_type: str | None, body: Body) -> None:
+    def point_event(self, event_type: str | None, body: Body) -> Body | None:
+        """Takes the event in; returns the copy it replaced (None: new here)."""
         meta = body.get("metadata") or {}
         namespace = meta.get("namespace", "")
         if namespace not in self._covered:
@@ -57,13 +58,14 @@ class PointCache:
                     self._seen[namespace].add(meta.get("name", ""))
         policy = ((body.get("spec") or {}).get("policyRef") or {}).get("name")
         if not policy:
-            return
+            return None
         key = (meta.get("namespace", ""), policy)
         with self._lock:
             if event_type == "DELETED":
-                self._points[key].pop(meta.get("name", ""), None)
-            else:
-                self._points[key][meta.get("name", "")] = body
+                return self._points[key].pop(meta.get("name", ""), None)
+            previous = self._points[key].get(meta.get("name", ""))
+            self._points[key][meta.get("name", "")] = body
+            return previous
 
     def point_written(self, body: Body) -> None:
         """A point whose status the operator has just patched (`body`: the version it read,
