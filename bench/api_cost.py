@@ -321,6 +321,8 @@ def main(argv: list[str]) -> int:
             "AEGIS_LOG_FORMAT": "text",
             "AEGIS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
+            # as the chart sets it (mallocArenaMax); MALLOC_ARENA_MAX= in the environment overrides
+            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
         }
         log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
         operator = subprocess.Popen(

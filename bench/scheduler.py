@@ -68,6 +68,16 @@ def rss_peak_mib(pid: int) -> float:
     return float("nan")
 
 
+def rss_now_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -90,6 +100,9 @@ def main(argv: list[str]) -> int:
         "--profile", metavar="SVG|TXT", help="record the operator's GIL-holding samples with "
         "py-spy (pip install py-spy; not a dependency) from 5 s before the first tick, as a "
         "flame graph (.svg) or collapsed stacks (.txt)")
+    parser.add_argument(
+        "--rss-every", type=float, default=0.0, metavar="SECONDS", help="sample the operator's "
+        "RSS this often and print the samples (seconds relative to the first measured tick)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.policies, args.ticks = 50, 1
@@ -163,6 +176,8 @@ def main(argv: list[str]) -> int:
             "AEGIS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             "AEGIS_CATALOG_SYNC_SECONDS": "3600",
             "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
+            # as the chart sets it (mallocArenaMax); MALLOC_ARENA_MAX= in the environment overrides
+            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
         }
         log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
         operator = subprocess.Popen(
@@ -171,6 +186,17 @@ def main(argv: list[str]) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+        samples: list[tuple[float, float]] = []
+        if args.rss_every > 0:
+            pid = operator.pid
+
+            def sample_rss() -> None:
+                while operator is not None and operator.poll() is None:
+                    samples.append((time.time(), rss_now_mib(pid)))
+                    time.sleep(args.rss_every)
+
+            threading.Thread(target=sample_rss, daemon=True).start()
 
         latencies: list[float] = []
         seen: set[str] = set()
@@ -233,6 +259,7 @@ def main(argv: list[str]) -> int:
         deadline = (last_tick - dt.datetime.now(dt.UTC)).total_seconds() + 60 + args.jitter
         done.wait(timeout=max(deadline, 60))
         rss = rss_peak_mib(operator.pid)
+        rss_end = rss_now_mib(operator.pid)
         if spy is not None:
             spy.wait()
             print(f"profile: {args.profile}")
@@ -254,6 +281,11 @@ def main(argv: list[str]) -> int:
             print(f"tick -> Job max            {max(latencies):.3f} s")
             print(f"tick -> Job mean           {statistics.fmean(latencies):.3f} s")
         print(f"operator peak RSS          {rss:.0f} MiB   (target <= {TARGET_RSS_MIB:.0f} MiB)")
+        print(f"operator RSS at the end    {rss_end:.0f} MiB")
+        if samples:
+            tick = first_tick.timestamp()
+            print("RSS samples (s from the first tick: MiB):")
+            print("  " + ", ".join(f"{t - tick:+.0f}: {m:.0f}" for t, m in samples))
         ok = len(latencies) == expected and percentile(latencies, 0.99) <= TARGET_P99
         ok = ok and rss <= TARGET_RSS_MIB
         print("RESULT", "met" if ok else "missed")

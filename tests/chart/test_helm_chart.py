@@ -351,6 +351,8 @@ def test_defaults(render: Render) -> None:
     assert env["AEGIS_WATCH_NAMESPACES"] == ""
     assert (env["AEGIS_METRICS_PORT"], env["AEGIS_HEALTH_PORT"]) == ("8080", "8081")
     assert env["AEGIS_LOG_FORMAT"] == "json"
+    # Fewer glibc arenas for the operator's thread pools (a lower peak RSS, issue 15).
+    assert env["MALLOC_ARENA_MAX"] == "2"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == [
@@ -372,6 +374,15 @@ def test_defaults(render: Render) -> None:
     assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+
+
+def test_malloc_arena_max_zero_leaves_glibc_default(
+    helm: Helm, template_args: Callable[..., list[str]]
+) -> None:
+    result = helm(*template_args(None, "--set", "mallocArenaMax=0"))
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert "MALLOC_ARENA_MAX" not in env_of(operator_container(docs))
 
 
 def test_custom_values_reach_the_pod(render: Render) -> None:
@@ -553,6 +564,7 @@ def test_hard_anti_affinity_over_zones(render: Render) -> None:
         ("serviceMonitor.interval=often", "serviceMonitor.interval"),
         ("podSecurityContext.runAsUser=0", "podSecurityContext.runAsUser"),
         ("rbac.create=maybe", "rbac.create"),
+        ("mallocArenaMax=-1", "mallocArenaMax"),
     ],
 )
 def test_values_schema_rejects_bad_values(

@@ -51,6 +51,10 @@ _clients: dict[tuple[str | None, str, Credentials | None], Any] = {}
 _clients_lock = threading.Lock()
 
 
+OPERATOR_POOL = 64
+"""Connections of a shared operator-side S3 client (the threads that use it at once)."""
+
+
 def client(
     location: S3Location, credentials: Credentials | None, default_endpoint: str | None
 ) -> Any:
@@ -74,8 +78,17 @@ def _new_client(location: S3Location, credentials: Credentials | None, endpoint:
             "aws_access_key_id": credentials.access_key_id,
             "aws_secret_access_key": credentials.secret_access_key,
         }
+    # One client serves every thread of the process (tick, handler and follow-up pools):
+    # botocore's default pool of 10 connections made a 5,000-policy start-up open and
+    # discard connections ("Connection pool is full").
     return new_client(
-        endpoint, location.region, keys, max_attempts=5, connect_timeout=5, read_timeout=30
+        endpoint,
+        location.region,
+        keys,
+        pool=OPERATOR_POOL,
+        max_attempts=5,
+        connect_timeout=5,
+        read_timeout=30,
     )
 
 

@@ -34,13 +34,14 @@ from aegis.handlers.common import (
     repeat_in_pool,
 )
 from aegis.k8s.adapters import ApiCluster
-from aegis.k8s.cache import SecretCache
+from aegis.k8s.cache import PlanCache, SecretCache
 from aegis.reconcilers import failoverplan as plans
 from aegis.settings import Settings
 from aegis.steps.route53 import default_route53_client
 
 RUNTIME = "failover-runtime"
 WAKEUPS = "failover-wakeups"
+PLANS = "failover-plans"
 # Ticks that fail for a passing reason (API server unreachable) are retried this soon.
 ERROR_RETRY_SECONDS = 5.0
 
@@ -50,7 +51,10 @@ async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
     # aegis-configure (registered first) normally has put the settings in memo already.
     settings = memo.get("settings") or Settings.from_env()
     secrets = memo.setdefault(SECRETS, SecretCache())  # shared with the policies
-    memo[RUNTIME] = plans.FailoverRuntime(ApiCluster(secrets), default_route53_client, settings)
+    memo[PLANS] = PlanCache()
+    memo[RUNTIME] = plans.FailoverRuntime(
+        ApiCluster(secrets, memo[PLANS]), default_route53_client, settings
+    )
     memo[WAKEUPS] = {}
     # sync handlers (in threads) wake a plan's daemon through its event loop
     memo["failover-loop"] = asyncio.get_running_loop()
@@ -75,13 +79,23 @@ def reconcile(
     accepted(KIND, body, patch, "The plan is accepted; its sites are being probed.")
 
 
-def _has_trigger(annotations: kopf.Annotations, **_: Any) -> bool:
-    return any(key in annotations for key in plans.TRIGGERS)
-
-
-@kopf.on.event(GROUP, VERSION, KIND.plural, id="wake-on-trigger", when=_has_trigger)
-async def wake_on_trigger(memo: kopf.Memo, namespace: str | None, name: str, **_: Any) -> None:
-    """A trigger annotation is acted on now, not at the next probe."""
+@kopf.on.event(GROUP, VERSION, KIND.plural, id="wake-on-trigger")
+async def wake_on_trigger(
+    event: kopf.RawEvent,
+    annotations: kopf.Annotations,
+    memo: kopf.Memo,
+    namespace: str | None,
+    name: str,
+    **_: Any,
+) -> None:
+    """Keeps the plan's copy that its ticks read (no GET per probe round), then acts on a
+    trigger annotation now, not at the next probe — in that order, so the woken tick sees
+    the annotation."""
+    cache: PlanCache | None = memo.get(PLANS)
+    if cache is not None:
+        cache.event(event.get("type"), dict(event["object"]))
+    if not any(key in annotations for key in plans.TRIGGERS):
+        return
     wakeup: asyncio.Event | None = memo.get(WAKEUPS, {}).get((namespace, name))
     if wakeup is not None:
         wakeup.set()

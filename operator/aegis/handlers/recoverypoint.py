@@ -83,7 +83,13 @@ def reconcile(
 async def cache_point(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     """Keep the in-memory copy the scheduler and status refresh read (no API call)."""
     runtime: PolicyRuntime = memo[POLICY_RUNTIME]
-    runtime.objects_cache.point_event(type, dict(body))
+    previous = runtime.objects_cache.point_event(type, dict(body))
+    # A run's end reaches the cache a moment after `run_ended` may have asked for the
+    # policy's status (which reads this cache): ask again when the cache sees it end.
+    phase = (body.get("status") or {}).get("phase")
+    ended = previous is not None and (previous.get("status") or {}).get("phase") != phase
+    if type == "MODIFIED" and ended and phase in points.TERMINAL:
+        runtime.request_status(body.metadata["namespace"], body.spec["policyRef"]["name"])
 
 
 @kopf.on.event(

@@ -11,11 +11,12 @@ reconcilers need no exception type of this layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from aegis.api import BACKUP_POLICY, FAILOVER_APPROVAL, FAILOVER_PLAN, RECOVERY_POINT, RESTORE
 from aegis.k8s import objects
-from aegis.k8s.cache import SecretCache
+from aegis.k8s.cache import PlanCache, SecretCache
 from aegis.k8s.jobs import Termination
 from aegis.k8s.workloads import PlanJobs, SecretsOfNamespace, Workloads
 
@@ -26,10 +27,13 @@ class ApiCluster:
     """The real API server. Every call is a blocking API call: use it from threads.
 
     With `secrets` (the operator's watch-fed SecretCache), Secrets are read through it: a
-    FailoverPlan probing every few seconds then costs no Secret GET."""
+    FailoverPlan probing every few seconds then costs no Secret GET. With `plans` (the
+    operator's watch-fed PlanCache), a plan's tick reads the plan from the watch's copy
+    whenever that copy is known to be current (see PlanCache), so a probe round costs no GET."""
 
-    def __init__(self, secrets: SecretCache | None = None) -> None:
+    def __init__(self, secrets: SecretCache | None = None, plans: PlanCache | None = None) -> None:
         self._secrets = secrets
+        self._plans = plans
 
     # --- BackupPolicy, RecoveryPoint, Secrets
 
@@ -86,16 +90,41 @@ class ApiCluster:
     # --- FailoverPlan, FailoverApproval
 
     def get_plan(self, namespace: str, name: str) -> Body | None:
+        if self._plans is not None:
+            cached = self._plans.get(namespace, name)
+            if cached is not None:
+                return cached
         try:
-            return objects.get_custom(FAILOVER_PLAN, namespace, name)
+            body = objects.get_custom(FAILOVER_PLAN, namespace, name)
         except objects.NotFound:
             return None
+        if self._plans is not None:
+            self._plans.fresh(body)
+        return body
 
     def patch_plan_status(self, namespace: str, name: str, status: Body) -> None:
-        objects.patch_custom_status(FAILOVER_PLAN, namespace, name, status)
+        self._plan_write(
+            namespace,
+            name,
+            partial(objects.patch_custom_status, FAILOVER_PLAN, namespace, name, status),
+        )
 
     def annotate_plan(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-        objects.annotate_custom(FAILOVER_PLAN, namespace, name, annotations)
+        self._plan_write(
+            namespace,
+            name,
+            partial(objects.annotate_custom, FAILOVER_PLAN, namespace, name, annotations),
+        )
+
+    def _plan_write(self, namespace: str, name: str, write: Callable[[], str | None]) -> None:
+        try:
+            version = write()
+        except BaseException:
+            if self._plans is not None:  # it may have been written: trust no copy until a GET
+                self._plans.wrote(namespace, name, None)
+            raise
+        if self._plans is not None:
+            self._plans.wrote(namespace, name, version)
 
     def list_approvals(self, namespace: str) -> list[Body]:
         return objects.list_custom(FAILOVER_APPROVAL, namespace)

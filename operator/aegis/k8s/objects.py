@@ -90,27 +90,38 @@ def create_custom(kind: Kind, namespace: str, body: dict[str, Any]) -> tuple[dic
     return get_custom(kind, namespace, body["metadata"]["name"]), False
 
 
-def patch_custom_status(kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource."""
+def patch_custom_status(
+    kind: Kind, namespace: str, name: str, status: dict[str, Any]
+) -> str | None:
+    """Merge-patch the status subresource. Returns the resourceVersion it produced."""
     path = (
         f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{kind.plural}/{quote(name)}"
         "/status"
     )
     try:
-        _send_json("PATCH", path, {"status": status}, "application/merge-patch+json")
+        answer = _send_json("PATCH", path, {"status": status}, "application/merge-patch+json")
     except ApiException as error:
         if error.status == 404:
             raise NotFound(f"{kind.kind} {namespace}/{name} not found") from None
         raise
+    return _version_of(answer)
+
+
+def _version_of(answer: Any) -> str | None:
+    meta = answer.get("metadata") if isinstance(answer, dict) else None
+    version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
 
 
 def annotate_custom(
     kind: Kind, namespace: str, name: str, annotations: dict[str, str | None]
-) -> None:
-    """Set annotations (merge patch); a None value removes that annotation."""
-    _custom().patch_namespaced_custom_object(
+) -> str | None:
+    """Set annotations (merge patch); a None value removes that annotation. Returns the
+    resourceVersion it produced."""
+    answer = _custom().patch_namespaced_custom_object(
         GROUP, VERSION, namespace, kind.plural, name, {"metadata": {"annotations": annotations}}
     )
+    return _version_of(answer)
 
 
 def delete_custom(kind: Kind, namespace: str, name: str) -> bool:

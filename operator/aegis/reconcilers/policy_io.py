@@ -15,7 +15,7 @@ from aegis.api.common import S3Location
 from aegis.cloud import s3
 from aegis.k8s import objects
 from aegis.k8s.adapters import ApiCluster
-from aegis.k8s.cache import PointCache, SecretCache
+from aegis.k8s.cache import PointCache, SecretCache, SharedListing
 from aegis.k8s.jobs import job_outcome
 from aegis.reconcilers import naming
 from aegis.reconcilers import recoverypoint as points
@@ -23,14 +23,34 @@ from aegis.reconcilers.policy_ports import Body, PolicyCluster, SecretNotFound, 
 from aegis.settings import Settings
 
 
+def _policy_of(point: Body) -> str | None:
+    name = ((point.get("spec") or {}).get("policyRef") or {}).get("name")
+    return name if isinstance(name, str) else None
+
+
+def _points_of_policy(namespace: str, policy: str) -> list[Body]:
+    selector = f"{naming.POLICY_LABEL}={naming.label_value(policy)}"
+    points = objects.list_custom(RECOVERY_POINT, namespace, selector)
+    return [p for p in points if _policy_of(p) == policy]
+
+
 class KubeCluster:
     """PolicyCluster over the API server, with policies, points and Secrets from the watch
     caches when `cached`; Secrets through the SecretCache (one the cache lacks is read from the
-    API server once, then kept current by the watch)."""
+    API server once, then kept current by the watch). Uncached lists of points made at the
+    same time (the first look at each policy after start-up) share one LIST of the
+    namespace (`SharedListing`), and once the watch cache holds everything such a LIST
+    returned, they read the cache."""
 
     def __init__(self, objects_cache: PointCache, secrets: SecretCache) -> None:
         self._cache = objects_cache
         self._secrets = secrets
+        self._points = SharedListing(_points_of_policy, self._points_of_namespace, _policy_of)
+
+    def _points_of_namespace(self, namespace: str) -> list[Body]:
+        points = objects.list_custom(RECOVERY_POINT, namespace)
+        self._cache.expect(namespace, {p["metadata"]["name"] for p in points})
+        return points
 
     def get_policy(self, namespace: str, name: str, *, cached: bool) -> Body | None:
         body = self._cache.policy(namespace, name) if cached else None
@@ -42,14 +62,12 @@ class KubeCluster:
             return None
 
     def list_points(self, namespace: str, policy: str, *, cached: bool) -> list[Body]:
-        if cached:
+        # Uncached: the watch cache may still be taking in kopf's start-up listing. Once it
+        # holds every point a LIST of the namespace returned, it is as good as a LIST (a point
+        # created since then reaches it as at any later look).
+        if cached or self._cache.covers(namespace):
             return self._cache.points(namespace, policy)
-        selector = f"{naming.POLICY_LABEL}={naming.label_value(policy)}"
-        return [
-            p
-            for p in objects.list_custom(RECOVERY_POINT, namespace, selector)
-            if p.get("spec", {}).get("policyRef", {}).get("name") == policy
-        ]
+        return self._points.get(namespace, policy)
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
         try:

@@ -292,6 +292,8 @@ def _start_operator(state: SandboxState, sandbox_dir: Path, env: dict[str, str])
         "AEGIS_KMS_ENDPOINT": state.moto["endpoint"],
         # Every server of the sandbox listens on 127.0.0.1 (docs/tenancy.md).
         "AEGIS_ALLOW_LOOPBACK_ENDPOINTS": "true",
+        # As the chart sets it (values: mallocArenaMax): fewer glibc arenas, lower peak RSS.
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
     }
     argv = [sys.executable, "-m", "aegis", "operator"]
     proc, tracked = _spawn_logged(argv, "operator", log_path, operator_env)
