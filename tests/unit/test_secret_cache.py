@@ -4,9 +4,8 @@ operator reads, kept current by the watch, never overwritten by an older read.""
 from __future__ import annotations
 
 import base64
-from typing import Any
 
-from aegis.k8s.cache import PointCache, SecretCache
+from aegis.k8s.cache import SecretCache
 
 
 def secret(name: str, version: str, **data: str) -> dict[str, object]:
@@ -54,23 +53,3 @@ def test_a_secret_too_large_is_read_from_the_api_server_each_time() -> None:
     cache.event("ADDED", secret("big", "1", blob="x" * 100))
     assert cache.fill("shop", "big", "1", encoded(blob="x" * 100))
     assert cache.get("shop", "big") is None
-
-
-def _point(version: str, phase: str) -> dict[str, Any]:
-    return {
-        "metadata": {"namespace": "shop", "name": "orders-1", "resourceVersion": version},
-        "spec": {"policyRef": {"name": "orders"}},
-        "status": {"phase": phase},
-    }
-
-
-def test_a_point_written_replaces_only_the_version_that_was_read() -> None:
-
-
-    cache = PointCache()
-    cache.point_event("ADDED", _point("5", "Running"))
-    cache.point_written(_point("5", "Completed"))  # the watch has not delivered the write
-    assert [p["status"]["phase"] for p in cache.points("shop", "orders")] == ["Completed"]
-    cache.point_event("MODIFIED", _point("7", "Completed"))
-    cache.point_written(_point("6", "Failed"))  # the watch is ahead: its copy stays
-    assert [p["metadata"]["resourceVersion"] for p in cache.points("shop", "orders")] == ["7"]

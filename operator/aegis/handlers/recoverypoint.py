@@ -134,7 +134,7 @@ def _replan(memo: Any, finished: points.Finished) -> None:
     """A run ended (its event was told by the writer): the policy's status is refreshed, and
     a tick held back by concurrencyPolicy Forbid may start now."""
     runtime: PolicyRuntime = memo[POLICY_RUNTIME]
-    runtime.run_ended(finished.point["metadata"]["namespace"], finished.policy, finished.point)
+    runtime.run_ended(finished.point["metadata"]["namespace"], finished.policy)
 
 
 def _refuse(body: kopf.Body, patch: kopf.Patch, refused: ownership.Refusal) -> None:

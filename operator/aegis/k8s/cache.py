@@ -67,22 +67,6 @@ class PointCache:
             self._points[key][meta.get("name", "")] = body
             return previous
 
-    def point_written(self, body: Body) -> None:
-        """A point whose status the operator has just patched (`body`: the version it read,
-        with the patched status merged in). Replaces the cached copy only while the cache
-        still holds the version that was read, so a status refresh that runs before the
-        watch delivers the patch sees the run's outcome; a newer copy from the watch stays."""
-        meta = body.get("metadata") or {}
-        policy = ((body.get("spec") or {}).get("policyRef") or {}).get("name")
-        if not policy:
-            return
-        key, name = (meta.get("namespace", ""), policy), meta.get("name", "")
-        with self._lock:
-            cached = self._points[key].get(name)
-            version = (cached or {}).get("metadata", {}).get("resourceVersion")
-            if cached is None or version == meta.get("resourceVersion"):
-                self._points[key][name] = body
-
     def policy_event(self, event_type: str | None, body: Body) -> None:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))

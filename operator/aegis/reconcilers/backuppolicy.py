@@ -168,13 +168,9 @@ class PolicyRuntime:
         if self.maintenance_waker is not None:
             self.maintenance_waker.wake(namespace, name)
 
-    def run_ended(self, namespace: str, name: str, point: Body | None = None) -> None:
+    def run_ended(self, namespace: str, name: str) -> None:
         """A run of the policy ended: refresh its status, and re-plan (a tick held back by
-        Forbid may start now). `point`: the ended point as its writer left it, so the refresh
-        counts it even when the watch has not delivered the write yet (a status equal to the
-        stored one is not written, and the next refresh is a status period away)."""
-        if point is not None:
-            self.objects_cache.point_written(point)
+        Forbid may start now)."""
         self.request_status(namespace, name)
         if self.tick_waker is not None:
             self.tick_waker.wake(namespace, name)
