@@ -596,9 +596,7 @@ def _start_failover_locked(
     namespace, name = meta["namespace"], meta["name"]
     status = drill.get("status") or {}
     fields = _schedule_fields(status, decision)
-    if decision.trigger is None:
-        if any(status.get(k) != v for k, v in fields.items()):
-            _patch(namespace, name, fields, [], wall())
+    if _nothing_due(namespace, name, status, fields, decision, wall):
         return None
     assert spec.failover is not None
     started = wall()
@@ -750,6 +748,22 @@ def _schedule_fields(status: dict[str, Any], decision: Decision) -> dict[str, An
     return fields
 
 
+def _nothing_due(
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    fields: dict[str, Any],
+    decision: Decision,
+    wall: Clock,
+) -> bool:
+    """True when the decision starts no run; the schedule fields are written if they moved."""
+    if decision.trigger is not None:
+        return False
+    if any(status.get(k) != v for k, v in fields.items()):
+        _patch(namespace, name, fields, [], wall())
+    return True
+
+
 def _start_locked(
     drill: dict[str, Any],
     spec: DRDrillSpec,
@@ -762,9 +776,7 @@ def _start_locked(
     namespace, name = meta["namespace"], meta["name"]
     status = drill.get("status") or {}
     fields = _schedule_fields(status, decision)
-    if decision.trigger is None:
-        if any(status.get(k) != v for k, v in fields.items()):
-            _patch(namespace, name, fields, [], wall())
+    if _nothing_due(namespace, name, status, fields, decision, wall):
         return
     assert spec.restore is not None
     started = wall()
