@@ -231,6 +231,28 @@ def test_dry_run_create_validates_answers_and_stores_nothing(
     assert answer.status == 422
 
 
+def test_dry_run_of_the_scale_subresource_answers_and_scales_nothing(
+        k8s_api: Any, namespace: str) -> None:
+    # Failover drills rehearse a plan's scale step this way: the answer must carry the
+    # asked replicas while the Deployment keeps its own (kube-apiserver honours dryRun on
+    # subresources as on the object).
+    apps = client.AppsV1Api(k8s_api)
+    created = apps.create_namespaced_deployment(namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "dry-scale"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "dry-scale"}},
+                 "template": {"metadata": {"labels": {"app": "dry-scale"}},
+                              "spec": {"containers": [{"name": "app", "image": "nginx:1"}]}}}})
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/dry-scale/scale"
+    answer = raw(k8s_api, "PATCH", path, {"spec": {"replicas": 3}}, query={"dryRun": "All"},
+                 headers={"Content-Type": "application/merge-patch+json"})
+    assert answer.status == 200, answer.body
+    assert answer.body["spec"]["replicas"] == 3
+    after = apps.read_namespaced_deployment("dry-scale", namespace)
+    assert after.spec.replicas == 1
+    assert after.metadata.resource_version == created.metadata.resource_version
+    assert after.metadata.generation == created.metadata.generation
+
+
 def test_dry_run_update_patch_and_delete_change_nothing(k8s_api: Any,
                                                        widgets: WidgetApi) -> None:
     created = widgets.create(widget("dry-up"))
