@@ -14,6 +14,8 @@ from typing import Any
 
 import kopf
 
+from aegis.handlers.common import POLICY_RUNTIME
+
 
 class OffsetClock:
     def __init__(self) -> None:
@@ -43,7 +45,7 @@ class OffsetClock:
 
     def _moved(self) -> None:
         for memo in self.memos:
-            runtime = memo.get("policies")
+            runtime = memo.get(POLICY_RUNTIME)
             if runtime is not None:
                 runtime.clock_moved()
 
@@ -54,7 +56,7 @@ CLOCK = OffsetClock()
 @kopf.on.startup(id="test-clock")
 def install_clock(memo: kopf.Memo, **_: Any) -> None:
     memo["clock"] = CLOCK
-    runtime = memo.get("policies")
+    runtime = memo.get(POLICY_RUNTIME)
     if runtime is not None:
         runtime.clock = CLOCK
     CLOCK.memos.append(memo)

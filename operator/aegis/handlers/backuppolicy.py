@@ -14,13 +14,12 @@ import kopf
 
 from aegis import GROUP, VERSION, metrics
 from aegis.api import BACKUP_POLICY as KIND
-from aegis.handlers.common import SECRETS, KopfLogger, accept, forget
+from aegis.handlers.common import POLICY_RUNTIME, SECRETS, KopfLogger, accept, forget
 from aegis.k8s.cache import PointCache, SecretCache
 from aegis.reconcilers.backuppolicy import PolicyRuntime, make_runtime
 from aegis.scheduler import Scheduler
 from aegis.settings import Settings
 
-RUNTIME = "policies"
 """The memo key of the PolicyRuntime."""
 CLOCK = "clock"
 """The memo key of an injected clock (an object with `now()`): an embedding application, or
@@ -29,7 +28,7 @@ clock."""
 
 
 def runtime_of(memo: Any) -> PolicyRuntime:
-    runtime: PolicyRuntime = memo[RUNTIME]
+    runtime: PolicyRuntime = memo[POLICY_RUNTIME]
     return runtime
 
 
@@ -54,7 +53,7 @@ def start_runtime(memo: kopf.Memo, logger: KopfLogger, **_: Any) -> None:
         name="aegis-maintain",
     ).start()
     runtime.attach(ticks, maintenance)
-    memo[RUNTIME] = runtime
+    memo[POLICY_RUNTIME] = runtime
     logger.info(
         "Policy runtime started: %d tick workers, references re-checked every %ss",
         settings.tick_workers,
@@ -64,7 +63,7 @@ def start_runtime(memo: kopf.Memo, logger: KopfLogger, **_: Any) -> None:
 
 @kopf.on.cleanup(id="stop-scheduler")
 def stop_runtime(memo: Any, **_: Any) -> None:
-    runtime: PolicyRuntime | None = memo.get(RUNTIME)
+    runtime: PolicyRuntime | None = memo.get(POLICY_RUNTIME)
     if runtime is not None:
         runtime.stop()
 
@@ -81,7 +80,7 @@ async def cache_secret(body: kopf.Body, type: str | None, memo: Any, **_: Any) -
     resourceVersion of the others, never their values), so that re-checking references and
     probing plans cost no API call; and re-check a policy at once when a Secret it names
     changes or goes."""
-    runtime: PolicyRuntime | None = memo.get(RUNTIME)
+    runtime: PolicyRuntime | None = memo.get(POLICY_RUNTIME)
     if runtime is not None:
         runtime.secret_changed(type, dict(body))
     else:

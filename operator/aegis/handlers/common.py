@@ -27,6 +27,10 @@ SECRETS = "secrets"
 """The memo key of the operator's one SecretCache (aegis.k8s.cache), fed by the Secret watch
 (handlers.backuppolicy `cache_secret`) and read by the policies' reference checks and the
 plans' probes."""
+# The memo keys of the runtimes created at start-up: one home for every handler module (a
+# handler module never imports another one for them).
+POLICY_RUNTIME = "policies"
+FAILOVER_RUNTIME = "failover-runtime"
 # What kopf passes as `logger`.
 KopfLogger = logging.Logger | logging.LoggerAdapter[Any]
 

@@ -16,9 +16,13 @@ from kubernetes.client.exceptions import ApiException
 from aegis import GROUP, VERSION
 from aegis.api import DR_DRILL as KIND
 from aegis.api.drdrill import DRDrillSpec
-from aegis.handlers import backuppolicy as policy_handlers
-from aegis.handlers import failoverplan as failover_handlers
-from aegis.handlers.common import KopfLogger, accept, forget
+from aegis.handlers.common import (
+    FAILOVER_RUNTIME,
+    POLICY_RUNTIME,
+    KopfLogger,
+    accept,
+    forget,
+)
 from aegis.k8s import objects
 from aegis.labels import RUN_ANNOTATION
 from aegis.reconcilers import drdrill as drills
@@ -43,7 +47,7 @@ def failover_ports(memo: Any) -> drills.PortsOf:
     settings: Settings = memo["settings"]
 
     def ports(namespace: str) -> failover_drill.DrillPorts:
-        runtime: plans.FailoverRuntime = memo[failover_handlers.RUNTIME]
+        runtime: plans.FailoverRuntime = memo[FAILOVER_RUNTIME]
         route53 = plans.guarded_route53(runtime.route53, settings.endpoints)
         return failover_drill.cluster_ports(
             namespace, runtime.probes, settings.endpoints, settings.reachable_namespaces,
@@ -57,7 +61,7 @@ def policy_drilled(memo: Any) -> drills.PolicyDrilled:
     """A drill run recorded on a policy: refresh the policy's status now (RecoveryTested)."""
 
     def tell(namespace: str, policy: str) -> None:
-        runtime: PolicyRuntime | None = memo.get(policy_handlers.RUNTIME)
+        runtime: PolicyRuntime | None = memo.get(POLICY_RUNTIME)
         if runtime is not None:
             runtime.request_status(namespace, policy)
 

@@ -26,6 +26,7 @@ import kopf
 from aegis import GROUP, VERSION
 from aegis.api import FAILOVER_PLAN as KIND
 from aegis.handlers.common import (
+    FAILOVER_RUNTIME,
     SECRETS,
     KopfLogger,
     accept,
@@ -39,7 +40,6 @@ from aegis.reconcilers import failoverplan as plans
 from aegis.settings import Settings
 from aegis.steps.route53 import default_route53_client
 
-RUNTIME = "failover-runtime"
 WAKEUPS = "failover-wakeups"
 PLANS = "failover-plans"
 # Ticks that fail for a passing reason (API server unreachable) are retried this soon.
@@ -52,7 +52,7 @@ async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
     settings = memo.get("settings") or Settings.from_env()
     secrets = memo.setdefault(SECRETS, SecretCache())  # shared with the policies
     memo[PLANS] = PlanCache()
-    memo[RUNTIME] = plans.FailoverRuntime(
+    memo[FAILOVER_RUNTIME] = plans.FailoverRuntime(
         ApiCluster(secrets, memo[PLANS]), default_route53_client, settings
     )
     memo[WAKEUPS] = {}
@@ -62,7 +62,7 @@ async def start_runtime(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup(id="failover-runtime")
 def stop_runtime(memo: kopf.Memo, **_: Any) -> None:
-    runtime: plans.FailoverRuntime | None = memo.get(RUNTIME)
+    runtime: plans.FailoverRuntime | None = memo.get(FAILOVER_RUNTIME)
     if runtime is not None:
         runtime.close()
 
@@ -111,7 +111,7 @@ async def failover_loop(
     **_: Any,
 ) -> None:
     assert namespace is not None  # every Aegis kind is namespaced
-    runtime: plans.FailoverRuntime = memo[RUNTIME]
+    runtime: plans.FailoverRuntime = memo[FAILOVER_RUNTIME]
     wakeups: dict[tuple[str, str], asyncio.Event] = memo[WAKEUPS]
     wakeup = wakeups.setdefault((namespace, name), asyncio.Event())
     halted = threading.Event()

@@ -14,7 +14,15 @@ from aegis.api import RECOVERY_POINT as KIND
 from aegis.api.backuppolicy import BackupPolicySpec
 from aegis.api.recoverypoint import RecoveryPointSpec
 from aegis.cloud.s3 import StorageError
-from aegis.handlers.common import KopfLogger, accept, forget, now, patch_conditions, spec_of
+from aegis.handlers.common import (
+    POLICY_RUNTIME,
+    KopfLogger,
+    accept,
+    forget,
+    now,
+    patch_conditions,
+    spec_of,
+)
 from aegis.k8s import objects
 from aegis.k8s.adapters import ApiCluster
 from aegis.k8s.jobs import job_outcome
@@ -24,8 +32,6 @@ from aegis.reconcilers import recoverypoint as points
 from aegis.reconcilers.backuppolicy import PolicyRuntime
 from aegis.reconcilers.conditions import ConditionUpdate, find
 from aegis.settings import Settings
-
-POLICY_RUNTIME = "policies"  # the memo key handlers.backuppolicy keeps the PolicyRuntime under
 
 
 @kopf.on.resume(GROUP, VERSION, KIND.plural, id="backup")
