@@ -4,6 +4,7 @@ that cannot finish rolls the fence back, probes report replication (issue 13).""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from failover_helpers import DictSecrets
 
@@ -115,11 +116,21 @@ def redis_target(server: RedisServer) -> dict[str, object]:
     return {"host": server.host, "port": server.port}
 
 
+def _until_link_up(replica: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while replica.info("replication").get("master_link_status") != "up":
+        assert time.monotonic() < deadline, "the replica never attached to its master"
+        time.sleep(0.05)
+
+
 def test_redis_promote_fences_catches_up_and_is_idempotent() -> None:
     master, replica = RedisServer.start(), RedisServer.start()
     try:
         m, r = master.client(), replica.client()
         r.replicaof(master.host, master.port)
+        # The writes below must stream to a replica that is attached, as in production;
+        # under load the initial full sync alone can outlast the step's catch-up budget.
+        _until_link_up(r)
         m.mset({f"k{i}": "v" * 100 for i in range(2000)})
         step = RedisPromoteStep.model_validate(
             {"target": redis_target(replica), "fencePrimary": redis_target(master)})
