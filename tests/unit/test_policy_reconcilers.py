@@ -168,6 +168,52 @@ def test_editing_the_schedule_inside_the_lead_window_does_not_wedge_forbid() -> 
     assert (NS, naming.backup_job_name(fresh)) in world.cluster.jobs
 
 
+def test_a_schedule_edit_does_not_make_up_the_new_schedules_ticks_before_the_edit() -> None:
+    # Created at 02:00 with */10: nothing ran yet, so the written cursor is still 02:00.
+    # Edited at 02:09:36 to 5-59/10: 02:05 is a tick of the new schedule only, and it passed
+    # before the edit. It is not a missed run to start now (it used to start at once, and
+    # under Forbid the real next run, 02:15, then waited for that backup to end).
+    world = World(schedule="*/10 * * * *", concurrencyPolicy="Forbid")
+    world.tick_at(at(0.5))
+    world.tick_at(at(9.6))  # 02:10 prepared
+    assert world.point_names() == [naming.recovery_point_name("orders", at(10))]
+    world.edit(schedule="5-59/10 * * * *")
+    assert world.tick_at(at(9.6)) == pytest.approx(324.0 - 30)  # 02:15 is prepared at 02:14:30
+    assert world.point_names() == []  # the stale point went, and no 02:05 run was made up
+    assert world.cluster.jobs == {}
+    status = world.cluster.policies[(NS, "orders")]["status"]
+    assert status["handledUntil"] == iso(at(9.6))  # persisted: a restart makes nothing up either
+    assert status["nextScheduleTime"] == iso(at(15))
+    assert "missedRuns" not in status
+    world.tick_at(at(14.6))
+    world.tick_at(at(15))
+    following = naming.recovery_point_name("orders", at(15))
+    assert set(world.cluster.jobs) == {(NS, naming.backup_job_name(following))}
+
+
+def test_a_run_the_old_schedule_owes_at_an_edit_is_not_dropped_by_it() -> None:
+    # 02:10 is due but held back by Forbid when the schedule is edited to */5 (02:10 is a
+    # tick of both): it still starts when the blocking run ends.
+    world = World(schedule="*/10 * * * *", concurrencyPolicy="Forbid")
+    world.cluster.create_point(
+        NS,
+        {
+            "metadata": {"name": "orders-manual", "namespace": NS},
+            "spec": {"policyRef": {"name": "orders"}},
+        },
+    )
+    world.cluster.points[(NS, "orders-manual")]["status"] = {"phase": "Running", "jobName": "j"}
+    world.tick_at(at(10))
+    assert world.state.scheduling[(NS, "orders")].reason == "RunBlocked"
+    world.edit(schedule="*/5 * * * *")
+    world.tick_at(at(11))
+    assert world.cluster.jobs == {}
+    world.cluster.points[(NS, "orders-manual")]["status"] = {"phase": "Completed"}
+    world.tick_at(at(12))
+    waited = naming.recovery_point_name("orders", at(10))
+    assert set(world.cluster.jobs) == {(NS, naming.backup_job_name(waited))}
+
+
 def test_an_unstarted_point_found_after_a_restart_is_started_when_its_tick_is_still_due() -> None:
     world = World()
     world.tick_at(at(4.6))

@@ -72,6 +72,9 @@ class TickState:
         self.warm: set[Key] = set()
         # The point whose Job this process created last: its status may not say so yet.
         self.fired: dict[Key, str] = {}
+        # When each policy's ticks fall (schedule, time zone, jitter) as of its last plan: an
+        # edit is seen as a change of these, and takes effect from then on (`_edit_floor`).
+        self.timing: dict[Key, tuple[str, str, int]] = {}
         # Inputs of the policy's conditions, written by the status writer.
         self.references: dict[Key, Problem | None] = {}
         self.failures: dict[Key, Problem] = {}
@@ -94,6 +97,7 @@ class TickState:
             self.prepared.pop(key, None)
         self.warm.discard(key)
         self.cursor.pop(key, None)
+        self.timing.pop(key, None)
         self.fired.pop(key, None)
         self.failures.pop(key, None)
         self.scheduling.pop(key, None)
@@ -228,7 +232,12 @@ def _tick(
         and p["metadata"]["name"] not in skip
     ]
     policy_key = schedule.PolicyKey(namespace, policy)
+    timing = (spec.schedule, spec.time_zone, spec.jitter_seconds)
+    before = state.timing.get(key)
+    if before is not None and before != timing:
+        since = _edit_floor(spec, before, policy_key, since=since, now=now, active=active)
     plan = schedule.plan_runs(spec, policy_key, since=since, now=now, active=active)
+    state.timing[key] = timing
     logger.debug(
         "Plan of %s/%s at %s (since %s, active %s): %s run=%s next=%s",
         namespace, policy, iso(now), iso(since), active, plan.action, plan.run_name,
@@ -331,6 +340,39 @@ def _tick(
     if lead is not None and lead > 0:
         return lead
     return plan.requeue_after
+
+
+def _edit_floor(
+    spec: BackupPolicySpec,
+    before: tuple[str, str, int],
+    policy: schedule.PolicyKey,
+    *,
+    since: dt.datetime,
+    now: dt.datetime,
+    active: list[str],
+) -> dt.datetime:
+    """The cursor to plan with when the schedule, time zone or jitter changed since the last
+    plan (seen at `now`): the new timing applies from the edit on. A tick of the new schedule
+    before the edit was never a tick of the policy: it is neither run now nor counted missed
+    (the cursor moves to `now`), as nothing from a suspended period is made up.
+
+    Unless the old timing still owed something at `now`: a tick of it due and not started
+    (waiting under Forbid, or not fired yet) keeps the cursor where it was, and the new
+    timing decides as before; a tick of it not yet due but before `now` (its jitter) stays
+    ahead of the cursor."""
+    schedule_, time_zone, jitter = before
+    old = spec.model_copy(
+        update={"schedule": schedule_, "time_zone": time_zone, "jitter_seconds": jitter}
+    )
+    # The old timing planned before (it is recorded only then): it cannot raise here.
+    owed = schedule.plan_runs(old, policy, since=since, now=now, active=active)
+    if owed.action not in ("Idle", "Suspended"):
+        return since
+    floor = now if owed.next_tick is None else min(now, owed.next_tick - _TINY)
+    return max(since, floor)
+
+
+_TINY = dt.timedelta(microseconds=1)
 
 
 SUSPENDED_CURSOR_SECONDS = 600
