@@ -180,8 +180,11 @@ def main(argv: list[str]) -> int:
             "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
         }
         log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
+        # BENCH_WRAP: a command to run the operator under (e.g. "-m memray run -o out.bin"),
+        # for memory profiles; not a dependency.
+        wrap = os.environ.get("BENCH_WRAP", "").split()
         operator = subprocess.Popen(
-            [sys.executable, "-m", "aegis", "operator"],
+            [sys.executable, *wrap, "-m", "aegis", "operator"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -103,6 +103,10 @@ class Settings:
     (AEGIS_MAINTENANCE_WORKERS)."""
     handler_workers: int = 32
     """kopf's thread pool for sync handlers (AEGIS_HANDLER_WORKERS)."""
+    kopf_api_concurrency: int = 32
+    """kopf's API requests in flight at once, watches not counted once they stream
+    (AEGIS_KOPF_API_CONCURRENCY). kopf's own client has no bound: a thousand new objects at a
+    tick meant a thousand TLS connections at once, each with a 256 KiB read buffer."""
     failover_status_heartbeat_seconds: int = 60
     """A FailoverPlan's status is written when a site's health, the plan's state or a
     replica's lag band changes, and otherwise at most this often, to show probing goes on
@@ -170,6 +174,7 @@ class Settings:
             tick_workers=_positive("AEGIS_TICK_WORKERS", cls.tick_workers),
             maintenance_workers=_positive("AEGIS_MAINTENANCE_WORKERS", cls.maintenance_workers),
             handler_workers=_positive("AEGIS_HANDLER_WORKERS", cls.handler_workers),
+            kopf_api_concurrency=_positive("AEGIS_KOPF_API_CONCURRENCY", cls.kopf_api_concurrency),
             failover_status_heartbeat_seconds=_positive(
                 "AEGIS_FAILOVER_STATUS_HEARTBEAT_SECONDS", cls.failover_status_heartbeat_seconds
             ),

@@ -6,6 +6,7 @@ and the tests' KopfRunner both load it with `-m aegis.handlers`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ import kopf
 from aegis import GROUP, metrics
 from aegis.handlers.common import KopfLogger
 from aegis.k8s import peering
-from aegis.k8s.client import api_client, credentials
+from aegis.k8s.client import api_client, bounded_session, credentials
 from aegis.labels import FINALIZER
 from aegis.settings import Settings
 
@@ -23,12 +24,14 @@ from aegis.settings import Settings
 
 
 @kopf.on.login(id="aegis-login")
-def login(**_: Any) -> kopf.ConnectionInfo:
+async def login(**_: Any) -> kopf.AiohttpSession:
     """kopf talks to the API server with the same credentials as our own client (one place
     builds them: `aegis.k8s.client`). A rotating token comes with an expiration, so kopf asks
-    again and picks up the new token without a restart; a 401 makes kopf ask at once."""
-    found = credentials(api_client().configuration)
-    return kopf.ConnectionInfo(
+    again and picks up the new token without a restart; a 401 makes kopf ask at once. The
+    session bounds kopf's requests in flight (`bounded_session`); kopf closes it when it logs
+    in again."""
+    found = await asyncio.to_thread(lambda: credentials(api_client().configuration))
+    info = kopf.ConnectionInfo(
         server=found.server,
         ca_path=found.ca_path,
         insecure=found.insecure,
@@ -39,6 +42,12 @@ def login(**_: Any) -> kopf.ConnectionInfo:
         username=found.username,
         password=found.password,
         expiration=found.expiration,
+    )
+    concurrency = Settings.from_env().kopf_api_concurrency
+    return kopf.AiohttpSession(
+        server=info.server,
+        expiration=info.expiration,
+        aiohttp_session=bounded_session(info.as_http_headers(), info.as_ssl_context(), concurrency),
     )
 
 
