@@ -71,3 +71,35 @@ def test_a_deleted_plan_is_a_miss() -> None:
     cache.event("ADDED", plan("1"))
     cache.event("DELETED", plan("1"))
     assert cache.get("ns", "p") is None
+
+
+def test_caches_keep_bodies_without_managed_fields_and_leave_the_event_alone() -> None:
+    from aegis.k8s.cache import PointCache
+
+    managed = [{"manager": "kopf", "operation": "Update", "fieldsV1": {"f:metadata": {}}}]
+
+    def body(name: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "metadata": {"namespace": "shop", "name": name, "resourceVersion": "7",
+                         "labels": {"a": "b"}, "managedFields": list(managed)},
+            **extra,
+        }
+
+    plans = PlanCache()
+    plan = body("orders")
+    plans.event("ADDED", plan)
+    kept = plans.get("shop", "orders")
+    assert kept is not None and "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["labels"] == {"a": "b"}
+    assert plan["metadata"]["managedFields"] == managed  # kopf's copy is untouched
+
+    points = PointCache()
+    point = body("orders-1", spec={"policyRef": {"name": "orders"}})
+    points.point_event("ADDED", point)
+    policy = body("orders")
+    points.policy_event("ADDED", policy)
+    assert [p["metadata"].get("managedFields") for p in points.points("shop", "orders")] == [None]
+    cached_policy = points.policy("shop", "orders")
+    assert cached_policy is not None and "managedFields" not in cached_policy["metadata"]
+    assert point["metadata"]["managedFields"] == managed
+    assert policy["metadata"]["managedFields"] == managed

@@ -14,6 +14,21 @@ from typing import Any, Final
 Body = dict[str, Any]
 
 
+def without_managed_fields(body: Body) -> Body:
+    """The body as the cache keeps it: `metadata.managedFields` (server-side apply's record of
+    who set which field, a tree of small dicts per writer) is dropped, as controller-runtime's
+    `TransformStripManagedFields` does: nothing here reads it, and it grows with every writer
+    of the object (kopf, the status writers, a GitOps tool), for each of the thousands of
+    objects kept. The caller's dict is not changed (kopf still holds it)."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict) or "managedFields" not in metadata:
+        return body
+    return {
+        **body,
+        "metadata": {k: v for k, v in metadata.items() if k != "managedFields"},
+    }
+
+
 class PointCache:
     """RecoveryPoints by (namespace, policy), and BackupPolicies by (namespace, name)."""
 
@@ -64,7 +79,7 @@ class PointCache:
             if event_type == "DELETED":
                 return self._points[key].pop(meta.get("name", ""), None)
             previous = self._points[key].get(meta.get("name", ""))
-            self._points[key][meta.get("name", "")] = body
+            self._points[key][meta.get("name", "")] = without_managed_fields(body)
             return previous
 
     def policy_event(self, event_type: str | None, body: Body) -> None:
@@ -74,7 +89,7 @@ class PointCache:
             if event_type == "DELETED":
                 self._policies.pop(key, None)
             else:
-                self._policies[key] = body
+                self._policies[key] = without_managed_fields(body)
 
     def points(self, namespace: str, policy: str) -> list[Body]:
         with self._lock:
@@ -188,7 +203,7 @@ class PlanCache:
                 self._bodies.pop(key, None)
                 self._expected.pop(key, None)
             else:
-                self._bodies[key] = copy.deepcopy(body)
+                self._bodies[key] = copy.deepcopy(without_managed_fields(body))
 
     def wrote(self, namespace: str, name: str, version: str | None) -> None:
         """This process changed the plan; `version` is the resourceVersion it answered
