@@ -68,6 +68,12 @@ def rss_peak_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_now_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -183,6 +189,7 @@ def main(argv: list[str]) -> int:
         # BENCH_WRAP: a command to run the operator under (e.g. "-m memray run -o out.bin"),
         # for memory profiles; not a dependency.
         wrap = os.environ.get("BENCH_WRAP", "").split()
+        operator_started = time.monotonic()
         operator = subprocess.Popen(
             [sys.executable, *wrap, "-m", "aegis", "operator"],
             env=env,
@@ -263,6 +270,9 @@ def main(argv: list[str]) -> int:
         done.wait(timeout=max(deadline, 60))
         rss = rss_peak_mib(operator.pid)
         rss_end = rss_now_mib(operator.pid)
+        # CPU since start: which process the box's two cores went to (what bounds the run).
+        cpu = {"operator": cpu_seconds(operator.pid), "API emulator": cpu_seconds(emulator.pid)}
+        wall = time.monotonic() - operator_started
         if spy is not None:
             spy.wait()
             print(f"profile: {args.profile}")
@@ -285,6 +295,8 @@ def main(argv: list[str]) -> int:
             print(f"tick -> Job mean           {statistics.fmean(latencies):.3f} s")
         print(f"operator peak RSS          {rss:.0f} MiB   (target <= {TARGET_RSS_MIB:.0f} MiB)")
         print(f"operator RSS at the end    {rss_end:.0f} MiB")
+        print(f"CPU seconds over {wall:.0f} s   "
+              + ", ".join(f"{name} {seconds:.0f}" for name, seconds in cpu.items()))
         if samples:
             tick = first_tick.timestamp()
             print("RSS samples (s from the first tick: MiB):")

@@ -72,6 +72,10 @@ class TickState:
         self.warm: set[Key] = set()
         # The point whose Job this process created last: its status may not say so yet.
         self.fired: dict[Key, str] = {}
+        # Points whose Job this process created and whose follow-up (recording the start)
+        # is queued: when the follow-ups lag behind a busy minute, the next ticks must not
+        # take these for runs a stopped process left behind and record them again.
+        self.recording: set[Key] = set()
         # When each policy's ticks fall (schedule, time zone, jitter) as of its last plan: an
         # edit is seen as a change of these, and takes effect from then on (`_edit_floor`).
         self.timing: dict[Key, tuple[str, str, int]] = {}
@@ -438,6 +442,7 @@ def _unstarted(state: TickState, ports: TickPorts, key: Key, points: list[Body])
             or status.get("jobName")
             or point["metadata"].get("deletionTimestamp")
             or name == state.fired.get(key)
+            or (key[0], name) in state.recording
         ):
             continue
         job = ports.cluster.get_job(key[0], naming.backup_job_name(name))
@@ -548,8 +553,15 @@ def _fire(state: TickState, ports: TickPorts, ready: Prepared, now: dt.datetime)
             ports.cluster.patch_policy_status(namespace, policy, ready.status_update)
         except Exception as error:  # logged; the next tick and the Job handler catch up
             logger.warning("Recording the start of %s/%s failed: %s", namespace, name, error)
+        finally:
+            state.recording.discard((namespace, meta["name"]))
 
-    state.followups.submit(record)
+    state.recording.add((namespace, meta["name"]))
+    try:
+        state.followups.submit(record)
+    except RuntimeError:  # shutting down: the next start's resume handler records it
+        state.recording.discard((namespace, meta["name"]))
+        raise
 
 
 FOLLOWUP_QUIET_SECONDS = 0.5
