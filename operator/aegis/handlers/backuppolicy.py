@@ -20,7 +20,6 @@ from aegis.reconcilers.backuppolicy import PolicyRuntime, make_runtime
 from aegis.scheduler import Scheduler
 from aegis.settings import Settings
 
-"""The memo key of the PolicyRuntime."""
 CLOCK = "clock"
 """The memo key of an injected clock (an object with `now()`): an embedding application, or
 a test driving the scheduler through time, may set it before start-up; absent, the system
